@@ -1,0 +1,28 @@
+"""SegCompass: interpretable reasoning segmentation on the Hugging Face stack.
+
+Importing the package registers the SegCompass model types with transformers' Auto classes (and the
+``reasoning-segmentation`` pipeline task once it exists), so ``AutoModel.from_pretrained(dir)`` works without
+``trust_remote_code``.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from ._registration import register as _register  # noqa: E402
+from .sae import (  # noqa: E402
+    PooledConcepts,
+    SparseAutoencoder,
+    SparseAutoencoderConfig,
+    SparseAutoencoderOutput,
+    SparseFeatures,
+)
+
+_register()
+
+__all__ = [
+    "PooledConcepts",
+    "SparseAutoencoder",
+    "SparseAutoencoderConfig",
+    "SparseAutoencoderOutput",
+    "SparseFeatures",
+    "__version__",
+]

@@ -1,0 +1,15 @@
+"""Registration with transformers' Auto classes, run once at ``import segcompass``.
+
+Registration is per process and is not persisted, so it must happen at package import (dependency notes §3).
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel
+
+from .sae import SparseAutoencoder, SparseAutoencoderConfig
+
+
+def register() -> None:
+    AutoConfig.register(SparseAutoencoderConfig.model_type, SparseAutoencoderConfig, exist_ok=True)
+    AutoModel.register(SparseAutoencoderConfig, SparseAutoencoder, exist_ok=True)

@@ -1,0 +1,389 @@
+"""The Sparse Autoencoder as its own pretrained model (paper §3.2, eq. 7; DESIGN decision 4).
+
+Dimension glossary: ``T`` tokens, ``B`` batch, ``d_in`` hooked hidden size, ``d_sae`` dictionary size,
+``N`` concepts kept per sample, ``nnz`` number of active (token, feature) pairs.
+
+Weights use the SAELens orientation (``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in)) so checkpoints move
+between the two formats without transposes (:mod:`segcompass.sae.saelens`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_sae import SparseAutoencoderConfig
+
+# Dense (tokens × d_sae) fp32 elements materialised at once by the chunked paths: 2**24 elements = 64 MiB.
+_CHUNK_ELEMENTS = 2**24
+_POOLINGS = ("max", "mean", "sum")
+
+
+@dataclass
+class SparseAutoencoderOutput(ModelOutput):
+    """Output of [`SparseAutoencoder.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): ``mse_loss + l1_coefficient * l1_loss``.
+        feature_acts (`torch.FloatTensor` of shape `(..., d_sae)`): sparse codes h(z).
+        reconstruction (`torch.FloatTensor` of shape `(..., d_in)`): ẑ = D(h(z)).
+        mse_loss (`torch.FloatTensor` of shape `()`): mean over (valid) tokens of ‖z − ẑ‖².
+        l1_loss (`torch.FloatTensor` of shape `()`): mean over (valid) tokens of ‖h(z)‖₁.
+        l0 (`torch.FloatTensor` of shape `()`): mean number of active features per (valid) token.
+    """
+
+    loss: torch.FloatTensor | None = None
+    feature_acts: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    mse_loss: torch.FloatTensor | None = None
+    l1_loss: torch.FloatTensor | None = None
+    l0: torch.FloatTensor | None = None
+
+
+@dataclass
+class SparseFeatures:
+    """Active SAE features of ``T`` tokens in compressed-sparse-row form.
+
+    Token ``t``'s active features are ``indices[offsets[t]:offsets[t + 1]]`` with activations
+    ``values[offsets[t]:offsets[t + 1]]`` (ascending feature index).
+
+    Args:
+        indices (`torch.LongTensor` of shape `(nnz,)`), values (`torch.FloatTensor` of shape `(nnz,)`),
+        offsets (`torch.LongTensor` of shape `(T + 1,)`), shape: leading shape of the input plus ``d_sae``.
+    """
+
+    indices: torch.LongTensor
+    values: torch.FloatTensor
+    offsets: torch.LongTensor
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.offsets.numel() - 1
+
+    def token(self, t: int) -> tuple[torch.LongTensor, torch.FloatTensor]:
+        """(indices, values) of token ``t`` in flattened token order."""
+        start, end = int(self.offsets[t]), int(self.offsets[t + 1])
+        return self.indices[start:end], self.values[start:end]
+
+    def to_dense(self) -> torch.FloatTensor:
+        """The dense ``(..., d_sae)`` tensor (for tests and small inputs only)."""
+        num_tokens, d_sae = len(self), self.shape[-1]
+        dense = self.values.new_zeros(num_tokens, d_sae)
+        rows = torch.repeat_interleave(torch.arange(num_tokens, device=self.offsets.device), self.offsets.diff())
+        dense[rows, self.indices] = self.values
+        return dense.reshape(self.shape)
+
+
+@dataclass
+class PooledConcepts:
+    """Top-N SAE concepts of each sample, pooled over its valid tokens.
+
+    Args:
+        indices (`torch.LongTensor` of shape `(B, N)`): feature indices, by decreasing pooled activation.
+        values (`torch.FloatTensor` of shape `(B, N)`): pooled activations (differentiable w.r.t. the input
+            and the encoder weights); 0 where ``mask`` is False.
+        mask (`torch.BoolTensor` of shape `(B, N)`): False for padding entries when fewer than N features
+            are active in a sample.
+        token_activations (`torch.FloatTensor` of shape `(B, T, N)`): each kept feature's activation at
+            every token (0 at padding), i.e. which tokens a concept came from.
+    """
+
+    indices: torch.LongTensor
+    values: torch.FloatTensor
+    mask: torch.BoolTensor
+    token_activations: torch.FloatTensor
+
+
+class SparseAutoencoder(PreTrainedModel):
+    r"""Sparse Autoencoder over the hidden states of a (multimodal) LLM.
+
+    ``h(z) = σ(z W_enc + b_enc)`` with σ = ReLU, top-k or JumpReLU; ``ẑ = h W_dec + b_dec``; trained with
+    ‖z − ẑ‖² + α‖h‖₁ (paper eq. 7). Load it alone with ``SparseAutoencoder.from_pretrained(path)`` or
+    ``AutoModel.from_pretrained(path)`` after ``import segcompass``; read or write the SAELens layout with
+    [`from_saelens`] / [`save_saelens`].
+    """
+
+    config_class = SparseAutoencoderConfig
+    base_model_prefix = "sae"
+    main_input_name = "hidden_states"
+    _no_split_modules = []
+
+    def __init__(self, config: SparseAutoencoderConfig):
+        super().__init__(config)
+        d_in, d_sae = config.d_in, config.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        if config.activation == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((d_sae,), float(config.jumprelu_init_threshold)))
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Unit-norm random decoder rows and a tied encoder (``W_enc = W_decᵀ``), zero biases."""
+        if not isinstance(module, SparseAutoencoder) or module.W_dec.is_meta:
+            return
+        if not getattr(module.W_dec, "_is_hf_initialized", False):
+            directions = torch.randn(module.config.d_sae, module.config.d_in, dtype=torch.float32)
+            directions = directions / directions.norm(dim=-1, keepdim=True)  # (d_sae, d_in)
+            init.copy_(module.W_dec, directions)
+            init.copy_(module.W_enc, directions.T)
+        init.zeros_(module.b_enc)
+        init.zeros_(module.b_dec)
+        if module.config.activation == "jumprelu":
+            init.constant_(module.threshold, float(module.config.jumprelu_init_threshold))
+
+    # ------------------------------------------------------------------ checks
+    def _check_input(self, hidden_states: torch.Tensor) -> None:
+        if not isinstance(hidden_states, torch.Tensor):
+            raise ValueError(f"SAE input must be a torch.Tensor of shape (..., {self.config.d_in}), got {type(hidden_states)}.")
+        if hidden_states.shape[-1] != self.config.d_in:
+            raise ValueError(
+                f"SAE expects hidden states with last dimension d_in={self.config.d_in}, got shape "
+                f"{tuple(hidden_states.shape)}. Pass `hidden_states[{self.config.hook_layer}]` of the backbone this "
+                "SAE was trained on, or load the SAE that matches your backbone's hidden size."
+            )
+        if not torch.isfinite(hidden_states).all():
+            bad = int((~torch.isfinite(hidden_states)).sum())
+            raise ValueError(
+                f"SAE input contains {bad} NaN/inf values (shape {tuple(hidden_states.shape)}). Check the backbone "
+                "for fp16 overflow (run it in bf16/fp32) and the inputs that produced these hidden states."
+            )
+
+    @staticmethod
+    def _check_threshold(threshold: float) -> float:
+        if threshold < 0:
+            raise ValueError(f"`threshold` is compared with |h| and must be >= 0, got {threshold}.")
+        return float(threshold)
+
+    # ------------------------------------------------------------------ core maps
+    def _pre_activation(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (..., d_sae) encoder pre-activations."""
+        x = hidden_states.to(self.W_enc.dtype)
+        if self.config.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """(..., d_sae) pre-activations -> (..., d_sae) sparse non-negative codes."""
+        activation = self.config.activation
+        if activation == "relu":
+            return F.relu(pre)
+        if activation == "topk":
+            top = pre.topk(self.config.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, F.relu(top.values))
+        return pre * (pre > self.threshold)  # jumprelu
+
+    def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Sparse codes h(z): (..., d_in) -> (..., d_sae)."""
+        self._check_input(hidden_states)
+        return self._activate(self._pre_activation(hidden_states))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ẑ: (..., d_sae) -> (..., d_in)."""
+        if feature_acts.shape[-1] != self.config.d_sae:
+            raise ValueError(
+                f"`decode` expects features with last dimension d_sae={self.config.d_sae}, got shape "
+                f"{tuple(feature_acts.shape)}."
+            )
+        return feature_acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> SparseAutoencoderOutput:
+        """Encode, decode and score.
+
+        Args:
+            hidden_states (`torch.FloatTensor` of shape `(..., d_in)`): hooked hidden states z.
+            attention_mask (`torch.Tensor` of shape `(...)`, *optional*): 1 for tokens that count in the losses.
+        """
+        feature_acts = self.encode(hidden_states)  # (..., d_sae)
+        reconstruction = self.decode(feature_acts)  # (..., d_in)
+        x = hidden_states.to(reconstruction.dtype)
+        per_token_mse = (reconstruction - x).pow(2).sum(-1)  # (...)
+        per_token_l1 = feature_acts.abs().sum(-1)  # (...)
+        per_token_l0 = (feature_acts != 0).sum(-1).to(per_token_mse.dtype)  # (...)
+        if attention_mask is None:
+            weights = torch.ones_like(per_token_mse)
+        else:
+            if attention_mask.shape != per_token_mse.shape:
+                raise ValueError(
+                    f"`attention_mask` must have shape {tuple(per_token_mse.shape)} (the hidden states without "
+                    f"d_in), got {tuple(attention_mask.shape)}."
+                )
+            weights = attention_mask.to(per_token_mse.dtype)
+        count = weights.sum().clamp_min(1.0)
+        mse = (per_token_mse * weights).sum() / count
+        l1 = (per_token_l1 * weights).sum() / count
+        l0 = (per_token_l0 * weights).sum() / count
+        return SparseAutoencoderOutput(
+            loss=mse + self.config.l1_coefficient * l1,
+            feature_acts=feature_acts,
+            reconstruction=reconstruction,
+            mse_loss=mse,
+            l1_loss=l1,
+            l0=l0,
+        )
+
+    # ------------------------------------------------------------------ sparse paths
+    def _token_chunk(self, rows_per_token: int = 1) -> int:
+        return max(1, _CHUNK_ELEMENTS // (self.config.d_sae * rows_per_token))
+
+    @torch.no_grad()
+    def encode_sparse(
+        self, hidden_states: torch.Tensor, threshold: float = 0.0, chunk_size: int | None = None
+    ) -> SparseFeatures:
+        """Active features of every token as (indices, values), computed in token chunks.
+
+        A feature is active at a token when ``h != 0`` and ``|h| >= threshold``. Only one chunk of
+        (chunk_size, d_sae) is ever dense; the result holds ``nnz`` entries. Not differentiable (inspection
+        API); use [`pooled_concepts`] inside models.
+
+        Args:
+            hidden_states (`torch.FloatTensor` of shape `(..., d_in)`).
+            threshold (`float`): minimum |activation|.
+            chunk_size (`int`, *optional*): tokens per chunk (default: 64 MiB of fp32 codes).
+        """
+        threshold = self._check_threshold(threshold)
+        self._check_input(hidden_states)
+        leading = tuple(hidden_states.shape[:-1])
+        flat = hidden_states.reshape(-1, self.config.d_in)  # (T, d_in)
+        chunk = chunk_size or self._token_chunk()
+        indices, values, counts = [], [], []
+        for start in range(0, flat.shape[0], chunk):
+            acts = self._activate(self._pre_activation(flat[start : start + chunk]))  # (c, d_sae)
+            active = (acts != 0) & (acts.abs() >= threshold)  # (c, d_sae)
+            rows, cols = active.nonzero(as_tuple=True)  # row-major: ascending feature index per token
+            indices.append(cols)
+            values.append(acts[rows, cols])
+            counts.append(active.sum(-1))
+        offsets = torch.zeros(flat.shape[0] + 1, dtype=torch.long, device=flat.device)
+        if counts:
+            offsets[1:] = torch.cat(counts).cumsum(0)
+        empty_idx = torch.zeros(0, dtype=torch.long, device=flat.device)
+        return SparseFeatures(
+            indices=torch.cat(indices) if indices else empty_idx,
+            values=torch.cat(values) if values else flat.new_zeros(0),
+            offsets=offsets,
+            shape=leading + (self.config.d_sae,),
+        )
+
+    def pooled_concepts(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        threshold: float = 0.0,
+        top_n: int = 256,
+        pooling: str = "max",
+        chunk_size: int | None = None,
+    ) -> PooledConcepts:
+        """The support set S(z) of each sample, pooled over tokens, top-N kept (paper eq. 4; DESIGN decision 3).
+
+        A feature belongs to S(z) when it is active (``h != 0`` and ``|h| >= threshold``) at any valid token.
+        Its activation is pooled over valid tokens (``"max"`` default, ``"mean"`` or ``"sum"`` of the thresholded
+        codes) and the ``top_n`` largest are kept. Selection runs without gradients in token chunks, so a dense
+        (T, d_sae) tensor is never held whole; the kept features are then recomputed on a (B, T, N) slice with
+        gradients, so the values are differentiable w.r.t. the hidden states (and encoder weights).
+
+        Args:
+            hidden_states (`torch.FloatTensor` of shape `(B, T, d_in)`).
+            attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for valid tokens.
+            threshold (`float`): τ, minimum |activation| for a feature to count.
+            top_n (`int`): N, concepts kept per sample (fewer are marked by ``mask``).
+            pooling (`str`): ``"max"``, ``"mean"`` or ``"sum"``.
+        """
+        threshold = self._check_threshold(threshold)
+        if pooling not in _POOLINGS:
+            raise ValueError(f"Unknown `pooling` {pooling!r}; choose one of {list(_POOLINGS)}.")
+        if not isinstance(top_n, int) or top_n < 1:
+            raise ValueError(f"`top_n` must be a positive int, got {top_n!r}.")
+        if hidden_states.dim() != 3:
+            raise ValueError(
+                f"`pooled_concepts` expects hidden states of shape (B, T, d_in), got {tuple(hidden_states.shape)}."
+            )
+        self._check_input(hidden_states)
+        batch, num_tokens, _ = hidden_states.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, num_tokens, device=hidden_states.device)
+        elif attention_mask.shape != (batch, num_tokens):
+            raise ValueError(
+                f"`attention_mask` must have shape {(batch, num_tokens)}, got {tuple(attention_mask.shape)}."
+            )
+        valid = attention_mask.to(torch.bool)  # (B, T)
+        n = min(top_n, self.config.d_sae)
+
+        # 1) selection: pooled codes (B, d_sae) from chunks of (B, c, d_sae); never the whole (B, T, d_sae)
+        chunk = chunk_size or self._token_chunk(batch)
+        kth = None
+        with torch.no_grad():
+            pooled = torch.zeros(batch, self.config.d_sae, device=hidden_states.device, dtype=torch.float32)
+            if self.config.activation == "topk":
+                kth = torch.empty(batch, num_tokens, device=hidden_states.device, dtype=self.W_enc.dtype)
+            for start in range(0, num_tokens, chunk):
+                pre = self._pre_activation(hidden_states[:, start : start + chunk])  # (B, c, d_sae)
+                if kth is not None:
+                    kth[:, start : start + chunk] = pre.topk(self.config.k, dim=-1).values[..., -1]
+                acts = self._activate(pre)
+                acts = acts * ((acts.abs() >= threshold) & valid[:, start : start + chunk, None])
+                if pooling == "max":
+                    pooled = torch.maximum(pooled, acts.amax(dim=1).float())
+                else:
+                    pooled += acts.sum(dim=1).float()
+            top_values, indices = pooled.topk(n, dim=-1)  # (B, N)
+            mask = top_values > 0  # (B, N)
+
+        # 2) recompute the kept features with gradients on a (B, T, N) slice
+        x = hidden_states.to(self.W_enc.dtype)
+        if self.config.apply_b_dec_to_input:
+            x = x - self.b_dec
+        enc_rows = self.W_enc.T[indices]  # (B, N, d_in)
+        pre = torch.einsum("btd,bnd->btn", x, enc_rows) + self.b_enc[indices][:, None, :]  # (B, T, N)
+        if self.config.activation == "relu":
+            gate = pre > 0
+        elif self.config.activation == "topk":
+            gate = (pre >= kth[..., None]) & (pre > 0)
+        else:
+            gate = pre > self.threshold[indices][:, None, :]
+        token_acts = pre * gate
+        token_acts = token_acts * ((token_acts.abs() >= threshold) & valid[..., None] & mask[:, None, :])
+        if pooling == "max":
+            values = token_acts.amax(dim=1)  # (B, N)
+        elif pooling == "sum":
+            values = token_acts.sum(dim=1)
+        else:
+            values = token_acts.sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp_min(1)
+        return PooledConcepts(indices=indices, values=values, mask=mask, token_activations=token_acts)
+
+    # ------------------------------------------------------------------ training helpers
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row (feature direction) to unit L2 norm, in place."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_decoder_parallel_grad_(self) -> None:
+        """Drop the gradient component along each unit-norm decoder row (keeps rows on the sphere under SGD)."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(-1, keepdim=True)  # (d_sae, 1)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    # ------------------------------------------------------------------ SAELens interop
+    @classmethod
+    def from_saelens(cls, path, **config_overrides) -> SparseAutoencoder:
+        """Load an SAE saved in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``)."""
+        from .saelens import load_saelens
+
+        return load_saelens(cls, path, **config_overrides)
+
+    def save_saelens(self, path, hook_name: str | None = None) -> None:
+        """Write the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``) into directory ``path``."""
+        from .saelens import save_saelens
+
+        save_saelens(self, path, hook_name=hook_name)

@@ -1,0 +1,92 @@
+"""Builders for tiny random models, tokenizers and configs: one place for tests, examples and users.
+
+Everything here is built offline in about a second on CPU; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .sae import SparseAutoencoderConfig
+
+# Chat-format special tokens shared by the tiny tokenizers (Qwen-style names).
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+UNK_TOKEN = "<unk>"
+BASE_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, UNK_TOKEN)
+DEFAULT_WORDS = tuple(
+    "system user assistant you are a helpful the a an of to and is in on with shape shapes red green blue yellow "
+    "circle square triangle left right top bottom closest largest smallest every not same colour as . , : ?".split()
+)
+SIMPLE_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|> {{ message['role'] }} "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    " <|im_end|> "
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+
+
+def build_word_tokenizer(
+    words: Iterable[str] = DEFAULT_WORDS,
+    special_tokens: Iterable[str] = (),
+    chat_template: str | None = SIMPLE_CHAT_TEMPLATE,
+):
+    """A whitespace-split word-level fast tokenizer over ``words`` (plus chat and extra special tokens).
+
+    Returns a ``PreTrainedTokenizerFast`` (pad ``<|endoftext|>``, eos ``<|im_end|>``, unk ``<unk>``) that saves
+    and loads like any hub tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    extra = [t for t in special_tokens if t not in BASE_SPECIAL_TOKENS]
+    vocab: dict[str, int] = {}
+    for token in (*BASE_SPECIAL_TOKENS, *extra, *words):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        additional_special_tokens=[IM_START, *extra],
+        chat_template=chat_template,
+    )
+    return tokenizer
+
+
+def tiny_causal_lm(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A tiny random Qwen2 causal LM matched to ``tokenizer`` (default: :func:`build_word_tokenizer`)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or build_word_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config), tokenizer
+
+
+def tiny_sae_config(**overrides) -> SparseAutoencoderConfig:
+    """A small SAE config (d_in 32, d_sae 128, ReLU, hook layer 1)."""
+    kwargs = dict(d_in=32, d_sae=128, activation="relu", hook_layer=1, l1_coefficient=1.0)
+    kwargs.update(overrides)
+    return SparseAutoencoderConfig(**kwargs)
