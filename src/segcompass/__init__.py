@@ -8,6 +8,12 @@ Importing the package registers the SegCompass model types with transformers' Au
 __version__ = "0.1.0.dev0"
 
 from ._registration import register as _register  # noqa: E402
+from .configuration_segcompass import SegCompassConfig  # noqa: E402
+from .modeling_segcompass import (  # noqa: E402
+    SegCompassForReasoningSegmentation,
+    SegCompassOutput,
+    SegCompassSegmentation,
+)
 from .sae import (  # noqa: E402
     PooledConcepts,
     SparseAutoencoder,
@@ -20,6 +26,10 @@ _register()
 
 __all__ = [
     "PooledConcepts",
+    "SegCompassConfig",
+    "SegCompassForReasoningSegmentation",
+    "SegCompassOutput",
+    "SegCompassSegmentation",
     "SparseAutoencoder",
     "SparseAutoencoderConfig",
     "SparseAutoencoderOutput",

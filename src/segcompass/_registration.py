@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel
 
+from .configuration_segcompass import SegCompassConfig
+from .modeling_segcompass import SegCompassForReasoningSegmentation
 from .sae import SparseAutoencoder, SparseAutoencoderConfig
 
 
 def register() -> None:
     AutoConfig.register(SparseAutoencoderConfig.model_type, SparseAutoencoderConfig, exist_ok=True)
     AutoModel.register(SparseAutoencoderConfig, SparseAutoencoder, exist_ok=True)
+    AutoConfig.register(SegCompassConfig.model_type, SegCompassConfig, exist_ok=True)
+    AutoModel.register(SegCompassConfig, SegCompassForReasoningSegmentation, exist_ok=True)

@@ -90,3 +90,33 @@ def tiny_sae_config(**overrides) -> SparseAutoencoderConfig:
     kwargs = dict(d_in=32, d_sae=128, activation="relu", hook_layer=1, l1_coefficient=1.0)
     kwargs.update(overrides)
     return SparseAutoencoderConfig(**kwargs)
+
+
+# Placeholder special-token ids of `tiny_segcompass_config` (within the tiny preset's 128-token vocabulary).
+TINY_REF_TOKEN_ID = 100
+
+
+def tiny_segcompass_config(num_slots: int = 3, **overrides):
+    """The ``tiny`` SegCompass preset with placeholder special-token ids (``<REF_POS>`` = 100, slots 101…)."""
+    from .configuration_segcompass import SegCompassConfig
+
+    kwargs = dict(num_slots=num_slots, ref_token_id=TINY_REF_TOKEN_ID,
+                  slot_token_ids=list(range(TINY_REF_TOKEN_ID + 1, TINY_REF_TOKEN_ID + 1 + num_slots)))
+    kwargs.update(overrides)
+    return SegCompassConfig.from_preset("tiny", **kwargs)
+
+
+def tiny_text_inputs(config, lengths, seed: int = 0):
+    """Left-padded text-only inputs ending ``<REF_POS>`` + the slot tokens: (B, T) ``input_ids`` and mask."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    suffix = torch.tensor([config.ref_token_id, *config.slot_token_ids])
+    rows = [torch.cat([torch.randint(10, 90, (n,), generator=generator), suffix]) for n in lengths]
+    width = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for b, row in enumerate(rows):
+        input_ids[b, width - len(row):] = row
+        attention_mask[b, width - len(row):] = 1
+    return input_ids, attention_mask

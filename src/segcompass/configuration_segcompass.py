@@ -1,0 +1,150 @@
+"""Configuration of SegCompass (paper §3.1–3.2): backbone MLLM + SAE + concept interface + slot mapper + SAM parts."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig, SamConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .sae import SparseAutoencoderConfig
+
+SUPPORTED_BACKBONES = ("qwen2_5_vl", "llava")
+POOLINGS = ("max", "mean", "sum")
+
+
+class SegCompassConfig(PreTrainedConfig):
+    r"""Configuration of [`SegCompassForReasoningSegmentation`].
+
+    Sub-configs:
+        backbone_config: the MLLM (`Qwen2_5_VLConfig` or `LlavaConfig`; a dict with ``model_type`` works).
+        sae_config: the frozen [`SparseAutoencoderConfig`]; ``d_in`` must equal the backbone's text hidden size and
+            ``hook_layer`` indexes the backbone's ``hidden_states`` (0 = embedding output).
+        sam_config: transformers `SamConfig` for the SAM image encoder, prompt-encoder mask convolutions and
+            two-way mask decoder.
+
+    Args:
+        num_slots (`int`): K, slots (concentration tokens, heatmaps, masks) per sample (paper: 6).
+        concept_threshold (`float`): τ; a feature is in the support set S(z) when |h| >= τ at some token
+            (paper eq. 4 uses h != 0, i.e. τ = 0).
+        max_concepts (`int`): N, concept tokens kept per sample (top-N by pooled activation).
+        concept_pooling (`str`): how a feature's activation is pooled over tokens (``max``, ``mean``, ``sum``).
+        codebook_dim (`int`): d_c, width of codebook entries and concept representations (paper: 512).
+        concept_encoder_layers / concept_encoder_heads / concept_encoder_ffn_dim: the Transformer encoder blocks
+            over [K slot queries ; N concept tokens].
+        slot_mapper_heads / slot_mapper_head_dim: N_h and d_h of the slot mapper's per-head scores (eq. 5).
+        confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
+        ref_token (`str`): the reference token ending the sampled response.
+        slot_token_template (`str`): concentration token names, formatted with the slot index.
+        ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
+    """
+
+    model_type = "segcompass"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_5_vl"),
+        "sae_config": SparseAutoencoderConfig,
+        "sam_config": SamConfig,
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    sae_config: dict | PreTrainedConfig | None = None
+    sam_config: dict | PreTrainedConfig | None = None
+    num_slots: int = 6
+    concept_threshold: float = 0.0
+    max_concepts: int = 256
+    concept_pooling: str = "max"
+    codebook_dim: int = 512
+    concept_encoder_layers: int = 2
+    concept_encoder_heads: int = 8
+    concept_encoder_ffn_dim: int = 2048
+    slot_mapper_heads: int = 4
+    slot_mapper_head_dim: int = 64
+    confidence_threshold: float = 0.5
+    ref_token: str = "<REF_POS>"
+    slot_token_template: str = "<SLOT_{}>"
+    ref_token_id: int | None = None
+    slot_token_ids: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        backbone_type = self.backbone_config.model_type
+        if backbone_type not in SUPPORTED_BACKBONES:
+            raise ValueError(
+                f"Unsupported backbone model_type {backbone_type!r}; SegCompass supports {list(SUPPORTED_BACKBONES)}."
+            )
+        text = self.backbone_config.get_text_config()
+        if self.sae_config.d_in != text.hidden_size:
+            raise ValueError(
+                f"sae_config.d_in={self.sae_config.d_in} but the backbone's hidden size is {text.hidden_size}; the SAE "
+                "must be trained on this backbone's hidden states (see `segcompass train-sae`)."
+            )
+        if not 0 <= self.sae_config.hook_layer <= text.num_hidden_layers:
+            raise ValueError(
+                f"sae_config.hook_layer={self.sae_config.hook_layer} is outside 0..{text.num_hidden_layers} "
+                "(hidden_states indices of this backbone; 0 = embedding output)."
+            )
+        if self.num_slots < 1:
+            raise ValueError(f"`num_slots` must be >= 1, got {self.num_slots}.")
+        if self.max_concepts < 1:
+            raise ValueError(f"`max_concepts` must be >= 1, got {self.max_concepts}.")
+        if self.concept_threshold < 0:
+            raise ValueError(f"`concept_threshold` (τ) must be >= 0, got {self.concept_threshold}.")
+        if self.concept_pooling not in POOLINGS:
+            raise ValueError(f"`concept_pooling` must be one of {list(POOLINGS)}, got {self.concept_pooling!r}.")
+        if self.codebook_dim % self.concept_encoder_heads:
+            raise ValueError(
+                f"`codebook_dim`={self.codebook_dim} must be divisible by `concept_encoder_heads`="
+                f"{self.concept_encoder_heads}."
+            )
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(
+                f"`confidence_threshold` is a probability in [0, 1], got {self.confidence_threshold}."
+            )
+        vision_channels = self.sam_config.vision_config.output_channels
+        if vision_channels != self.sam_config.mask_decoder_config.hidden_size:
+            raise ValueError(
+                f"SAM vision output_channels={vision_channels} must equal mask_decoder hidden_size="
+                f"{self.sam_config.mask_decoder_config.hidden_size}."
+            )
+        if self.slot_token_ids is not None and len(self.slot_token_ids) != self.num_slots:
+            raise ValueError(
+                f"`slot_token_ids` has {len(self.slot_token_ids)} ids but num_slots={self.num_slots}."
+            )
+
+    def get_text_config(self, *args, **kwargs):
+        """The backbone language model's config (generation utilities and TRL read vocab/hidden sizes here)."""
+        backbone = getattr(self, "backbone_config", None)
+        if backbone is None:  # during construction, before sub-configs exist
+            return super().get_text_config(*args, **kwargs)
+        return backbone.get_text_config(*args, **kwargs)
+
+    @property
+    def backbone_type(self) -> str:
+        return self.backbone_config.model_type
+
+    @property
+    def slot_tokens(self) -> list[str]:
+        return [self.slot_token_template.format(i) for i in range(self.num_slots)]
+
+    @property
+    def image_embedding_size(self) -> int:
+        """h = w of the SAM image embedding grid (masks and heatmaps live on a 4h × 4w grid)."""
+        vision = self.sam_config.vision_config
+        return vision.image_size // vision.patch_size
+
+    @property
+    def mask_size(self) -> int:
+        return 4 * self.image_embedding_size
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> SegCompassConfig:
+        """A named configuration: ``qwen2.5-vl-7b``, ``llava-1.5-7b``, ``llava-1.5-13b`` or ``tiny``.
+
+        The full-size presets are configurations only (no weights); ``tiny`` builds a random model in about a
+        second on CPU (see :mod:`segcompass.testing`).
+        """
+        from .presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        kwargs = PRESETS[name]()
+        kwargs.update(overrides)
+        return cls(**kwargs)

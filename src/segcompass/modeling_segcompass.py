@@ -1,0 +1,459 @@
+"""SegCompassForReasoningSegmentation (paper §3.1–3.2, Fig. 2–3; DESIGN data flow and decisions 1–3, 5).
+
+Dimension glossary:
+    B batch, T tokens, D backbone hidden size, L SAE hook layer (index into hidden_states, 0 = embeddings),
+    d_sae SAE features, N concepts kept per sample, d_c codebook width, K slots, C SAM embedding channels,
+    h × w SAM embedding grid, m = 4h mask/heatmap grid, (H, W) original image size.
+
+One backbone forward per sequence (prompt + reasoning + <REF_POS> + K concentration tokens) gives both
+``hidden_states[L]`` for the SAE and the last-layer states at the K concentration tokens (the slot embeddings e_k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageTextToText, PreTrainedModel, SamVisionModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_segcompass import SegCompassConfig
+from .modules.concept_interface import SparseConceptInterface
+from .modules.mask_decoder import HeatmapMaskDecoder
+from .modules.slot_mapper import SlotMapper
+from .postprocess import masks_to_original_size
+from .sae import SparseAutoencoder
+from .utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class SegCompassOutput(ModelOutput):
+    """Output of [`SegCompassForReasoningSegmentation.forward`].
+
+    Args:
+        loss (`()`, *optional*): language-model loss when ``labels`` are given.
+        logits (`(B, T, vocab)`): language-model logits.
+        heatmap_logits (`(B, K, m, m)`): the K-slot heatmaps H_k (logits).
+        confidence_logits (`(B, K)`): slot confidences c_k (logits).
+        mask_logits (`(B, K, m, m)`): decoder mask logits.
+        iou_scores (`(B, K)`): the SAM decoder's IoU predictions.
+        concept_indices / concept_values / concept_mask (`(B, N)`): the kept SAE concepts (j, h_j), valid entries.
+        slot_concept_attention (`(B, K, N)`): how much each slot drew on each concept (provenance).
+        concept_token_activations (`(B, T, N)`): each kept concept's activation at every token.
+        slot_embeddings (`(B, K, D)`): e_k; concept_slots (`(B, K, d_c)`): r_k.
+        image_embeddings (`(B, C, h, w)`): SAM image keys (reusable across instructions on the same image).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    heatmap_logits: torch.FloatTensor | None = None
+    confidence_logits: torch.FloatTensor | None = None
+    mask_logits: torch.FloatTensor | None = None
+    iou_scores: torch.FloatTensor | None = None
+    concept_indices: torch.LongTensor | None = None
+    concept_values: torch.FloatTensor | None = None
+    concept_mask: torch.BoolTensor | None = None
+    slot_concept_attention: torch.FloatTensor | None = None
+    concept_token_activations: torch.FloatTensor | None = None
+    slot_embeddings: torch.FloatTensor | None = None
+    concept_slots: torch.FloatTensor | None = None
+    image_embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class SegCompassSegmentation(ModelOutput):
+    """Output of [`SegCompassForReasoningSegmentation.segment`] (batch-first tensors, lists per sample).
+
+    Args:
+        sequences (`(B, T')`): the sequences that were scored (prompt + completion + <REF_POS> + slot tokens).
+        completion_ids (list of `(t_b,)`): the generated tokens of each sample (up to and including <REF_POS>).
+        malformed (`(B,)` bool): True where the completion had no <REF_POS> and one was appended.
+        confidences (`(B, K)`): σ(c_k).
+        masks (list of `(K, H_b, W_b)` bool): per-slot masks at each original image size (when sizes are given).
+        heatmaps (list of `(K, H_b, W_b)` float): per-slot heatmap probabilities at the original size.
+        outputs: the full [`SegCompassOutput`] of the scoring forward.
+    """
+
+    sequences: torch.LongTensor | None = None
+    completion_ids: list | None = None
+    malformed: torch.BoolTensor | None = None
+    confidences: torch.FloatTensor | None = None
+    masks: list | None = None
+    heatmaps: list | None = None
+    outputs: SegCompassOutput | None = None
+
+
+class SegCompassPreTrainedModel(PreTrainedModel):
+    config_class = SegCompassConfig
+    base_model_prefix = "segcompass"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "LlamaDecoderLayer", "CLIPEncoderLayer"]
+    input_modalities = ("image", "text")
+
+    def _init_weights(self, module):
+        """PyTorch's default (scale-preserving) init for the heads; the backbone, SAE and SAM vision encoder are
+        PreTrainedModels and initialise themselves. N(0, 0.02) everywhere would shrink gradients through the
+        stacked small MLPs of the concept interface and slot mapper by many orders of magnitude."""
+        if isinstance(module, SparseConceptInterface):
+            init.trunc_normal_(module.slot_queries, std=0.02)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if getattr(module, "initial_bias", None) is not None:  # the slot mapper's last map convolution
+                init.constant_(module.bias, module.initial_bias)
+            elif module.bias is not None:
+                bound = 1.0 / math.sqrt(module.weight[0].numel())
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
+    r"""Reasoning segmentation with an interpretable sparse-concept bridge.
+
+    Components: ``backbone`` (transformers' own Qwen2.5-VL / LLaVA class), ``sae`` (frozen
+    [`SparseAutoencoder`]), ``concept_interface`` (codebook + slot queries + encoder blocks), ``slot_mapper``,
+    ``vision_encoder`` (transformers `SamVisionModel`) and ``mask_decoder`` (SAM prompt-encoder mask convolutions +
+    two-way mask decoder).
+    """
+
+    def __init__(self, config: SegCompassConfig):
+        super().__init__(config)
+        self.backbone = AutoModelForImageTextToText.from_config(config.backbone_config)
+        self.sae = SparseAutoencoder(config.sae_config)
+        self.sae.requires_grad_(False)
+        self.concept_interface = SparseConceptInterface(
+            d_sae=config.sae_config.d_sae,
+            codebook_dim=config.codebook_dim,
+            num_slots=config.num_slots,
+            num_layers=config.concept_encoder_layers,
+            num_heads=config.concept_encoder_heads,
+            ffn_dim=config.concept_encoder_ffn_dim,
+        )
+        self.slot_mapper = SlotMapper(
+            llm_dim=config.get_text_config().hidden_size,
+            concept_dim=config.codebook_dim,
+            image_dim=config.sam_config.vision_config.output_channels,
+            num_heads=config.slot_mapper_heads,
+            head_dim=config.slot_mapper_head_dim,
+        )
+        self.vision_encoder = SamVisionModel(config.sam_config.vision_config)
+        self.mask_decoder = HeatmapMaskDecoder(config.sam_config)
+        self.post_init()
+
+    # ------------------------------------------------------------------ transformers plumbing
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
+
+    def generate(self, *args, **kwargs):
+        """Text generation with the backbone (the reasoning policy)."""
+        return self.backbone.generate(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.sae.eval()  # frozen
+        return self
+
+    # ------------------------------------------------------------------ input checks
+    def _special_ids(self) -> tuple[int, torch.Tensor]:
+        if self.config.ref_token_id is None or self.config.slot_token_ids is None:
+            raise ValueError(
+                "config.ref_token_id / config.slot_token_ids are not set. Add the special tokens with "
+                "`SegCompassProcessor.add_special_tokens_to_tokenizer(tokenizer, num_slots)`, resize the backbone's "
+                "embeddings (`model.resize_token_embeddings(len(tokenizer))`) and store the ids in the config."
+            )
+        return self.config.ref_token_id, torch.tensor(self.config.slot_token_ids)
+
+    def slot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions of the K concentration tokens in each row: (B, T) -> (B, K); each must occur exactly once."""
+        ref_id, slot_ids = self._special_ids()
+        matches = input_ids.unsqueeze(-1) == slot_ids.to(input_ids.device)  # (B, T, K)
+        counts = matches.sum(1)  # (B, K)
+        has_ref = (input_ids == ref_id).any(1)  # (B,)
+        if not bool(has_ref.all()):
+            rows = (~has_ref).nonzero().flatten().tolist()
+            raise ValueError(
+                f"`{self.config.ref_token}` is missing from input_ids rows {rows}. Build inputs with "
+                "`SegCompassProcessor(..., append_slots=True)` or `processor.append_slot_tokens(...)`, which add "
+                f"`{self.config.ref_token}` and the {self.config.num_slots} concentration tokens."
+            )
+        if not bool((counts == 1).all()):
+            bad = sorted(set((counts != 1).nonzero()[:, 0].tolist()))
+            raise ValueError(
+                f"Each row must contain each of the {self.config.num_slots} concentration tokens "
+                f"{self.config.slot_tokens} exactly once; rows {bad} do not (counts {counts[bad].tolist()}). "
+                "Use `processor.append_slot_tokens(input_ids, attention_mask)`."
+            )
+        return matches.to(torch.long).argmax(1)  # (B, K)
+
+    def _check_image_embeddings(self, image_embeddings: torch.Tensor, batch: int) -> None:
+        size = self.config.image_embedding_size
+        expected = (batch, self.config.sam_config.vision_config.output_channels, size, size)
+        if tuple(image_embeddings.shape) != expected:
+            raise ValueError(
+                f"`image_embeddings` must have shape {expected} (B, C, h, w) for this model, got "
+                f"{tuple(image_embeddings.shape)}. Compute them with `model.get_image_embeddings(sam_pixel_values)`."
+            )
+
+    def get_image_embeddings(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
+        """SAM image keys: (B, 3, S, S) -> (B, C, h, w)."""
+        return self.vision_encoder(pixel_values=sam_pixel_values).last_hidden_state
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        sam_pixel_values: torch.FloatTensor | None = None,
+        image_embeddings: torch.FloatTensor | None = None,
+        valid_mask_sizes: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **backbone_kwargs,
+    ) -> SegCompassOutput:
+        """
+        Args:
+            input_ids (`(B, T)`): prompt + completion + <REF_POS> + the K concentration tokens.
+            attention_mask (`(B, T)`).
+            sam_pixel_values (`(B, 3, S, S)`) or image_embeddings (`(B, C, h, w)`): the SAM branch input; pass
+                precomputed embeddings to skip the image encoder.
+            valid_mask_sizes (`(B, 2)`, *optional*): unpadded (height, width) on the m × m mask grid.
+            labels (`(B, T)`, *optional*): language-model labels (-100 to ignore).
+            backbone_kwargs: the backbone's image inputs (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``
+                for Qwen2.5-VL; ``pixel_values`` for LLaVA).
+        """
+        batch = input_ids.shape[0]
+        positions = self.slot_positions(input_ids)  # (B, K)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_embeddings is None:
+            if sam_pixel_values is None:
+                raise ValueError("Pass `sam_pixel_values` (B, 3, S, S) or precomputed `image_embeddings` (B, C, h, w).")
+            image_embeddings = self.get_image_embeddings(sam_pixel_values)
+        self._check_image_embeddings(image_embeddings, batch)
+
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            output_hidden_states=True, return_dict=True, **backbone_kwargs)
+        hook_states = out.hidden_states[self.config.sae_config.hook_layer]  # (B, T, D)
+        last_states = out.hidden_states[-1]  # (B, T, D)
+        slot_embeddings = torch.gather(
+            last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
+        )  # (B, K, D)
+
+        concepts = self.sae.pooled_concepts(
+            hook_states, attention_mask, threshold=self.config.concept_threshold, top_n=self.config.max_concepts,
+            pooling=self.config.concept_pooling,
+        )  # indices/values/mask (B, N), token_activations (B, T, N)
+        concept_slots, provenance = self.concept_interface(concepts.indices, concepts.values, concepts.mask)
+        heatmap_logits, confidence_logits, _ = self.slot_mapper(slot_embeddings, concept_slots, image_embeddings)
+        mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes)
+        return SegCompassOutput(
+            loss=out.loss,
+            logits=out.logits,
+            heatmap_logits=heatmap_logits,
+            confidence_logits=confidence_logits,
+            mask_logits=mask_logits,
+            iou_scores=iou_scores,
+            concept_indices=concepts.indices,
+            concept_values=concepts.values,
+            concept_mask=concepts.mask,
+            slot_concept_attention=provenance,
+            concept_token_activations=concepts.token_activations,
+            slot_embeddings=slot_embeddings,
+            concept_slots=concept_slots,
+            image_embeddings=image_embeddings,
+        )
+
+    # ------------------------------------------------------------------ inference
+    def build_scoring_inputs(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, pad_token_id: int,
+        eos_token_ids: list[int] | None = None, mm_token_type_ids: torch.Tensor | None = None,
+    ) -> dict:
+        """Prompt + completion cut at its first <REF_POS> (appended when missing) + the K slot tokens, left-padded.
+
+        Args:
+            prompt_ids, prompt_mask (`(B, Tp)`): left-padded prompts; completion_ids (`(B, Tc)`): generated tokens.
+
+        Returns:
+            dict with ``input_ids``, ``attention_mask`` (and ``mm_token_type_ids`` when given) of shape (B, T'),
+            ``completion_ids`` (list of (t_b,)) and ``malformed`` (B,) bool.
+        """
+        ref_id, slot_ids = self._special_ids()
+        stop = set(eos_token_ids or []) | {pad_token_id}
+        rows, types, completions, malformed = [], [], [], []
+        for b in range(prompt_ids.shape[0]):
+            prompt = prompt_ids[b][prompt_mask[b].bool()]
+            completion = completion_ids[b].tolist()
+            if ref_id in completion:
+                completion = completion[: completion.index(ref_id) + 1]
+                malformed.append(False)
+            else:
+                cut = next((i for i, t in enumerate(completion) if t in stop), len(completion))
+                completion = completion[:cut] + [ref_id]
+                malformed.append(True)
+            completion_t = torch.tensor(completion, dtype=prompt.dtype, device=prompt.device)
+            completions.append(completion_t)
+            rows.append(torch.cat([prompt, completion_t, slot_ids.to(prompt.device, prompt.dtype)]))
+            if mm_token_type_ids is not None:
+                prompt_types = mm_token_type_ids[b][prompt_mask[b].bool()]
+                types.append(torch.cat([prompt_types, prompt_types.new_zeros(len(completion) + len(slot_ids))]))
+        length = max(len(r) for r in rows)
+        input_ids = prompt_ids.new_full((len(rows), length), pad_token_id)
+        attention_mask = torch.zeros_like(input_ids)
+        for b, row in enumerate(rows):
+            input_ids[b, length - len(row):] = row
+            attention_mask[b, length - len(row):] = 1
+        result = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_ids": completions,
+                  "malformed": torch.tensor(malformed)}
+        if mm_token_type_ids is not None:
+            padded = mm_token_type_ids.new_zeros(input_ids.shape)
+            for b, row in enumerate(types):
+                padded[b, length - len(row):] = row
+            result["mm_token_type_ids"] = padded
+        return result
+
+    @torch.no_grad()
+    def segment(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        *,
+        sam_pixel_values: torch.FloatTensor | None = None,
+        image_embeddings: torch.FloatTensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        reshaped_input_sizes: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        pad_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        return_heatmaps: bool = True,
+        **backbone_inputs,
+    ) -> SegCompassSegmentation:
+        """Generate the reasoning, append the concentration tokens, run one scoring forward, resize the masks.
+
+        Args:
+            input_ids, attention_mask (`(B, Tp)`): left-padded prompts from [`SegCompassProcessor`].
+            sam_pixel_values / image_embeddings: SAM branch input (embeddings are reused when given).
+            original_sizes, reshaped_input_sizes (`(B, 2)`): from the processor; when given, masks and heatmaps are
+                returned at each original size.
+            backbone_inputs: ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids`` … as the processor gave them.
+        """
+        generation_config = self.backbone.generation_config
+        pad_token_id = pad_token_id if pad_token_id is not None else generation_config.pad_token_id
+        eos_token_id = eos_token_id if eos_token_id is not None else generation_config.eos_token_id
+        eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        if pad_token_id is None:
+            pad_token_id = eos_ids[0] if eos_ids else 0
+        if image_embeddings is None:
+            if sam_pixel_values is None:
+                raise ValueError("Pass `sam_pixel_values` or `image_embeddings` to `segment`.")
+            image_embeddings = self.get_image_embeddings(sam_pixel_values)
+        mm_token_type_ids = backbone_inputs.pop("mm_token_type_ids", None)
+        generate_kwargs = dict(backbone_inputs)
+        if mm_token_type_ids is not None:
+            generate_kwargs["mm_token_type_ids"] = mm_token_type_ids
+        generated = self.backbone.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,
+        )  # (B, Tp + Tn)
+        scoring = self.build_scoring_inputs(
+            input_ids, attention_mask, generated[:, input_ids.shape[1]:], pad_token_id, eos_ids, mm_token_type_ids
+        )
+        forward_kwargs = dict(backbone_inputs)
+        if "mm_token_type_ids" in scoring:
+            forward_kwargs["mm_token_type_ids"] = scoring["mm_token_type_ids"]
+        valid_sizes = None
+        if reshaped_input_sizes is not None:
+            input_size = self.config.sam_config.vision_config.image_size
+            valid_sizes = torch.ceil(reshaped_input_sizes.float() * self.config.mask_size / input_size).long()
+        outputs = self.forward(
+            input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"], image_embeddings=image_embeddings,
+            valid_mask_sizes=valid_sizes, **forward_kwargs,
+        )
+        result = SegCompassSegmentation(
+            sequences=scoring["input_ids"], completion_ids=scoring["completion_ids"], malformed=scoring["malformed"],
+            confidences=outputs.confidence_logits.sigmoid(), outputs=outputs,
+        )
+        if original_sizes is not None and reshaped_input_sizes is not None:
+            input_size = self.config.sam_config.vision_config.image_size
+            result.masks = [
+                masks_to_original_size(outputs.mask_logits[b], reshaped_input_sizes[b], original_sizes[b], input_size) > 0
+                for b in range(input_ids.shape[0])
+            ]
+            if return_heatmaps:
+                result.heatmaps = [
+                    masks_to_original_size(outputs.heatmap_logits[b], reshaped_input_sizes[b], original_sizes[b],
+                                           input_size).sigmoid()
+                    for b in range(input_ids.shape[0])
+                ]
+        return result
+
+    # ------------------------------------------------------------------ assembly from parts
+    @classmethod
+    def from_pretrained_components(
+        cls, backbone, sae, sam=None, *, config_overrides: dict | None = None
+    ) -> SegCompassForReasoningSegmentation:
+        """Assemble SegCompass from separately pretrained parts; the new heads start random.
+
+        Args:
+            backbone: a transformers Qwen2.5-VL / LLaVA model or a path to one.
+            sae: a [`SparseAutoencoder`], a path saved with ``save_pretrained``, or a SAELens directory.
+            sam: a transformers `SamModel`, a path to one, or an original ``sam_vit_{b,l,h}*.pth`` file.
+            config_overrides: extra [`SegCompassConfig`] fields (num_slots, special token ids, …).
+
+        The per-component missing / unexpected keys are logged and kept in ``model.component_loading_report``.
+        """
+        from transformers import SamModel
+
+        if isinstance(backbone, (str, Path)):
+            backbone = AutoModelForImageTextToText.from_pretrained(backbone)
+        if isinstance(sae, (str, Path)):
+            sae_dir = Path(sae)
+            sae = (SparseAutoencoder.from_saelens(sae_dir) if (sae_dir / "cfg.json").is_file()
+                   else SparseAutoencoder.from_pretrained(sae_dir))
+        sam_state, sam_config = None, None
+        if isinstance(sam, (str, Path)) and str(sam).endswith((".pth", ".pt")):
+            from .convert.sam import load_sam_checkpoint
+
+            sam_state, sam_config = load_sam_checkpoint(sam)
+        elif isinstance(sam, (str, Path)):
+            sam = SamModel.from_pretrained(sam)
+        if isinstance(sam, SamModel):
+            sam_state, sam_config = sam.state_dict(), sam.config
+        kwargs = dict(backbone_config=backbone.config, sae_config=sae.config)
+        if sam_config is not None:
+            kwargs["sam_config"] = sam_config
+        kwargs.update(config_overrides or {})
+        model = cls(SegCompassConfig(**kwargs))
+        report = {}
+        report["backbone"] = model.backbone.load_state_dict(backbone.state_dict(), strict=False)
+        report["sae"] = model.sae.load_state_dict(sae.state_dict(), strict=False)
+        if sam_state is not None:
+            vision = {k[len("vision_encoder."):]: v for k, v in sam_state.items() if k.startswith("vision_encoder.")}
+            report["vision_encoder"] = model.vision_encoder.vision_encoder.load_state_dict(vision, strict=False) \
+                if hasattr(model.vision_encoder, "vision_encoder") else model.vision_encoder.load_state_dict(vision, strict=False)
+            report["mask_decoder"] = model.mask_decoder.load_sam_state_dict(sam_state)
+        for name, result in report.items():
+            missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+            if missing or unexpected:
+                logger.warning("Loading %s: %d missing keys %s, %d unexpected keys %s", name, len(missing),
+                               missing[:5], len(unexpected), unexpected[:5])
+        model.component_loading_report = {
+            name: {"missing_keys": list(r.missing_keys), "unexpected_keys": list(r.unexpected_keys)}
+            for name, r in report.items()
+        }
+        return model

@@ -1,0 +1,10 @@
+"""Mask-path building blocks of SegCompass (concept interface, slot mapper, mask decoder)."""
+
+from .mask_decoder import PADDING_LOGIT, HeatmapMaskDecoder, build_sam_image_encoder, valid_sizes_from_input_sizes
+
+__all__ = [
+    "PADDING_LOGIT",
+    "HeatmapMaskDecoder",
+    "build_sam_image_encoder",
+    "valid_sizes_from_input_sizes",
+]

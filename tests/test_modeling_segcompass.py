@@ -1,0 +1,199 @@
+"""SegCompassForReasoningSegmentation: shapes, gradients, concept-interface parity, round trips, bad input."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from segcompass import SegCompassConfig, SegCompassForReasoningSegmentation
+from segcompass.modules.concept_interface import SparseConceptInterface
+from segcompass.testing import tiny_segcompass_config, tiny_text_inputs
+
+
+def build(num_slots=3, **overrides):
+    torch.manual_seed(0)
+    return SegCompassForReasoningSegmentation(tiny_segcompass_config(num_slots=num_slots, **overrides)).eval()
+
+
+def sam_pixels(batch, seed=0):
+    return torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("num_slots", [1, 6])
+def test_output_shapes(batch, num_slots):
+    model = build(num_slots=num_slots)
+    ids, mask = tiny_text_inputs(model.config, [7 + i for i in range(batch)])
+    out = model(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(batch))
+    m, n = model.config.mask_size, model.config.max_concepts
+    assert out.heatmap_logits.shape == (batch, num_slots, m, m)
+    assert out.mask_logits.shape == (batch, num_slots, m, m)
+    assert out.confidence_logits.shape == (batch, num_slots) and out.iou_scores.shape == (batch, num_slots)
+    assert out.concept_indices.shape == (batch, n) and out.concept_mask.dtype == torch.bool
+    assert out.slot_concept_attention.shape == (batch, num_slots, n)
+    assert out.logits.shape == (batch, ids.shape[1], model.config.get_text_config().vocab_size)
+    assert out.image_embeddings.shape == (batch, 32, 8, 8)
+    # provenance: each slot's attention over real concepts is a distribution share; padding gets none
+    assert (out.slot_concept_attention.masked_select(~out.concept_mask[:, None, :].expand_as(out.slot_concept_attention)) == 0).all()
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_gradients_reach_heads_and_backbone_but_not_the_frozen_sae():
+    model = build().train()
+    ids, mask = tiny_text_inputs(model.config, [8, 6])
+    out = model(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(2))
+    (out.mask_logits.mean() + out.heatmap_logits.mean() + out.confidence_logits.sum()).backward()
+
+    def grad_norm(prefix):
+        grads = [p.grad.abs().sum() for n, p in model.named_parameters() if n.startswith(prefix) and p.grad is not None]
+        return float(sum(grads)) if grads else 0.0
+
+    for prefix in ("concept_interface.codebook", "concept_interface.layers", "slot_mapper", "mask_decoder",
+                   "backbone.model.language_model"):
+        assert grad_norm(prefix) > 1e-6, prefix
+    assert all(not p.requires_grad and p.grad is None for p in model.sae.parameters())
+    assert not model.sae.training
+
+
+def test_concept_interface_equals_dense_reference():
+    torch.manual_seed(0)
+    d_sae, dim, k = 50, 16, 3
+    module = SparseConceptInterface(d_sae, dim, k, num_layers=2, num_heads=2, ffn_dim=32).eval()
+    indices = torch.tensor([[3, 17, 42, 0], [7, 7, 1, 2]])
+    values = torch.tensor([[1.5, 0.5, 2.0, 0.0], [0.3, 0.9, 1.1, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    slots, provenance = module(indices, values, mask)
+    # dense reference: one-hot scatter of the sparse codes times the full codebook, then a hand-written encoder
+    dense_codes = torch.zeros(2, 4, d_sae).scatter(-1, indices[..., None], values[..., None])  # (B, N, d_sae)
+    tokens = dense_codes @ module.codebook.weight  # (B, N, d)
+    x = torch.cat([module.slot_queries.expand(2, -1, -1), tokens], 1)
+    keep = torch.cat([torch.ones(2, k, dtype=torch.bool), mask], 1)
+    for layer in module.layers:
+        h = layer.attn_norm(x)
+        w_q, w_k, w_v = layer.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = layer.attn.in_proj_bias.chunk(3)
+        heads, hd = 2, dim // 2
+        q = (h @ w_q.T + b_q).view(2, -1, heads, hd).transpose(1, 2)
+        kk = (h @ w_k.T + b_k).view(2, -1, heads, hd).transpose(1, 2)
+        v = (h @ w_v.T + b_v).view(2, -1, heads, hd).transpose(1, 2)
+        att = (q @ kk.transpose(-1, -2)) / hd**0.5
+        att = att.masked_fill(~keep[:, None, None, :], float("-inf")).softmax(-1)
+        mixed = (att @ v).transpose(1, 2).reshape(2, -1, dim) @ layer.attn.out_proj.weight.T + layer.attn.out_proj.bias
+        x = x + mixed
+        x = x + layer.ffn(layer.ffn_norm(x))
+        weights = att.mean(1)
+    torch.testing.assert_close(slots, module.norm(x[:, :k]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(provenance, weights[:, :k, k:], atol=1e-5, rtol=1e-5)
+
+
+def test_save_reload_and_automodel_give_identical_outputs(tmp_path):
+    model = build()
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, SegCompassConfig) and config.slot_token_ids == model.config.slot_token_ids
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, SegCompassForReasoningSegmentation)
+    ids, mask = tiny_text_inputs(model.config, [9, 5])
+    a = model(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(2))
+    b = reloaded(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(2))
+    for key in ("mask_logits", "heatmap_logits", "confidence_logits", "concept_indices", "slot_concept_attention"):
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_batch_equals_single_calls():
+    model = build()
+    ids, mask = tiny_text_inputs(model.config, [9, 5, 7])
+    pixels = sam_pixels(3)
+    batched = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    for b in range(3):
+        valid = mask[b].bool()
+        single = model(input_ids=ids[b : b + 1, valid], sam_pixel_values=pixels[b : b + 1])
+        torch.testing.assert_close(single.mask_logits[0], batched.mask_logits[b], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(single.confidence_logits[0], batched.confidence_logits[b], atol=1e-4, rtol=1e-4)
+        assert torch.equal(single.concept_indices[0][single.concept_mask[0]],
+                           batched.concept_indices[b][batched.concept_mask[b]])
+
+
+def test_precomputed_image_embeddings_match_pixels():
+    model = build()
+    ids, mask = tiny_text_inputs(model.config, [6])
+    pixels = sam_pixels(1)
+    a = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    b = model(input_ids=ids, attention_mask=mask, image_embeddings=model.get_image_embeddings(pixels))
+    assert torch.equal(a.mask_logits, b.mask_logits)
+
+
+def test_lora_on_the_language_model_trains():
+    peft = pytest.importorskip("peft")
+    model = build().train()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                           modules_to_save=["concept_interface", "slot_mapper", "mask_decoder"])
+    wrapped = peft.get_peft_model(model, lora)
+    lora_b = [p for n, p in wrapped.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.requires_grad for p in lora_b)
+    before = [p.detach().clone() for p in lora_b]
+    optim = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
+    ids, mask = tiny_text_inputs(model.config, [8, 8])
+    for _ in range(2):
+        out = wrapped(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(2))
+        loss = out.mask_logits.sigmoid().mean() + out.confidence_logits.sigmoid().mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, lora_b))
+
+
+def test_missing_ref_token_and_slot_tokens_raise():
+    model = build()
+    ids, mask = tiny_text_inputs(model.config, [6])
+    no_ref = ids.clone()
+    no_ref[no_ref == model.config.ref_token_id] = 11
+    with pytest.raises(ValueError, match=r"<REF_POS>` is missing from input_ids rows \[0\]"):
+        model(input_ids=no_ref, attention_mask=mask, sam_pixel_values=sam_pixels(1))
+    no_slot = ids[:, :-1]
+    with pytest.raises(ValueError, match="exactly once"):
+        model(input_ids=no_slot, attention_mask=mask[:, :-1], sam_pixel_values=sam_pixels(1))
+
+
+def test_wrong_image_embeddings_shape_and_missing_sam_input():
+    model = build()
+    ids, mask = tiny_text_inputs(model.config, [6])
+    with pytest.raises(ValueError, match=r"must have shape \(1, 32, 8, 8\)"):
+        model(input_ids=ids, attention_mask=mask, image_embeddings=torch.zeros(1, 16, 8, 8))
+    with pytest.raises(ValueError, match="sam_pixel_values"):
+        model(input_ids=ids, attention_mask=mask)
+
+
+def test_special_ids_must_be_configured():
+    model = SegCompassForReasoningSegmentation(SegCompassConfig.from_preset("tiny"))
+    ids = torch.randint(10, 90, (1, 5))
+    with pytest.raises(ValueError, match="slot_token_ids are not set"):
+        model(input_ids=ids, sam_pixel_values=sam_pixels(1))
+
+
+@pytest.mark.parametrize("preset", ["qwen2.5-vl-7b", "llava-1.5-7b", "llava-1.5-13b"])
+def test_full_size_presets_are_consistent(preset):
+    config = SegCompassConfig.from_preset(preset)
+    hidden = {"qwen2.5-vl-7b": 3584, "llava-1.5-7b": 4096, "llava-1.5-13b": 5120}[preset]
+    assert config.sae_config.d_in == hidden == config.get_text_config().hidden_size
+    assert config.sae_config.hook_layer == (13 if preset.startswith("qwen") else 16)
+    assert config.mask_size == 256 and config.num_slots == 6
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(sae_config=dict(d_in=32, d_sae=64)), "sae_config.d_in=32"),
+        (dict(sae_config=dict(d_in=64, d_sae=64, hook_layer=9)), "hook_layer=9"),
+        (dict(num_slots=0), "num_slots"),
+        (dict(concept_pooling="median"), "concept_pooling"),
+        (dict(confidence_threshold=2.0), "confidence_threshold"),
+    ],
+)
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        SegCompassConfig.from_preset("tiny", **overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="Unknown preset 'gpt'"):
+        SegCompassConfig.from_preset("gpt")
