@@ -7,6 +7,7 @@ Importing the package registers the SegCompass model types with transformers' Au
 
 __version__ = "0.1.0.dev0"
 
+from . import metrics  # noqa: E402  (segcompass.metrics.CIOU etc.; does not import evaluate)
 from ._registration import register as _register  # noqa: E402
 from .configuration_segcompass import SegCompassConfig  # noqa: E402
 from .modeling_segcompass import (  # noqa: E402

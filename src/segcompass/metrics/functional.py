@@ -1,0 +1,510 @@
+"""Reasoning / referring segmentation metrics as plain functions: cIoU, gIoU, Pr@X, N-acc, T-acc.
+
+One evaluated unit ("sample") is one (image, instruction) pair. Its prediction is ONE mask, the union of the
+predicted instances; its ground truth is the union of the target instances (empty for a no-target sample).
+Masks are compared at the original image resolution, with ignore pixels removed from both intersection and
+union. Per sample ``i``:
+
+    I_i = |P_i ∩ G_i \\ ignore_i|        U_i = |(P_i ∪ G_i) \\ ignore_i|        IoU_i = I_i / U_i
+
+Over the split:
+
+* ``ciou`` = Σ_i I_i / Σ_i U_i (cumulative IoU, "overall IoU"; large objects weigh more).
+* ``giou`` = mean_i IoU_i (every sample weighs the same).
+* ``pr@t`` = fraction of target samples (non-empty ground truth) with ``IoU_i >= t``.
+* ``n_acc`` = no-target samples predicted as no-target / no-target samples.
+* ``t_acc`` = target samples predicted as having a target / target samples.
+
+A sample "predicts no target" when its predicted mask is empty, unless an explicit per-sample decision is
+given (``no_target_predictions``: a rejection head, a ``[REJ]`` token, all slot confidences below threshold).
+
+Switches (defaults follow LISA, the code most reasoning-segmentation papers copy):
+
+* ``empty_policy`` — IoU of a sample whose union is empty (prediction and ground truth both empty):
+  ``"one"`` (LISA, GSVA, X-SAM, UniPixel, HiMTok), ``"zero"`` (VisionReasoner), ``"skip"`` (Seg-Zero: left out
+  of gIoU and Pr@X).
+* ``protocol`` — how no-target decisions enter the IoU numbers:
+  ``"lisa"``: IoU from the masks only; decisions feed N-acc/T-acc only.
+  ``"rela"`` (ReLA/GRES ``ReferEvaluator``): a no-target sample the model rejects scores IoU 1 with
+  ``I = U = 0``; one it does not reject scores IoU 0 and adds ``|P|`` to ΣU; a target sample the model
+  rejects has ``I`` forced to 0 (``U`` kept).
+  ``"gsva"`` (GSVA ``eval_gres``): as ``"rela"``, but a rejected target sample keeps its mask IoU.
+  With decisions read from mask emptiness (no ``no_target_predictions``) all three protocols give the same
+  numbers; they differ only when an explicit decision disagrees with the mask.
+* ``eval_size`` — ``None`` (original resolution, shapes must agree) or a fixed ``(H, W)`` / ``int`` to which
+  prediction, ground truth and ignore mask are all resized with nearest neighbour (ReLA scores at 480 × 480).
+
+Values are fractions in ``[0, 1]`` (papers print ×100); undefined values (no target samples for Pr@X, no
+no-target samples for N-acc, every sample skipped) are ``nan``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..utils.logging import get_logger
+from ..utils.masks import is_rle, resize_mask_nearest, to_binary_mask, union_masks
+
+logger = get_logger(__name__)
+
+EMPTY_POLICIES = ("one", "zero", "skip")
+PROTOCOLS = ("lisa", "rela", "gsva")
+DEFAULT_PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+__all__ = [
+    "DEFAULT_PR_THRESHOLDS",
+    "EMPTY_POLICIES",
+    "PROTOCOLS",
+    "SampleStatistics",
+    "SegmentationMetricAccumulator",
+    "ciou",
+    "giou",
+    "intersection_and_union",
+    "n_acc",
+    "precision_at",
+    "reasoning_segmentation_metrics",
+    "sample_statistics",
+    "split_batch",
+    "t_acc",
+]
+
+
+# ----------------------------------------------------------------------------------------------- one sample
+@dataclass(frozen=True)
+class SampleStatistics:
+    """Raw counts of one sample, before any protocol or empty-union rule is applied.
+
+    Attributes:
+        intersection: ``|P ∩ G \\ ignore|`` in pixels (at the evaluation resolution).
+        union: ``|(P ∪ G) \\ ignore|`` in pixels.
+        target: the ground truth is non-empty (read at the original resolution, before ignore removal).
+        rejected: the prediction says "no target" (explicit decision, else an empty predicted mask).
+    """
+
+    intersection: int
+    union: int
+    target: bool
+    rejected: bool
+
+
+def _read_sample_mask(x: Any, role: str, threshold: float) -> np.ndarray | None:
+    """One sample's mask as bool ``(H, W)``; ``None`` for an empty instance list (no instances, size unknown)."""
+    if x is None:
+        raise ValueError(
+            f"The {role} of a sample is None; pass [] for a sample with no instances, or a mask of zeros."
+        )
+    if is_rle(x):
+        return to_binary_mask(x, threshold=threshold)
+    if isinstance(x, (list, tuple)):
+        if len(x) == 0:
+            return None
+        try:
+            return union_masks([to_binary_mask(item, threshold=threshold) for item in x])
+        except ValueError as err:
+            looks_like_nested_mask = any(
+                isinstance(item, (bool, int, float, np.number))
+                or (isinstance(item, (list, tuple)) and item and isinstance(item[0], (bool, int, float, np.number)))
+                for item in x
+            )
+            if not looks_like_nested_mask:
+                raise
+            raise ValueError(
+                f"{err} (A sample's {role} given as a list is read as a list of instance masks; pass a single "
+                "2-D mask as a numpy array or tensor.)"
+            ) from err
+    return to_binary_mask(x, threshold=threshold)
+
+
+def _normalize_eval_size(eval_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if eval_size is None:
+        return None
+    if isinstance(eval_size, (int, np.integer)) and not isinstance(eval_size, bool):
+        size = (int(eval_size), int(eval_size))
+    elif isinstance(eval_size, (list, tuple)) and len(eval_size) == 2:
+        size = (int(eval_size[0]), int(eval_size[1]))
+    else:
+        raise ValueError(f"`eval_size` must be None, an int or (H, W), got {eval_size!r}.")
+    if min(size) <= 0:
+        raise ValueError(f"`eval_size` must be positive, got {eval_size!r}.")
+    return size
+
+
+def sample_statistics(
+    prediction: Any,
+    reference: Any,
+    *,
+    ignore: Any = None,
+    no_target_prediction: bool | None = None,
+    eval_size: int | Sequence[int] | None = None,
+    threshold: float = 0.5,
+) -> SampleStatistics:
+    """Intersection, union, target and rejection flags of one sample.
+
+    Args:
+        prediction: predicted mask ``(H, W)`` in any form :func:`~segcompass.utils.masks.to_binary_mask`
+            accepts, or a list of instance masks (union taken; ``[]`` = nothing predicted).
+        reference: ground-truth mask ``(H, W)`` or list of target instance masks (``[]`` = no target).
+        ignore: optional mask ``(H, W)`` of pixels excluded from intersection and union.
+        no_target_prediction: explicit "no target" decision; ``None`` reads it from prediction emptiness.
+        eval_size: ``None`` to score at the original resolution (shapes must agree), else ``(H, W)`` or
+            ``int``: all masks are resized to it with nearest neighbour.
+        threshold: foreground cut for float (probability) masks.
+    """
+    size = _normalize_eval_size(eval_size)
+    pred = _read_sample_mask(prediction, "prediction", threshold)
+    ref = _read_sample_mask(reference, "reference", threshold)
+    ign = None if ignore is None else _read_sample_mask(ignore, "ignore mask", threshold)
+
+    if size is None:
+        if pred is not None and ref is not None and pred.shape != ref.shape:
+            raise ValueError(
+                f"Prediction shape {pred.shape} != reference shape {ref.shape}. Metrics compare masks at the "
+                "original image resolution: resize the prediction to the image size first, or pass "
+                "eval_size=(H, W) to resize both with nearest neighbour."
+            )
+        if ign is not None:
+            base = ref if ref is not None else pred
+            if base is not None and ign.shape != base.shape:
+                raise ValueError(
+                    f"Ignore mask shape {ign.shape} != reference shape {base.shape}; the ignore mask must "
+                    "cover the same image as the ground truth."
+                )
+
+    if ign is not None and not ign.any():
+        ign = None
+    if no_target_prediction is None:
+        rejected = pred is None or not pred.any()
+    else:
+        rejected = bool(no_target_prediction)
+    target = ref is not None and bool(ref.any())
+
+    if size is not None:
+        pred = None if pred is None else resize_mask_nearest(pred, size)
+        ref = None if ref is None else resize_mask_nearest(ref, size)
+        ign = None if ign is None else resize_mask_nearest(ign, size)
+
+    if pred is None and ref is None:
+        return SampleStatistics(0, 0, target, rejected)
+    keep = None if ign is None else ~ign
+    if pred is None or ref is None:
+        present = ref if pred is None else pred
+        union = present if keep is None else present & keep
+        return SampleStatistics(0, int(np.count_nonzero(union)), target, rejected)
+    intersection = pred & ref
+    union = pred | ref
+    if keep is not None:
+        intersection &= keep
+        union &= keep
+    return SampleStatistics(int(np.count_nonzero(intersection)), int(np.count_nonzero(union)), target, rejected)
+
+
+def intersection_and_union(
+    prediction: Any,
+    reference: Any,
+    *,
+    ignore: Any = None,
+    eval_size: int | Sequence[int] | None = None,
+    threshold: float = 0.5,
+) -> tuple[int, int]:
+    """``(I, U)`` in pixels for one sample (arguments as in :func:`sample_statistics`)."""
+    stats = sample_statistics(prediction, reference, ignore=ignore, eval_size=eval_size, threshold=threshold)
+    return stats.intersection, stats.union
+
+
+# ----------------------------------------------------------------------------------------------- accumulator
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    return f"{type(x).__name__} of shape {tuple(shape)}" if shape is not None else type(x).__name__
+
+
+def _as_sample_list(x: Any, name: str) -> list:
+    """Split a batch into per-sample items: a list/tuple, or an array/tensor batch ``(B, H, W)``."""
+    if is_rle(x):
+        raise ValueError(
+            f"`{name}` must be a sequence with one entry per sample, got a single RLE dict; wrap it: [rle]."
+        )
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    ndim = getattr(x, "ndim", None)
+    if ndim is not None:
+        if ndim == 2 and name in ("predictions", "references", "ignore_masks"):
+            raise ValueError(
+                f"`{name}` must hold one mask per sample, got a single 2-D mask of shape {tuple(x.shape)}; "
+                "wrap it in a list ([mask]) or stack a batch as (B, H, W)."
+            )
+        return [x[i] for i in range(len(x))]
+    if hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (str, bytes, dict)):
+        return [x[i] for i in range(len(x))]
+    raise ValueError(f"`{name}` must be a list of per-sample entries or a (B, H, W) batch, got {_describe(x)}.")
+
+
+def split_batch(
+    predictions: Any, references: Any, ignore_masks: Any = None, no_target_predictions: Any = None
+) -> tuple[list, list, list, list]:
+    """Split a batch into four aligned per-sample lists (missing optional columns become ``None`` entries).
+
+    Raises ``ValueError`` when the lengths differ or an argument is not a per-sample sequence.
+    """
+    preds = _as_sample_list(predictions, "predictions")
+    refs = _as_sample_list(references, "references")
+    if len(preds) != len(refs):
+        raise ValueError(f"Got {len(preds)} predictions but {len(refs)} references; they must pair up.")
+    ignores = [None] * len(refs) if ignore_masks is None else _as_sample_list(ignore_masks, "ignore_masks")
+    decisions = (
+        [None] * len(refs)
+        if no_target_predictions is None
+        else _as_sample_list(no_target_predictions, "no_target_predictions")
+    )
+    for name, column in (("ignore_masks", ignores), ("no_target_predictions", decisions)):
+        if len(column) != len(refs):
+            raise ValueError(f"Got {len(column)} {name} for {len(refs)} samples; pass one per sample.")
+    decisions = [None if d is None else bool(d) for d in decisions]
+    return preds, refs, ignores, decisions
+
+
+class SegmentationMetricAccumulator:
+    """Streaming cIoU / gIoU / Pr@X / N-acc / T-acc over a split.
+
+    ``update`` reduces each sample to four numbers (:class:`SampleStatistics`), so memory is O(samples), not
+    O(pixels); ``compute`` applies the protocol and empty-union rules (see the module docstring).
+
+    Args:
+        protocol: ``"lisa"`` (default), ``"rela"`` or ``"gsva"``: how no-target decisions enter IoU.
+        empty_policy: ``"one"`` (default), ``"zero"`` or ``"skip"``: IoU of a sample with an empty union.
+        pr_thresholds: IoU thresholds for ``pr@t`` (``IoU >= t`` over target samples).
+        eval_size: ``None`` (original resolution) or a fixed ``(H, W)`` / ``int`` (nearest-neighbour resize).
+        threshold: foreground cut for float (probability) masks.
+
+    Example:
+        >>> import numpy as np
+        >>> acc = SegmentationMetricAccumulator()
+        >>> gt = np.zeros((2, 2), bool); gt[0] = True
+        >>> acc.update([gt], [gt])
+        >>> acc.update([np.zeros((2, 2), bool)], [[]])            # no-target sample, predicted empty
+        >>> acc.compute()["giou"], acc.compute()["n_acc"]
+        (1.0, 1.0)
+    """
+
+    def __init__(
+        self,
+        *,
+        protocol: str = "lisa",
+        empty_policy: str = "one",
+        pr_thresholds: Sequence[float] = DEFAULT_PR_THRESHOLDS,
+        eval_size: int | Sequence[int] | None = None,
+        threshold: float = 0.5,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {protocol!r}.")
+        if empty_policy not in EMPTY_POLICIES:
+            raise ValueError(f"`empty_policy` must be one of {EMPTY_POLICIES}, got {empty_policy!r}.")
+        thresholds = tuple(float(t) for t in pr_thresholds)
+        bad = [t for t in thresholds if not 0.0 <= t <= 1.0]
+        if bad:
+            raise ValueError(f"`pr_thresholds` must lie in [0, 1], got {bad}.")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"`threshold` is a probability cut in [0, 1], got {threshold!r}.")
+        self.protocol = protocol
+        self.empty_policy = empty_policy
+        self.pr_thresholds = thresholds
+        self.eval_size = _normalize_eval_size(eval_size)
+        self.threshold = float(threshold)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sample seen so far."""
+        self._intersection: list[int] = []
+        self._union: list[int] = []
+        self._target: list[bool] = []
+        self._rejected: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self._union)
+
+    def add(
+        self,
+        prediction: Any,
+        reference: Any,
+        ignore: Any = None,
+        no_target_prediction: bool | None = None,
+    ) -> SampleStatistics:
+        """Add one sample (arguments as in :func:`sample_statistics`); returns its statistics."""
+        stats = sample_statistics(
+            prediction,
+            reference,
+            ignore=ignore,
+            no_target_prediction=no_target_prediction,
+            eval_size=self.eval_size,
+            threshold=self.threshold,
+        )
+        self.add_statistics(stats)
+        return stats
+
+    def add_statistics(self, stats: SampleStatistics) -> None:
+        """Add one sample already reduced to :class:`SampleStatistics` (e.g. gathered from other processes)."""
+        self._intersection.append(int(stats.intersection))
+        self._union.append(int(stats.union))
+        self._target.append(bool(stats.target))
+        self._rejected.append(bool(stats.rejected))
+
+    def update(
+        self,
+        predictions: Any,
+        references: Any,
+        ignore_masks: Any = None,
+        no_target_predictions: Any = None,
+    ) -> None:
+        """Add a batch of samples.
+
+        Args:
+            predictions: one entry per sample: a mask ``(H, W)`` (array, tensor, PIL, RLE) or a list of instance
+                masks; or a batch array/tensor ``(B, H, W)``.
+            references: same forms; ``[]`` (or an all-zero mask) for a no-target sample.
+            ignore_masks: ``None`` or one entry per sample (``None`` for "nothing ignored").
+            no_target_predictions: ``None`` or one bool (or ``None``) per sample: explicit "no target" decisions.
+        """
+        preds, refs, ignores, decisions = split_batch(predictions, references, ignore_masks, no_target_predictions)
+        batch = [
+            sample_statistics(
+                p,
+                r,
+                ignore=i,
+                no_target_prediction=d,
+                eval_size=self.eval_size,
+                threshold=self.threshold,
+            )
+            for p, r, i, d in zip(preds, refs, ignores, decisions)
+        ]
+        for stats in batch:  # add only once the whole batch validated
+            self.add_statistics(stats)
+
+    # ------------------------------------------------------------------------------------------- scoring
+    def _scored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-sample ``(I, U, IoU, counted)`` after the protocol and empty-union rules."""
+        inter = np.asarray(self._intersection, dtype=np.int64)
+        union = np.asarray(self._union, dtype=np.int64)
+        target = np.asarray(self._target, dtype=bool)
+        rejected = np.asarray(self._rejected, dtype=bool)
+
+        fixed = np.zeros(len(union), dtype=bool)  # IoU set by a protocol rule, never "empty union"
+        iou = np.divide(inter, union, out=np.zeros(len(union), dtype=np.float64), where=union > 0)
+        if self.protocol in ("rela", "gsva"):
+            true_reject = ~target & rejected
+            missed_reject = ~target & ~rejected
+            union = np.where(true_reject, 0, union)  # I is already 0: the ground truth is empty
+            iou[true_reject] = 1.0
+            iou[missed_reject] = 0.0
+            fixed |= ~target
+            if self.protocol == "rela":
+                false_reject = target & rejected
+                inter = np.where(false_reject, 0, inter)
+                iou[false_reject & (union > 0)] = 0.0
+
+        empty = (union == 0) & ~fixed
+        counted = np.ones(len(union), dtype=bool)
+        if self.empty_policy == "one":
+            iou[empty] = 1.0
+        elif self.empty_policy == "zero":
+            iou[empty] = 0.0
+        else:
+            counted &= ~empty
+        return inter, union, iou, counted
+
+    def per_sample_iou(self) -> np.ndarray:
+        """IoU of every sample as scored for gIoU, shape ``(num_samples,)``; ``nan`` where skipped."""
+        _, _, iou, counted = self._scored()
+        return np.where(counted, iou, np.nan)
+
+    def compute(self) -> dict[str, float | int]:
+        """All metrics over the samples seen so far.
+
+        Returns:
+            ``{"ciou", "giou", "pr@<t>" for each threshold, "n_acc", "t_acc", "num_samples", "num_no_target"}``.
+        """
+        if len(self) == 0:
+            raise ValueError("No samples to score; call update() with predictions and references first.")
+        inter, union, iou, counted = self._scored()
+        target = np.asarray(self._target, dtype=bool)
+        rejected = np.asarray(self._rejected, dtype=bool)
+
+        total_union = int(union.sum())
+        if total_union > 0:
+            ciou_value = float(inter.sum()) / total_union
+        else:  # every sample has an empty union: follow the per-sample rule
+            ciou_value = {"one": 1.0, "zero": 0.0, "skip": float("nan")}[self.empty_policy]
+        giou_value = float(iou[counted].mean()) if counted.any() else float("nan")
+
+        results: dict[str, float | int] = {"ciou": ciou_value, "giou": giou_value}
+        pr_pool = target & counted
+        for t in self.pr_thresholds:
+            results[f"pr@{t:g}"] = float((iou[pr_pool] >= t).mean()) if pr_pool.any() else float("nan")
+        results["n_acc"] = float(rejected[~target].mean()) if (~target).any() else float("nan")
+        results["t_acc"] = float((~rejected[target]).mean()) if target.any() else float("nan")
+        results["num_samples"] = int(len(union))
+        results["num_no_target"] = int((~target).sum())
+        logger.debug("Scored %d samples (%d no-target): %s", len(union), results["num_no_target"], results)
+        return results
+
+
+# ----------------------------------------------------------------------------------------------- one-shot
+def reasoning_segmentation_metrics(
+    predictions: Any,
+    references: Any,
+    *,
+    ignore_masks: Any = None,
+    no_target_predictions: Any = None,
+    protocol: str = "lisa",
+    empty_policy: str = "one",
+    pr_thresholds: Sequence[float] = DEFAULT_PR_THRESHOLDS,
+    eval_size: int | Sequence[int] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, float | int]:
+    """cIoU, gIoU, Pr@X, N-acc and T-acc in one pass (arguments as in :class:`SegmentationMetricAccumulator`).
+
+    Example:
+        >>> import numpy as np
+        >>> gt = np.zeros((4, 4), bool); gt[:2] = True            # 8 pixels
+        >>> pred = np.zeros((4, 4), bool); pred[:1] = True        # 4 pixels, all inside gt
+        >>> r = reasoning_segmentation_metrics([pred], [gt])
+        >>> r["ciou"], r["giou"], r["pr@0.5"], r["pr@0.6"]
+        (0.5, 0.5, 1.0, 0.0)
+    """
+    accumulator = SegmentationMetricAccumulator(
+        protocol=protocol,
+        empty_policy=empty_policy,
+        pr_thresholds=pr_thresholds,
+        eval_size=eval_size,
+        threshold=threshold,
+    )
+    accumulator.update(predictions, references, ignore_masks, no_target_predictions)
+    return accumulator.compute()
+
+
+def ciou(predictions: Any, references: Any, **kwargs: Any) -> float:
+    """Cumulative IoU Σ I / Σ U (keyword arguments as in :func:`reasoning_segmentation_metrics`)."""
+    return reasoning_segmentation_metrics(predictions, references, **kwargs)["ciou"]
+
+
+def giou(predictions: Any, references: Any, **kwargs: Any) -> float:
+    """Mean per-sample IoU (keyword arguments as in :func:`reasoning_segmentation_metrics`)."""
+    return reasoning_segmentation_metrics(predictions, references, **kwargs)["giou"]
+
+
+def precision_at(predictions: Any, references: Any, threshold: float = 0.5, **kwargs: Any) -> float:
+    """Pr@``threshold``: fraction of target samples with ``IoU >= threshold``."""
+    result = reasoning_segmentation_metrics(predictions, references, pr_thresholds=(threshold,), **kwargs)
+    return result[f"pr@{float(threshold):g}"]
+
+
+def n_acc(predictions: Any, references: Any, **kwargs: Any) -> float:
+    """No-target accuracy: no-target samples predicted as no-target / no-target samples (``nan`` if none)."""
+    return reasoning_segmentation_metrics(predictions, references, **kwargs)["n_acc"]
+
+
+def t_acc(predictions: Any, references: Any, **kwargs: Any) -> float:
+    """Target accuracy: target samples predicted as having a target / target samples (``nan`` if none)."""
+    return reasoning_segmentation_metrics(predictions, references, **kwargs)["t_acc"]

@@ -1,0 +1,355 @@
+"""Supervised segmentation losses of SegCompass (paper §3.3, eq. 6).
+
+    L     = λ_s · L_seg + λ_c · L_conf                      (added to L_grpo by the trainer)
+    L_seg = BCE(heatmaps H_k, M_gt) + λ_d · dice(masks M̂, M_gt)        on Hungarian-matched pairs only
+    L_conf = (1/K) Σ_k BCE(c_k, y_k),   y_k = 1 if slot k is matched to a ground-truth instance, else 0
+
+Paper defaults: λ_s = 1.0, λ_c = 0.2, λ_d = 0.6.
+
+Choices where the paper is silent (each is a keyword argument or documented below):
+
+* **Matching** uses the detached heatmap probabilities σ(H_k) (the authors' choice; ``matching_source="mask"``
+  matches on the decoder masks instead), cost ``1 − soft IoU``, restricted to ``valid_mask`` when one is given
+  (the authors' code matches on the unmasked grid although its losses are masked; that is not copied).
+* **Reduction:** BCE is the mean over (valid) pixels of each matched pair; BCE and dice are then averaged over
+  all matched pairs of the batch, so every matched instance weighs the same, and a sample with three targets
+  contributes three pairs. Samples without targets (G = 0) add no pairs: they do **not** add zeros to the mean
+  (the authors' code does, which silently down-weights the mask losses by the no-target fraction).
+  L_conf is the mean over the B·K slots: (1/K)Σ_k per sample, then the mean over samples.
+* **Dice** is the soft dice of the decoder probabilities σ(M̂_k) with the target,
+  ``1 − (2 Σ p·g + s) / (Σ p + Σ g + s)`` with smoothing ``s = dice_smooth = 1`` (the DETR/SAM convention; the paper
+  cites V-Net [36] without giving the form). ``dice_smooth=0`` gives the authors' unsmoothed form.
+* **No matched pair in the batch** (all samples have G = 0): ``bce = dice = 0`` exactly, kept attached to the
+  graph as ``0 · Σ logits`` so heatmap and mask parameters receive zero (not missing) gradients, which distributed
+  data parallel needs; only the confidences get a training signal.
+* **Targets** must already be on the prediction grid (``resize_masks`` does that) and lie in ``[0, 1]``; soft
+  targets are fine. Everything is computed in float32.
+
+Dimension names: B samples, K slots, G_b instances of sample b, H×W grid, M = Σ_b min(K, G_b) matched pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .matching import SlotMatching, match_slots_batched
+
+__all__ = [
+    "SegmentationLossOutput",
+    "dice_loss",
+    "letterbox_size",
+    "resize_masks",
+    "segmentation_losses",
+]
+
+_RESIZE_MODES = ("auto", "area", "bilinear", "nearest-exact")
+
+
+# ----------------------------------------------------------------------------------------------- resizing
+def letterbox_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """Size of an ``height × width`` image scaled to fit inside ``size = (h, w)`` with its aspect ratio kept.
+
+    This is the SAM convention (longest side scaled to the frame, rounded to the nearest integer); the scaled image
+    sits in the top-left corner of the frame and the rest is padding.
+
+    Example:
+        >>> letterbox_size(480, 640, (256, 256))
+        (192, 256)
+    """
+    out_h, out_w = int(size[0]), int(size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"letterbox_size needs a positive image size, got height={height}, width={width}.")
+    scale = min(out_h / height, out_w / width)
+    return min(out_h, int(height * scale + 0.5)), min(out_w, int(width * scale + 0.5))
+
+
+def resize_masks(
+    masks: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    mode: Literal["auto", "area", "bilinear", "nearest-exact"] = "auto",
+    letterbox: bool = False,
+) -> torch.Tensor:
+    """Resize (stacks of) masks to ``size = (h, w)`` as soft float32 targets in ``[0, 1]``.
+
+    Resizing a binary mask to a coarser grid should keep the fraction of each cell that is covered, so the default
+    ``mode="auto"`` uses area averaging when no side grows (an exact block mean for integer factors) and bilinear
+    interpolation (``align_corners=False``, antialiased when a side shrinks) otherwise. ``"nearest-exact"`` keeps
+    binary masks binary. The losses and rewards accept the soft result as is.
+
+    Args:
+        masks (`torch.Tensor` of shape `(..., H, W)`): bool, or numbers in ``[0, 1]`` (e.g. ``(G, H, W)``,
+            ``(B, G, H, W)``). Leading dims may be empty (G = 0).
+        size: target ``(h, w)``.
+        mode: ``"auto"``, ``"area"``, ``"bilinear"`` or ``"nearest-exact"``.
+        letterbox: keep the aspect ratio as SAM does (see :func:`letterbox_size`): resize into the top-left
+            ``letterbox_size(H, W, size)`` block and zero-pad the bottom/right. Use it when the predictions live in
+            SAM's padded square frame; leave it off when the prediction grid is the image stretched to ``size``.
+
+    Returns:
+        `torch.FloatTensor` of shape `(..., h, w)`, on the input's device.
+    """
+    if mode not in _RESIZE_MODES:
+        raise ValueError(f"`mode` must be one of {_RESIZE_MODES}, got {mode!r}.")
+    if masks.dim() < 2:
+        raise ValueError(f"resize_masks expects masks of shape (..., H, W), got {tuple(masks.shape)}.")
+    out_h, out_w = int(size[0]), int(size[1])
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"`size` must be two positive ints (h, w), got {size!r}.")
+    x = masks.float() if masks.dtype == torch.bool else masks.to(torch.float32)
+    if x.numel():
+        low, high = torch.aminmax(x)
+        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
+            raise ValueError(
+                f"resize_masks expects bool masks or values in [0, 1], got values in [{float(low):g}, "
+                f"{float(high):g}]. For 0/255 images or label maps pass `mask != 0` (or `mask == label`)."
+            )
+    lead, (height, width) = x.shape[:-2], x.shape[-2:]
+    if letterbox:
+        inner_h, inner_w = letterbox_size(height, width, (out_h, out_w))
+    else:
+        inner_h, inner_w = out_h, out_w
+    if x.numel() == 0:
+        return x.new_zeros(*lead, out_h, out_w)
+    flat = x.reshape(-1, 1, height, width)  # (N, 1, H, W), N = prod(leading dims)
+    if (inner_h, inner_w) != (height, width):
+        chosen = mode
+        if mode == "auto":
+            chosen = "area" if inner_h <= height and inner_w <= width else "bilinear"
+        if chosen == "bilinear":
+            shrinks = inner_h < height or inner_w < width
+            flat = F.interpolate(
+                flat, size=(inner_h, inner_w), mode="bilinear", align_corners=False, antialias=shrinks
+            )  # (N, 1, inner_h, inner_w)
+        else:
+            flat = F.interpolate(flat, size=(inner_h, inner_w), mode=chosen)  # (N, 1, inner_h, inner_w)
+    if (inner_h, inner_w) != (out_h, out_w):
+        flat = F.pad(flat, (0, out_w - inner_w, 0, out_h - inner_h))  # (N, 1, h, w), zeros bottom/right
+    return flat.clamp_(0.0, 1.0).reshape(*lead, out_h, out_w)  # (..., h, w)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def dice_loss(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    smooth: float = 1.0,
+) -> torch.Tensor:
+    """Soft dice loss per map: ``1 − (2 Σ w·p·g + s) / (Σ w·p + Σ w·g + s)``.
+
+    Args:
+        probs (`torch.Tensor` of shape `(M, H, W)`): probabilities.
+        targets (`torch.Tensor` of shape `(M, H, W)`): targets in ``[0, 1]``.
+        weights (`torch.Tensor` of shape `(M, H, W)`, *optional*): pixel weights (valid region).
+        smooth: additive smoothing ``s >= 0``; the denominator is floored at 1e-6 so ``s = 0`` stays finite.
+
+    Returns:
+        `torch.Tensor` of shape `(M,)`: one loss per map.
+    """
+    if weights is not None:
+        probs = probs * weights
+        targets = targets * weights
+    inter = (probs * targets).sum((-2, -1))  # (M,)
+    denom = probs.sum((-2, -1)) + targets.sum((-2, -1))  # (M,)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth).clamp_min(1e-6)
+
+
+@dataclass
+class SegmentationLossOutput:
+    """What :func:`segmentation_losses` returns. Every loss is a 0-d float32 tensor attached to the graph.
+
+    Attributes:
+        loss: ``λ_s · seg + λ_c · conf``, the term the trainer adds to the policy loss.
+        seg: ``bce + λ_d · dice``.
+        bce: heatmap BCE, mean over matched pairs (0 when there is none).
+        dice: decoder-mask dice loss, mean over matched pairs (0 when there is none).
+        conf: confidence BCE, mean over the B·K slots.
+        matching: the :class:`SlotMatching` used for all terms.
+        confidence_targets (`(B, K)`): the binary targets y.
+        matched_iou: mean soft IoU of the matched pairs on the maps used for matching (detached; ``None`` when
+            there is no matched pair).
+        num_matched: number of matched pairs M.
+    """
+
+    loss: torch.Tensor
+    seg: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
+    conf: torch.Tensor
+    matching: SlotMatching
+    confidence_targets: torch.Tensor
+    matched_iou: torch.Tensor | None
+    num_matched: int
+
+    def metrics(self) -> dict[str, float]:
+        """Detached scalars for logging (``matched_iou`` is left out when there is no matched pair)."""
+        out = {name: float(getattr(self, name).detach()) for name in ("loss", "seg", "bce", "dice", "conf")}
+        if self.matched_iou is not None:
+            out["matched_iou"] = float(self.matched_iou)
+        out["num_matched"] = float(self.num_matched)
+        return out
+
+
+def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, width: int) -> None:
+    if len(gt_masks) != batch:
+        raise ValueError(
+            f"`gt_masks` has {len(gt_masks)} entries but the logits have batch size {batch}; pass one (G_b, H, W) "
+            "tensor per sample (shape (0, H, W) for a sample without targets)."
+        )
+    for b, gt in enumerate(gt_masks):
+        if not isinstance(gt, torch.Tensor):
+            raise ValueError(f"gt_masks[{b}] must be a torch.Tensor of shape (G, H, W), got {type(gt).__name__}.")
+        if gt.dim() != 3:
+            raise ValueError(
+                f"gt_masks[{b}] must have shape (G, H, W), got {tuple(gt.shape)}. Stack a sample's instances along "
+                "dim 0 (use shape (0, H, W) when it has none)."
+            )
+        if tuple(gt.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"gt_masks[{b}] has spatial size {tuple(gt.shape[-2:])} but the heatmap logits are {(height, width)}. "
+                f"Resize the ground truth to the prediction grid first: "
+                f"segcompass.training.resize_masks(masks, ({height}, {width})) "
+                "(letterbox=True for SAM's padded frame)."
+            )
+
+
+def segmentation_losses(
+    heatmap_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    confidence_logits: torch.Tensor,
+    gt_masks: Sequence[torch.Tensor],
+    *,
+    lambda_seg: float = 1.0,
+    lambda_conf: float = 0.2,
+    lambda_dice: float = 0.6,
+    dice_smooth: float = 1.0,
+    valid_mask: torch.Tensor | None = None,
+    matching_source: Literal["heatmap", "mask"] = "heatmap",
+) -> SegmentationLossOutput:
+    """Hungarian-matched segmentation and confidence losses (paper eq. 6 without the GRPO term).
+
+    Args:
+        heatmap_logits (`torch.Tensor` of shape `(B, K, H, W)`): slot-mapper heatmap logits H_k.
+        mask_logits (`torch.Tensor` of shape `(B, K, H, W)`): mask-decoder logits M̂_k, same grid as the heatmaps.
+        confidence_logits (`torch.Tensor` of shape `(B, K)`): slot confidence logits c_k.
+        gt_masks (sequence of B tensors of shape `(G_b, H, W)`): ground-truth instances in ``[0, 1]`` on the
+            prediction grid (see :func:`resize_masks`); ``G_b = 0`` for a no-target sample, ``G_b > K`` is allowed
+            (only K instances can be matched).
+        lambda_seg: λ_s (paper 1.0).
+        lambda_conf: λ_c (paper 0.2).
+        lambda_dice: λ_d (paper 0.6).
+        dice_smooth: smoothing of the dice loss (see :func:`dice_loss`).
+        valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights in ``[0, 1]`` (bool works),
+            e.g. the unpadded image region of SAM's frame. Matching, BCE and dice use only these pixels; every
+            sample needs at least one valid pixel.
+        matching_source: match on ``σ(heatmap_logits)`` (default) or ``σ(mask_logits)``.
+
+    Returns:
+        :class:`SegmentationLossOutput`.
+
+    Raises:
+        ValueError: inconsistent shapes, ground truth not on the prediction grid, targets outside ``[0, 1]``, an
+            empty ``valid_mask`` for a sample, or an unknown ``matching_source``.
+    """
+    if heatmap_logits.dim() != 4:
+        raise ValueError(f"`heatmap_logits` must have shape (B, K, H, W), got {tuple(heatmap_logits.shape)}.")
+    if mask_logits.shape != heatmap_logits.shape:
+        raise ValueError(
+            f"`mask_logits` {tuple(mask_logits.shape)} must have the shape of `heatmap_logits` "
+            f"{tuple(heatmap_logits.shape)}; resize the decoder logits to the heatmap grid first."
+        )
+    batch, num_slots, height, width = heatmap_logits.shape
+    if num_slots < 1 or height < 1 or width < 1:
+        raise ValueError(f"`heatmap_logits` needs K >= 1 slots and a non-empty grid, got {tuple(heatmap_logits.shape)}.")
+    if confidence_logits.shape != (batch, num_slots):
+        raise ValueError(
+            f"`confidence_logits` must have shape (B, K) = {(batch, num_slots)}, got {tuple(confidence_logits.shape)}."
+        )
+    if matching_source not in ("heatmap", "mask"):
+        raise ValueError(f"`matching_source` must be 'heatmap' or 'mask', got {matching_source!r}.")
+    if dice_smooth < 0:
+        raise ValueError(f"`dice_smooth` must be >= 0, got {dice_smooth}.")
+    _check_targets(gt_masks, batch, height, width)
+    device = heatmap_logits.device
+    gts = [gt.to(device=device, dtype=torch.float32) for gt in gt_masks]  # B × (G_b, H, W)
+    gt_all = torch.cat(gts) if gts else heatmap_logits.new_zeros((0, height, width), dtype=torch.float32)  # (ΣG, H, W)
+    if gt_all.numel():
+        low, high = torch.aminmax(gt_all)
+        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
+            raise ValueError(
+                f"Ground-truth masks must be binary or soft values in [0, 1], got values in [{float(low):g}, "
+                f"{float(high):g}]. Convert 0/255 images with `mask != 0` and probabilities from logits with sigmoid."
+            )
+    weights_all: torch.Tensor | None = None
+    if valid_mask is not None:
+        if valid_mask.shape != (batch, height, width):
+            raise ValueError(
+                f"`valid_mask` must have shape (B, H, W) = {(batch, height, width)}, got {tuple(valid_mask.shape)}."
+            )
+        weights_all = valid_mask.to(device=device, dtype=torch.float32)  # (B, H, W)
+        low, high = torch.aminmax(weights_all)
+        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
+            raise ValueError(
+                "`valid_mask` must be bool or pixel weights in [0, 1], got values in "
+                f"[{float(low):g}, {float(high):g}]."
+            )
+        if bool((weights_all.sum((-2, -1)) <= 0).any()):
+            raise ValueError("`valid_mask` has a sample with no valid pixel; every sample needs at least one.")
+
+    # 1. Match slots to instances on the detached probabilities.
+    source = heatmap_logits if matching_source == "heatmap" else mask_logits
+    matching = match_slots_batched(source.detach().float().sigmoid(), gts, weights_all)
+
+    # 2. Confidence BCE against the matched / unmatched targets, mean over B·K.
+    targets = matching.confidence_targets(num_slots).to(device)  # (B, K)
+    conf = F.binary_cross_entropy_with_logits(confidence_logits.float(), targets)
+
+    # 3. Gather the matched pairs of the whole batch.
+    num_matched = matching.num_matched
+    if num_matched == 0:
+        # Zero that stays in the graph: parameters feeding the maps get zero gradients instead of none.
+        bce = heatmap_logits.float().sum() * 0.0
+        dice = mask_logits.float().sum() * 0.0
+        matched_iou = None
+    else:
+        offsets = [0]
+        for gt in gts[:-1]:
+            offsets.append(offsets[-1] + int(gt.shape[0]))
+        batch_idx = torch.cat(
+            [torch.full_like(s, b) for b, s in enumerate(matching.slot_indices)]
+        )  # (M,)
+        slot_idx = torch.cat(matching.slot_indices)  # (M,)
+        gt_rows = torch.cat([g + offsets[b] for b, g in enumerate(matching.gt_indices)])  # (M,) rows of gt_all
+        target = gt_all[gt_rows]  # (M, H, W)
+        heat = heatmap_logits[batch_idx, slot_idx].float()  # (M, H, W)
+        probs = mask_logits[batch_idx, slot_idx].float().sigmoid()  # (M, H, W)
+        weights = weights_all[batch_idx] if weights_all is not None else None  # (M, H, W)
+
+        pixel_bce = F.binary_cross_entropy_with_logits(heat, target, reduction="none")  # (M, H, W)
+        if weights is None:
+            pair_bce = pixel_bce.mean((-2, -1))  # (M,)
+        else:
+            pair_bce = (pixel_bce * weights).sum((-2, -1)) / weights.sum((-2, -1))  # (M,)
+        bce = pair_bce.mean()
+        dice = dice_loss(probs, target, weights, smooth=dice_smooth).mean()
+        matched_iou = matching.matched_iou().mean()
+
+    seg = bce + lambda_dice * dice
+    loss = lambda_seg * seg + lambda_conf * conf
+    return SegmentationLossOutput(
+        loss=loss,
+        seg=seg,
+        bce=bce,
+        dice=dice,
+        conf=conf,
+        matching=matching,
+        confidence_targets=targets,
+        matched_iou=matched_iou,
+        num_matched=num_matched,
+    )

@@ -1,0 +1,198 @@
+"""Segmentation / confidence losses (paper eq. 6) and mask resizing, against hand-computed values on 2×2 grids.
+
+Notation in the comments: sp(x) = softplus(x) = log(1 + e^x). BCE-with-logits of logit x is sp(-x) for target 1
+and sp(x) for target 0.
+"""
+
+import math
+
+import pytest
+import torch
+
+from segcompass.training import letterbox_size, resize_masks, segmentation_losses
+
+
+def sp(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+TL = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # top-left pixel
+BR = torch.tensor([[0.0, 0.0], [0.0, 1.0]])  # bottom-right pixel
+
+
+def peaked(mask: torch.Tensor, high: float = 2.0, low: float = -2.0) -> torch.Tensor:
+    """Logits `high` on the mask's pixels and `low` elsewhere, shape (2, 2)."""
+    return torch.where(mask > 0, torch.tensor(high), torch.tensor(low))
+
+
+def test_single_pair_hand_values():
+    heat = torch.stack([peaked(TL), torch.zeros(2, 2)])[None]  # (1, 2, 2, 2)
+    mask = torch.zeros(1, 2, 2, 2)  # decoder probabilities 0.5 everywhere
+    conf = torch.tensor([[1.0, -1.0]])
+    out = segmentation_losses(heat, mask, conf, [TL[None]])
+    # matching on σ(heat): slot 0 IoU = σ(2) / (σ(2) + 3σ(-2) + 1 - σ(2)) ≈ 0.65, slot 1 = 0.5 / (2 + 1 - 0.5) = 0.2
+    assert out.matching.slot_indices[0].tolist() == [0] and out.matching.gt_indices[0].tolist() == [0]
+    s2, sm2 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))
+    assert out.matched_iou.item() == pytest.approx(s2 / (s2 + 3 * sm2 + 1 - s2), rel=1e-5)
+    # BCE: the target pixel has logit +2 (sp(-2)), the three others logit -2 (sp(-2)) -> mean sp(-2)
+    bce = sp(-2.0)
+    # dice (s = 1): Σpg = 0.5, Σp = 2, Σg = 1 -> 1 - (1 + 1) / (3 + 1) = 0.5
+    dice = 0.5
+    # confidence: y = [1, 0]; slot 0 logit 1 -> sp(-1), slot 1 logit -1 -> sp(-1); mean sp(-1)
+    conf_loss = sp(-1.0)
+    assert out.bce.item() == pytest.approx(bce, rel=1e-6)
+    assert out.dice.item() == pytest.approx(dice, rel=1e-6)
+    assert out.conf.item() == pytest.approx(conf_loss, rel=1e-6)
+    assert out.seg.item() == pytest.approx(bce + 0.6 * dice, rel=1e-6)
+    assert out.loss.item() == pytest.approx(1.0 * (bce + 0.6 * dice) + 0.2 * conf_loss, rel=1e-6)
+    assert out.confidence_targets.tolist() == [[1.0, 0.0]]
+    assert out.num_matched == 1
+    # unsmoothed dice (authors' form): 1 - 2·0.5 / 3
+    out0 = segmentation_losses(heat, mask, conf, [TL[None]], dice_smooth=0.0)
+    assert out0.dice.item() == pytest.approx(1 - 1 / 3, rel=1e-5)
+    # custom coefficients
+    out2 = segmentation_losses(heat, mask, conf, [TL[None]], lambda_seg=2.0, lambda_conf=0.5, lambda_dice=1.0)
+    assert out2.loss.item() == pytest.approx(2.0 * (bce + dice) + 0.5 * conf_loss, rel=1e-6)
+    out_bool = segmentation_losses(heat, mask, conf, [TL[None].bool()])  # bool targets are read as 0/1
+    assert out_bool.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
+    assert set(out.metrics()) == {"loss", "seg", "bce", "dice", "conf", "matched_iou", "num_matched"}
+
+
+def test_more_instances_than_slots():
+    heat = peaked(BR)[None, None]  # (1, K=1, 2, 2): slot peaked on the bottom-right pixel
+    mask = peaked(BR)[None, None]
+    out = segmentation_losses(heat, mask, torch.tensor([[0.0]]), [torch.stack([TL, BR])])  # G = 2 > K = 1
+    assert out.matching.gt_indices[0].tolist() == [1]  # the slot takes BR; TL stays unmatched
+    assert out.bce.item() == pytest.approx(sp(-2.0), rel=1e-6)
+    # dice: p = σ(2) on BR, σ(-2) elsewhere; Σpg = σ(2), Σp = σ(2) + 3σ(-2), Σg = 1
+    s2, sm2 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))
+    assert out.dice.item() == pytest.approx(1 - (2 * s2 + 1) / (s2 + 3 * sm2 + 1 + 1), rel=1e-5)
+    assert out.conf.item() == pytest.approx(sp(0.0), rel=1e-6)  # y = 1, logit 0 -> log 2
+
+
+def test_pairs_weigh_equally_and_no_target_samples_do_not_dilute():
+    # sample 0: two instances, both matched with pair BCE sp(-2);
+    # sample 1: one instance, its matched slot has logits 0 -> pair BCE log 2;
+    # sample 2: no target.
+    heat = torch.stack(
+        [
+            torch.stack([peaked(TL), peaked(BR)]),
+            torch.stack([torch.zeros(2, 2), torch.full((2, 2), -3.0)]),
+            torch.zeros(2, 2, 2),
+        ]
+    )  # (B=3, K=2, 2, 2)
+    mask = torch.zeros(3, 2, 2, 2)
+    conf = torch.zeros(3, 2)
+    gts = [torch.stack([TL, BR]), TL[None], torch.zeros(0, 2, 2)]
+    out = segmentation_losses(heat, mask, conf, gts)
+    assert out.num_matched == 3
+    assert out.matching.slot_indices[1].tolist() == [0]  # IoU 0.2 beats σ(-3)'s ≈ 0.04
+    # mean over the 3 matched pairs (not over samples, and no zero added for the no-target sample)
+    assert out.bce.item() == pytest.approx((2 * sp(-2.0) + math.log(2.0)) / 3, rel=1e-6)
+    # dice per pair with p = 0.5: 0.5 each (see test_single_pair_hand_values)
+    assert out.dice.item() == pytest.approx(0.5, rel=1e-6)
+    # confidence targets: [1, 1], [1, 0], [0, 0]; all logits 0 -> every slot log 2
+    assert out.confidence_targets.tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    assert out.conf.item() == pytest.approx(math.log(2.0), rel=1e-6)
+    # the no-target sample changes only the confidence term
+    out_without = segmentation_losses(heat[:2], mask[:2], conf[:2], gts[:2])
+    assert out_without.bce.item() == pytest.approx(out.bce.item(), rel=1e-6)
+
+
+def test_all_no_target_batch_is_finite_and_trains_only_confidences():
+    heat = torch.randn(2, 3, 2, 2, requires_grad=True)
+    mask = torch.randn(2, 3, 2, 2, requires_grad=True)
+    conf = torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, -2.0]], requires_grad=True)
+    out = segmentation_losses(heat, mask, conf, [torch.zeros(0, 2, 2), torch.zeros(0, 2, 2)])
+    assert out.bce.item() == 0.0 and out.dice.item() == 0.0
+    assert out.matched_iou is None and out.num_matched == 0
+    expected_conf = sum(sp(x) for x in [0.5, -1.0, 2.0, 0.0, 1.0, -2.0]) / 6  # all targets 0
+    assert out.conf.item() == pytest.approx(expected_conf, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.2 * expected_conf, rel=1e-6)
+    out.loss.backward()
+    assert torch.equal(heat.grad, torch.zeros_like(heat))  # zero, present (DDP-friendly), finite
+    assert torch.equal(mask.grad, torch.zeros_like(mask))
+    # d/dc mean(sp(c)) = σ(c) / 6, times λ_c
+    torch.testing.assert_close(conf.grad, 0.2 * torch.sigmoid(conf.detach()) / 6)
+
+
+def test_gradients_reach_heatmap_mask_and_confidence():
+    heat = torch.randn(2, 3, 4, 4, requires_grad=True)
+    mask = torch.randn(2, 3, 4, 4, requires_grad=True)
+    conf = torch.randn(2, 3, requires_grad=True)
+    gts = [(torch.rand(2, 4, 4) > 0.5).float(), torch.zeros(0, 4, 4)]
+    out = segmentation_losses(heat, mask, conf, gts)
+    out.loss.backward()
+    for t in (heat, mask, conf):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+    matched = set(out.matching.slot_indices[0].tolist())
+    for k in range(3):  # only matched slots of sample 0 get map gradients; sample 1 gets none
+        assert (heat.grad[0, k].abs().sum() > 0) == (k in matched)
+    assert heat.grad[1].abs().sum() == 0 and mask.grad[1].abs().sum() == 0
+
+
+def test_valid_mask_restricts_loss_and_matching_source():
+    heat = torch.tensor([[2.0, 5.0], [-2.0, -2.0]])[None, None]  # the invalid pixel (0, 1) has logit 5
+    mask = torch.zeros(1, 1, 2, 2)
+    valid = torch.tensor([[[True, False], [True, False]]])  # left column
+    out = segmentation_losses(heat, mask, torch.zeros(1, 1), [TL[None]], valid_mask=valid)
+    # BCE over the two valid pixels: sp(-2) (target 1, logit 2) and sp(-2) (target 0, logit -2)
+    assert out.bce.item() == pytest.approx(sp(-2.0), rel=1e-6)
+    # dice over valid pixels: Σpg = 0.5, Σp = 1, Σg = 1 -> 1 - 2 / 3
+    assert out.dice.item() == pytest.approx(1 / 3, rel=1e-6)
+
+    heat2 = torch.stack([peaked(TL), torch.full((2, 2), -2.0)])[None]  # heatmap prefers slot 0
+    mask2 = torch.stack([torch.full((2, 2), -2.0), peaked(TL)])[None]  # decoder prefers slot 1
+    args = (heat2, mask2, torch.zeros(1, 2), [TL[None]])
+    assert segmentation_losses(*args).matching.slot_indices[0].tolist() == [0]
+    assert segmentation_losses(*args, matching_source="mask").matching.slot_indices[0].tolist() == [1]
+
+
+def test_input_validation():
+    heat, mask, conf = torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"\(8, 8\).*\(4, 4\)"):
+        segmentation_losses(heat, mask, conf, [torch.zeros(1, 8, 8)])
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        segmentation_losses(heat, mask, conf, [torch.full((1, 4, 4), 255.0) * (torch.rand(1, 4, 4) > 0.5)])
+    with pytest.raises(ValueError, match="batch size 1"):
+        segmentation_losses(heat, mask, conf, [])
+    with pytest.raises(ValueError, match="confidence_logits"):
+        segmentation_losses(heat, mask, torch.zeros(1, 3), [torch.zeros(0, 4, 4)])
+    with pytest.raises(ValueError, match="matching_source"):
+        segmentation_losses(heat, mask, conf, [torch.zeros(0, 4, 4)], matching_source="both")
+    with pytest.raises(ValueError, match="no valid pixel"):
+        segmentation_losses(heat, mask, conf, [torch.zeros(0, 4, 4)], valid_mask=torch.zeros(1, 4, 4))
+
+
+def test_resize_masks_area_and_bilinear():
+    m = torch.zeros(4, 4)
+    m[0, 0] = m[0, 1] = m[1, 0] = 1.0
+    down = resize_masks(m[None], (2, 2))  # area: each output cell is the mean of a 2×2 block
+    torch.testing.assert_close(down, torch.tensor([[[0.75, 0.0], [0.0, 0.0]]]))
+    # bilinear, align_corners=False, 2 -> 4: source coordinates (i + 0.5) / 2 - 0.5 clamp to [0, 0.25, 0.75, 1]
+    up = resize_masks(torch.tensor([[0.0, 1.0], [0.0, 0.0]]), (4, 4))
+    pos = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    torch.testing.assert_close(up, (1 - pos)[:, None] * pos[None, :])  # row weight of row 0 × col weight of col 1
+    assert resize_masks(torch.zeros(0, 5, 5), (2, 2)).shape == (0, 2, 2)
+    assert resize_masks(torch.ones(2, 3, 4, 4, dtype=torch.bool), (2, 2)).shape == (2, 3, 2, 2)
+    nearest = resize_masks(m, (2, 2), mode="nearest-exact")
+    assert set(nearest.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="mask != 0"):
+        resize_masks(torch.full((2, 2), 255, dtype=torch.uint8), (4, 4))
+
+
+def test_resize_masks_letterbox():
+    assert letterbox_size(480, 640, (256, 256)) == (192, 256)
+    assert letterbox_size(640, 480, (256, 256)) == (256, 192)
+    wide = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # (2, 4): aspect 1:2
+    boxed = resize_masks(wide[None], (4, 4), letterbox=True)  # scale 1 -> top 2 rows, zero padding below
+    expected = torch.zeros(1, 4, 4)
+    expected[0, :2] = wide
+    torch.testing.assert_close(boxed, expected)
+    stretched = resize_masks(wide[None], (4, 4))  # rows duplicated: left half everywhere
+    torch.testing.assert_close(stretched, torch.tensor([[1.0, 1.0, 0.0, 0.0]]).expand(4, 4)[None])
+    # 4×8 into 2×2: scale 1/4 -> a (1, 2) block of 4×4 area means, then one zero row
+    big = torch.zeros(4, 8)
+    big[:, :4] = 1.0
+    big[0, 4] = 1.0
+    torch.testing.assert_close(resize_masks(big, (2, 2), letterbox=True), torch.tensor([[1.0, 1 / 16], [0.0, 0.0]]))

@@ -1,0 +1,288 @@
+"""Format / mask rewards (paper appendix B.3) and their TRL adapters, against hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as coco_mask
+
+from segcompass.training import (
+    FormatReward,
+    MaskReward,
+    SegmentationReward,
+    combined_reward_score,
+    completion_text,
+    format_reward,
+    format_reward_score,
+    mask_reward,
+    mask_reward_score,
+    segmentation_reward,
+)
+
+CLEAN = "<think>The mug left of the sink matches the plate.</think><REF_POS>"
+
+
+# ----------------------------------------------------------------------------------------------- format
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the five canonical cases of appendix B.3
+        ("The answer is the mug.", 0.0),  # invalid
+        (CLEAN, 1.0),  # valid and clean
+        ("<think>" + "a" * 2049 + "</think><REF_POS>", 0.9),  # long think
+        ("Sure! " + CLEAN, 0.9),  # text before <think>
+        (CLEAN + " It is the mug.", 0.9),  # text after the reference token
+        # boundaries and whitespace
+        ("<think>" + "a" * 2048 + "</think><REF_POS>", 1.0),
+        ("  \n" + CLEAN + "\n ", 1.0),
+        ("<think>x</think> so the target is <REF_POS>", 1.0),  # text between </think> and the token: allowed
+        # end-of-sequence markers are not "text after"
+        (CLEAN + "<|im_end|>", 1.0),
+        (CLEAN + "</s>", 1.0),
+        (CLEAN + "<|im_end|><|endoftext|><|endoftext|>", 1.0),
+        (CLEAN + " done<|im_end|>", 0.9),
+        # malformed
+        ("<think>a</think><think>b</think><REF_POS>", 0.0),  # two think blocks
+        ("<think>  \n </think><REF_POS>", 0.0),  # empty think
+        ("<think>look at <REF_POS></think>", 0.0),  # token inside think
+        ("<think>look at <REF_POS></think><REF_POS>", 0.0),  # one inside, one after: two tokens
+        ("<think>unclosed reasoning <REF_POS>", 0.0),  # unclosed think
+        ("<think>a</think><REF_POS><REF_POS>", 0.0),  # two reference tokens
+        ("<REF_POS><think>a</think>", 0.0),  # token before think
+        ("</think>a<think><REF_POS>", 0.0),  # tags in the wrong order
+        ("<think>a<think>b</think><REF_POS>", 0.0),  # nested open tag
+        ("<think>a</think>", 0.0),  # no reference token
+    ],
+)
+def test_format_reward_score(text, expected):
+    assert format_reward_score(text) == expected
+
+
+def test_format_reward_options():
+    assert format_reward_score(CLEAN + "<|im_end|>", eos_markers=()) == 0.9
+    gap = "<think>x</think>" + " w" * 11 + " <REF_POS>"
+    assert format_reward_score(gap) == 1.0
+    assert format_reward_score(gap, max_gap_words=10) == 0.9  # the authors' extra rule, opt-in
+    assert format_reward_score("<think>x</think>[SEG]", ref_token="[SEG]") == 1.0
+    assert format_reward_score("<think>abcd</think><REF_POS>", think_max_chars=3) == 0.9
+    with pytest.raises(ValueError, match="ref_token"):
+        format_reward_score(CLEAN, ref_token="")
+
+
+# ----------------------------------------------------------------------------------------------- mask score
+TL = [[1.0, 0.0], [0.0, 0.0]]
+BR = [[0.0, 0.0], [0.0, 1.0]]
+TOP = [[1.0, 1.0], [0.0, 0.0]]
+
+
+def test_single_object_soft_iou():
+    assert mask_reward_score(torch.tensor([TOP]), None, torch.tensor([TL])) == pytest.approx(0.5)  # 1 / (2 + 1 - 1)
+    soft = torch.tensor([[0.5, 0.5], [0.0, 0.0]])  # Σpg = 0.5, Σp = 1, Σg = 1 -> 0.5 / 1.5
+    assert mask_reward_score(soft, None, torch.tensor(TL)) == pytest.approx(1 / 3)
+    # confidences play no part for one slot and one instance
+    assert mask_reward_score(soft[None], torch.tensor([0.01]), torch.tensor([TL])) == pytest.approx(1 / 3)
+    # multi_object=False with K = 2 scores the most confident slot
+    two = torch.tensor([TOP, TL])
+    assert mask_reward_score(two, [0.2, 0.9], torch.tensor([TL]), multi_object=False) == pytest.approx(1.0)
+    assert mask_reward_score(two, [0.9, 0.2], torch.tensor([TL]), multi_object=False) == pytest.approx(0.5)
+
+
+def _slots():
+    s0 = TL  # IoU(s0, TL) = 1
+    s1 = [[0.0, 0.0], [0.0, 0.5]]  # IoU(s1, BR) = 0.5 / (0.5 + 1 - 0.5) = 0.5
+    s2 = [[1.0, 1.0], [1.0, 1.0]]  # IoU(s2, TL) = IoU(s2, BR) = 1 / 4
+    return torch.tensor([s0, s1, s2])
+
+
+def test_multi_object_threshold_matching_and_denominator():
+    pred, gt = _slots(), torch.tensor([TL, BR])
+    conf = torch.tensor([0.9, 0.6, 0.4])
+    # kept: s0, s1 -> pairs (s0, TL) = 1 and (s1, BR) = 0.5 -> mean 0.75
+    assert mask_reward_score(pred, conf, gt) == pytest.approx(0.75)
+    assert mask_reward_score(pred, conf, gt, denominator="max") == pytest.approx(1.5 / 2)
+    # all slots kept (no confidences): best assignment s0-TL + s1-BR = 1.5 (s2 instead of s1 would give 1.25)
+    assert mask_reward_score(pred, None, gt) == pytest.approx(0.75)
+    assert mask_reward_score(pred, None, gt, denominator="max") == pytest.approx(1.5 / 3)  # max(K'=3, G=2)
+    # the threshold is on probabilities: 0.55 is kept at 0.5 (a logit >= 0.5 rule would drop it)
+    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt) == pytest.approx(0.75)
+    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt, confidence_threshold=0.6) == pytest.approx(1.0)  # only s0
+
+
+def test_multi_object_more_instances_than_kept_slots():
+    pred, gt = torch.tensor([TL]), torch.tensor([TL, BR])  # K = 1, G = 2 -> multi-object rule
+    assert mask_reward_score(pred, [0.8], gt) == pytest.approx(1.0)  # mean over the one matched pair
+    assert mask_reward_score(pred, [0.8], gt, denominator="max") == pytest.approx(0.5)
+
+
+def test_empty_sides():
+    pred = _slots()
+    no_gt = torch.zeros(0, 2, 2)
+    assert mask_reward_score(pred, [0.1, 0.2, 0.3], no_gt) == 1.0  # both empty
+    assert mask_reward_score(pred, [0.1, 0.9, 0.3], no_gt) == 0.0  # a kept slot but no target
+    assert mask_reward_score(pred, [0.1, 0.2, 0.3], torch.tensor([TL, BR])) == 0.0  # all below threshold, targets
+    assert mask_reward_score(pred, None, no_gt) == 0.0  # every slot kept, no target
+    # K = 1 with no target follows the multi-object rule too
+    assert mask_reward_score(torch.tensor([TL]), [0.3], no_gt) == 1.0
+
+
+def test_mask_score_validation():
+    gt = torch.tensor([TL])
+    with pytest.raises(ValueError, match="sigmoid"):
+        mask_reward_score(torch.tensor([TL]) * 4 - 2, None, gt)  # logits, not probabilities
+    with pytest.raises(ValueError, match="sigmoid"):
+        mask_reward_score(_slots(), [2.0, -1.0, 0.0], torch.tensor([TL, BR]))  # confidence logits
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(2, 2\)"):
+        mask_reward_score(torch.tensor([TL]), None, torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="K = 3"):
+        mask_reward_score(_slots(), [0.5], torch.tensor([TL]))
+    with pytest.raises(ValueError, match="multi_object=True"):
+        mask_reward_score(torch.tensor([TL]), None, torch.tensor([TL, BR]), multi_object=False)
+
+
+def test_combined_reward_score():
+    assert combined_reward_score(1.0, 0.5) == pytest.approx(0.3 + 0.35)
+    assert combined_reward_score(0.9, 1.0, format_weight=0.5, mask_weight=0.5) == pytest.approx(0.95)
+
+
+# ----------------------------------------------------------------------------------------------- TRL adapters
+def _rle(mask: np.ndarray) -> dict:
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(mask.shape), "counts": encoded["counts"].decode("ascii")}
+
+
+def test_completion_text_forms():
+    assert completion_text("abc") == "abc"
+    assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
+    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]
+    assert completion_text([{"role": "assistant", "content": parts}]) == "ab"
+    with pytest.raises(ValueError, match="assistant"):
+        completion_text([{"role": "user", "content": "x"}])
+
+
+def test_format_reward_adapter_strings_and_chat_lists():
+    completions = [CLEAN, [{"role": "assistant", "content": "Sure. " + CLEAN}], "nothing"]
+    out = format_reward(prompts=["p"] * 3, completions=completions, completion_ids=[[1]] * 3, trainer_state=None)
+    assert out == [1.0, 0.9, 0.0]
+    assert format_reward.__name__ == "format_reward"
+    assert FormatReward(name="fmt").__name__ == "fmt"
+
+
+def test_mask_reward_adapter_ground_truth_forms():
+    pred = torch.tensor([TL, BR])  # (K=2, 2, 2)
+    conf = torch.tensor([0.9, 0.8])
+    big_tl = np.zeros((4, 4), dtype=bool)
+    big_tl[:2, :2] = True  # 4×4 original resolution; area-resized to 2×2 it is exactly TL
+    big_br = np.zeros((4, 4), dtype=bool)
+    big_br[2:, 2:] = True
+    gts = [
+        [_rle(big_tl), _rle(big_br)],  # SegCompass schema: list of RLEs at original size
+        torch.tensor([TL, BR]),  # tensor (G, H, W) on the prediction grid
+        [TL],  # one 2-D nested list -> G = 1, matched to s0; s1 is kept but unmatched
+        [],  # no target, but both slots kept -> 0
+        np.stack([big_tl, big_br]).astype(np.uint8) * 255,  # uint8 0/255 array: nonzero is foreground
+    ]
+    n = len(gts)
+    out = mask_reward(
+        prompts=["p"] * n,
+        completions=["x"] * n,
+        completion_ids=[[1]] * n,
+        pred_masks=[pred] * n,
+        pred_confidences=[conf] * n,
+        masks=gts,
+        image=[None] * n,
+    )
+    assert out == pytest.approx([1.0, 1.0, 1.0, 0.0, 1.0])
+    # same rows scored with the authors' max(K', G) denominator: row 2 becomes 1 / 2
+    strict = MaskReward(denominator="max")(completions=["x"] * n, pred_masks=[pred] * n,
+                                          pred_confidences=[conf] * n, masks=gts)
+    assert strict == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0])
+
+
+def test_mask_reward_adapter_letterbox_vs_stretch():
+    wide = np.zeros((2, 4), dtype=bool)  # original image 2×4 (aspect 1:2); left half is the target
+    wide[:, :2] = True
+    pred = torch.zeros(1, 4, 4)
+    pred[0, :2, :2] = 1.0  # SAM frame: image in the top 2 rows, padding below
+    kwargs = dict(completions=["x"], pred_masks=[pred], pred_confidences=[None], masks=[[_rle(wide)]])
+    assert MaskReward()(**kwargs) == pytest.approx([1.0])
+    # stretched to 4×4 the target is the whole left half (8 px); the prediction covers 4 of them -> 4 / 8
+    assert MaskReward(gt_layout="stretch")(**kwargs) == pytest.approx([0.5])
+
+
+def test_mask_reward_adapter_none_missing_and_lengths():
+    pred = torch.tensor([TL])
+    out = mask_reward(completions=["a", "b", "c"], pred_masks=[pred, None, pred.numpy()],
+                      pred_confidences=None, masks=[[TL], [TL], None])
+    assert out == [pytest.approx(1.0), None, None]  # no predicted masks / no annotation -> inapplicable
+    with pytest.raises(ValueError, match="pred_masks.*trainer"):
+        mask_reward(completions=["a"], masks=[[TL]])
+    with pytest.raises(ValueError, match="lengths"):
+        mask_reward(completions=["a", "b"], pred_masks=[pred], masks=[[TL], [TL]])
+
+
+def test_segmentation_reward_combines_and_keeps_masks_for_bad_format():
+    pred = _slots()
+    conf = torch.tensor([0.9, 0.6, 0.4])
+    gt = torch.tensor([TL, BR])
+    logged = {}
+    completions = [
+        [{"role": "assistant", "content": CLEAN + "<|im_end|>"}],  # format 1.0
+        [{"role": "assistant", "content": "<think>no token</think>"}],  # format 0.0, mask still scored
+    ]
+    out = segmentation_reward(
+        prompts=[[{"role": "user", "content": "q"}]] * 2,
+        completions=completions,
+        completion_ids=[[1], [2]],
+        pred_masks=[pred, pred],
+        pred_confidences=[conf, conf],
+        masks=[gt, gt],
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+        log_extra=lambda column, values: None,
+        trainer_state=None,
+    )
+    assert out == pytest.approx([0.3 * 1.0 + 0.7 * 0.75, 0.7 * 0.75])
+    assert logged == pytest.approx({"segmentation_reward/format": 0.5, "segmentation_reward/mask": 0.75})
+    assert segmentation_reward.__name__ == "segmentation_reward" and mask_reward.__name__ == "mask_reward"
+    custom = SegmentationReward(format_weight=0.5, mask_weight=0.5)
+    out = custom(completions=[CLEAN], pred_masks=[pred], pred_confidences=[conf], masks=[gt])
+    assert out == pytest.approx([0.5 * 1.0 + 0.5 * 0.75])
+
+
+def test_repeated_rle_rows_are_decoded_once(monkeypatch):
+    from segcompass.training import rewards as rewards_module
+
+    calls = []
+    real = rewards_module.decode_rle
+    monkeypatch.setattr(rewards_module, "decode_rle", lambda rle: calls.append(1) or real(rle))
+    big_tl = np.zeros((4, 4), dtype=bool)
+    big_tl[:2, :2] = True
+    rows = [[_rle(big_tl)] for _ in range(4)]  # one prompt, four generations: separate but equal objects
+    out = mask_reward(completions=["x"] * 4, pred_masks=[torch.tensor([TL])] * 4, masks=rows)
+    assert out == pytest.approx([1.0] * 4) and len(calls) == 1
+
+
+def test_training_modules_do_not_import_trl():
+    """The training package stays import-light: none of its modules imports trl (the trainer is lazy)."""
+    import ast
+    from pathlib import Path
+
+    import segcompass.training as training
+
+    for path in Path(training.__file__).parent.glob("*.py"):
+        if "trainer" in path.stem:  # the GRPO trainer module may import trl; it is not imported by __init__
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            assert not any(n == "trl" or n.startswith("trl.") for n in names), f"{path.name} imports {names}"
+
+
+@pytest.mark.slow
+def test_importing_training_package_does_not_load_trl():
+    import subprocess
+    import sys
+
+    code = "import sys, segcompass.training; print('trl' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
