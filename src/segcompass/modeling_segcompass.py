@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedModel, SamVisionModel
 from transformers import initialization as init
+from transformers.models.sam.modeling_sam import SamPositionalEmbedding
 from transformers.utils import ModelOutput
 
 from .configuration_segcompass import SegCompassConfig
@@ -112,6 +113,8 @@ class SegCompassPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight)
+        elif isinstance(module, SamPositionalEmbedding):
+            init.normal_(module.positional_embedding, std=module.scale)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)

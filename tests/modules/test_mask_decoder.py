@@ -58,7 +58,7 @@ def _perturb_(module: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def original():
-    """Original SAM prompt encoder + mask decoder (tiny) with perturbed weights, and our module with the same weights."""
+    """Tiny original SAM prompt encoder + mask decoder with perturbed weights, and our module with the same weights."""
     modeling = _segment_anything_modeling()
     torch.manual_seed(1)
     prompt_encoder = modeling.PromptEncoder(
@@ -89,7 +89,8 @@ def _original_per_sample(prompt_encoder, mask_decoder, image_embeddings, heatmap
     masks, ious = [], []
     batch_size, num_slots = heatmap_logits.shape[:2]
     for b in range(batch_size):
-        sparse, dense = prompt_encoder(points=None, boxes=None, masks=heatmap_logits[b].unsqueeze(1))  # (K,0,C), (K,C,h,w)
+        sparse, dense = prompt_encoder(points=None, boxes=None, masks=heatmap_logits[b].unsqueeze(1))
+        # sparse (K, 0, C), dense (K, C, h, w)
         mask, iou = mask_decoder(
             image_embeddings=image_embeddings[b : b + 1],
             image_pe=prompt_encoder.get_dense_pe(),
@@ -112,7 +113,9 @@ def test_parity_with_segment_anything_batched_vs_original_loop(original):
     prompt_encoder, mask_decoder, ours = original
     image_embeddings, heatmap_logits = _inputs(3, 6)
     with torch.no_grad():
-        expected_masks, expected_ious = _original_per_sample(prompt_encoder, mask_decoder, image_embeddings, heatmap_logits)
+        expected_masks, expected_ious = _original_per_sample(
+            prompt_encoder, mask_decoder, image_embeddings, heatmap_logits
+        )
         mask_logits, iou_scores = ours(image_embeddings, heatmap_logits)
     assert mask_logits.shape == expected_masks.shape == (3, 6, 4 * GRID, 4 * GRID)
     torch.testing.assert_close(mask_logits, expected_masks, atol=1e-5, rtol=1e-5)
@@ -140,7 +143,8 @@ def test_batched_equals_per_sample(original):
     with torch.no_grad():
         batched, batched_iou = ours(image_embeddings, heatmap_logits, valid_sizes=valid_sizes)
         for b in range(3):
-            single, single_iou = ours(image_embeddings[b : b + 1], heatmap_logits[b : b + 1], valid_sizes=valid_sizes[b : b + 1])
+            one = slice(b, b + 1)
+            single, single_iou = ours(image_embeddings[one], heatmap_logits[one], valid_sizes=valid_sizes[one])
             torch.testing.assert_close(batched[b : b + 1], single, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(batched_iou[b : b + 1], single_iou, atol=1e-5, rtol=1e-5)
 
@@ -158,8 +162,12 @@ def test_gradients_reach_heatmaps_embeddings_and_decoder():
     assert "shared_embedding.positional_embedding" not in trainable  # a fixed random matrix in SAM
     missing = [name for name, p in trainable.items() if p.grad is None]
     assert not missing, missing
-    for name in ("mask_embed.conv1.weight", "mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
-                 "mask_decoder.output_hypernetworks_mlps.0.proj_out.weight", "mask_decoder.iou_prediction_head.proj_in.weight"):
+    for name in (
+        "mask_embed.conv1.weight",
+        "mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+        "mask_decoder.output_hypernetworks_mlps.0.proj_out.weight",
+        "mask_decoder.iou_prediction_head.proj_in.weight",
+    ):
         assert trainable[name].grad.abs().sum() > 0, name
 
 

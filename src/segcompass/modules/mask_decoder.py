@@ -24,13 +24,14 @@ equal ``mask_decoder_config.hidden_size`` and ``prompt_encoder_config.hidden_siz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers import SamConfig, SamVisionModel
 from transformers.models.sam.modeling_sam import SamMaskDecoder, SamMaskEmbedding, SamPositionalEmbedding
 
+from ..convert.sam import sam_state_dict_for_mask_path
 from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -124,8 +125,7 @@ class HeatmapMaskDecoder(nn.Module):
     - ``mask_decoder`` (`SamMaskDecoder`): the two-way transformer, upscaling and hypernetwork MLPs, IoU head.
 
     The prompt encoder's point/box embeddings and ``no_mask_embed`` are never used on this path, so they are not
-    built (no parameters without gradients under DDP). Load SAM weights with
-    [`segcompass.convert.sam.sam_state_dict_for_mask_path`].
+    built (no parameters without gradients under DDP). Load SAM weights with [`load_sam_state_dict`].
 
     Args:
         config (`transformers.SamConfig`): uses ``prompt_encoder_config`` (mask-downscaling widths),
@@ -148,6 +148,19 @@ class HeatmapMaskDecoder(nn.Module):
         self.shared_embedding = SamPositionalEmbedding(config.vision_config)
         self.shared_embedding.positional_embedding.requires_grad_(False)
         self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
+
+    def load_sam_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+        """Load the mask-path weights from a whole SAM state dict.
+
+        Args:
+            state_dict: transformers ``SamModel`` names (``load_sam_checkpoint(path)[0]``, ``SamModel.state_dict()``)
+                or original segment-anything names; see [`segcompass.convert.sam.sam_state_dict_for_mask_path`].
+            strict (`bool`): passed to ``load_state_dict``.
+
+        Returns:
+            ``NamedTuple`` with ``missing_keys`` and ``unexpected_keys`` (as ``nn.Module.load_state_dict``).
+        """
+        return self.load_state_dict(sam_state_dict_for_mask_path(state_dict), strict=strict)
 
     def get_dense_positional_embeddings(self, height: int, width: int) -> torch.Tensor:
         """SAM's dense positional embedding of an ``height x width`` grid (``PromptEncoder.get_dense_pe``).
@@ -210,6 +223,8 @@ class HeatmapMaskDecoder(nn.Module):
             image_positional_embeddings (`torch.Tensor` of shape `(1 or B, C, h, w)`, *optional*): defaults to
                 [`get_dense_positional_embeddings`] of the ``h x w`` grid.
 
+        Inputs are cast to the decoder's parameter dtype (precomputed embeddings are often stored in fp16).
+
         Returns:
             `tuple(torch.Tensor)`: ``mask_logits`` of shape `(B, K, 4h, 4w)` (the first mask token, SAM's
             ``multimask_output=False``) and ``iou_scores`` of shape `(B, K)` (that token's predicted IoU).
@@ -246,14 +261,14 @@ class HeatmapMaskDecoder(nn.Module):
 
         if image_positional_embeddings is None:
             image_positional_embeddings = self.get_dense_positional_embeddings(height, width)  # (1, C, h, w)
-        elif image_positional_embeddings.shape not in ((1, channels, height, width), (batch_size, channels, height, width)):
+        elif image_positional_embeddings.shape not in ((1, channels, height, width), image_embeddings.shape):
             raise ValueError(
                 f"`image_positional_embeddings` must have shape (1 or {batch_size}, {channels}, {height}, {width}), "
                 f"got {tuple(image_positional_embeddings.shape)}."
             )
         image_positional_embeddings = image_positional_embeddings.to(dtype)
         if image_positional_embeddings.shape[0] > 1:
-            image_positional_embeddings = image_positional_embeddings.repeat_interleave(num_slots, dim=0)  # (B*K, C, h, w)
+            image_positional_embeddings = image_positional_embeddings.repeat_interleave(num_slots, 0)  # (B*K, C, h, w)
 
         # No sparse prompt: the decoder's tokens are just [iou_token, mask_tokens] per slot; point batch = 1.
         mask_logits, iou_scores = self.mask_decoder(
