@@ -10,6 +10,8 @@ __version__ = "0.1.0.dev0"
 from . import metrics  # noqa: E402  (segcompass.metrics.CIOU etc.; does not import evaluate)
 from ._registration import register as _register  # noqa: E402
 from .configuration_segcompass import SegCompassConfig  # noqa: E402
+from .pipelines import ReasoningSegmentationPipeline  # noqa: E402
+from .processing_segcompass import SegCompassProcessor  # noqa: E402
 from .modeling_segcompass import (  # noqa: E402
     SegCompassForReasoningSegmentation,
     SegCompassOutput,
@@ -27,7 +29,9 @@ _register()
 
 __all__ = [
     "PooledConcepts",
+    "ReasoningSegmentationPipeline",
     "SegCompassConfig",
+    "SegCompassProcessor",
     "SegCompassForReasoningSegmentation",
     "SegCompassOutput",
     "SegCompassSegmentation",

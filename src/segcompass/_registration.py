@@ -5,10 +5,12 @@ Registration is per process and is not persisted, so it must happen at package i
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_segcompass import SegCompassConfig
 from .modeling_segcompass import SegCompassForReasoningSegmentation
+from .pipelines import register_pipeline
+from .processing_segcompass import SegCompassProcessor
 from .sae import SparseAutoencoder, SparseAutoencoderConfig
 
 
@@ -17,3 +19,5 @@ def register() -> None:
     AutoModel.register(SparseAutoencoderConfig, SparseAutoencoder, exist_ok=True)
     AutoConfig.register(SegCompassConfig.model_type, SegCompassConfig, exist_ok=True)
     AutoModel.register(SegCompassConfig, SegCompassForReasoningSegmentation, exist_ok=True)
+    AutoProcessor.register(SegCompassConfig, SegCompassProcessor, exist_ok=True)
+    register_pipeline()

@@ -168,6 +168,63 @@ def train_sae(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ segment
+def _segment_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="segcompass segment",
+                                     description="Segment what an instruction refers to and explain why.")
+    parser.add_argument("image", help="Image file.")
+    parser.add_argument("instruction", help="What to segment, in words.")
+    parser.add_argument("--model", default=None, help="SegCompass checkpoint directory (default: the embedded model).")
+    parser.add_argument("--output", default=None, help="Write an overlay PNG here.")
+    parser.add_argument("--threshold", type=float, default=None, help="Confidence to keep a slot.")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="Reasoning length limit.")
+    parser.add_argument("--top_concepts", type=int, default=5, help="SAE concepts listed per instance.")
+    return parser
+
+
+def default_model_path() -> str:
+    """The embedded default checkpoint shipped inside the package."""
+    from importlib.resources import files
+
+    path = files("segcompass") / "assets" / "default_model"
+    if not (path / "config.json").is_file():
+        raise SystemExit("error: no embedded default model in this installation; pass --model PATH.")
+    return str(path)
+
+
+@command("segment", "Segment an image from an instruction; print the reasoning, instances and concepts.")
+def segment(argv: list[str]) -> int:
+    args = _segment_parser().parse_args(argv)
+    from transformers import pipeline
+
+    from .image_utils import load_image
+    from .visualize import overlay_instances
+
+    image = load_image(args.image)
+    pipe = pipeline("reasoning-segmentation", model=args.model or default_model_path())
+    result = pipe(image, args.instruction, threshold=args.threshold, max_new_tokens=args.max_new_tokens,
+                  top_concepts=args.top_concepts)
+    print(f"instruction: {args.instruction}")
+    print(f"reasoning:   {result['reasoning'] or '(none)'}")
+    if result["malformed"]:
+        print("note: the answer had no <REF_POS>; one was appended to score it.")
+    if not result["instances"]:
+        print("instances:   none (no target passed the confidence threshold)")
+    for instance in result["instances"]:
+        x, y, w, h = instance["box"]
+        print(f"instance slot {instance['slot']}: score {instance['score']:.3f}  box [{x:.0f}, {y:.0f}, {w:.0f}, "
+              f"{h:.0f}]  area {int(instance['mask'].sum())} px")
+        for concept in instance["concepts"]:
+            print(f"    concept f{concept['feature']}: activation {concept['activation']:.3f}  "
+                  f"weight {concept['weight']:.3f}")
+    if args.output:
+        overlay_instances(image, result["instances"]).save(args.output)
+        print(f"overlay written to {args.output}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -300,7 +300,8 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         rows, types, completions, malformed = [], [], [], []
         for b in range(prompt_ids.shape[0]):
             prompt = prompt_ids[b][prompt_mask[b].bool()]
-            completion = completion_ids[b].tolist()
+            slot_set = set(slot_ids.tolist())
+            completion = [t for t in completion_ids[b].tolist() if t not in slot_set]  # slots are never sampled
             if ref_id in completion:
                 completion = completion[: completion.index(ref_id) + 1]
                 malformed.append(False)
@@ -369,6 +370,8 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         generate_kwargs = dict(backbone_inputs)
         if mm_token_type_ids is not None:
             generate_kwargs["mm_token_type_ids"] = mm_token_type_ids
+        _, slot_ids = self._special_ids()
+        generate_kwargs.setdefault("suppress_tokens", slot_ids.tolist())  # concentration tokens are teacher-forced
         generated = self.backbone.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
             pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,

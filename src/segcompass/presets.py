@@ -71,9 +71,25 @@ def _tiny() -> dict:
                 concept_encoder_ffn_dim=64, slot_mapper_heads=2, slot_mapper_head_dim=16)
 
 
+def _tiny_llava() -> dict:
+    """A tiny random LLaVA-architecture model (CLIP 32 px / patch 8 -> 16 image tokens, Qwen2 text)."""
+    config = _tiny()
+    config["backbone_config"] = dict(
+        model_type="llava",
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32),
+        text_config=dict(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, eos_token_id=2, pad_token_id=0, bos_token_id=None),
+        image_token_index=5, vision_feature_layer=-1, vision_feature_select_strategy="default", image_seq_length=16,
+    )
+    return config
+
+
 PRESETS = {
     "qwen2.5-vl-7b": _qwen25_vl_7b,
     "llava-1.5-7b": lambda: _llava(4096, 32, 32, 11008),
     "llava-1.5-13b": lambda: _llava(5120, 40, 40, 13824),
     "tiny": _tiny,
+    "tiny-llava": _tiny_llava,
 }

@@ -120,3 +120,48 @@ def tiny_text_inputs(config, lengths, seed: int = 0):
         input_ids[b, width - len(row):] = row
         attention_mask[b, width - len(row):] = 1
     return input_ids, attention_mask
+
+
+def make_tiny_checkpoint(directory, backbone_type: str = "qwen2_5_vl", num_slots: int = 3, seed: int = 0, **config_overrides):
+    """Write a complete tiny random SegCompass checkpoint (model + processor + tokenizer) into ``directory``.
+
+    Loads offline with ``AutoModel`` / ``AutoProcessor`` / ``pipeline("reasoning-segmentation", model=directory)``
+    after ``import segcompass``. Returns ``(model, processor)``.
+    """
+    import torch
+
+    from .modeling_segcompass import SegCompassForReasoningSegmentation
+    from .testing_processor import tiny_segcompass_processor
+
+    processor = tiny_segcompass_processor(backbone_type=backbone_type, num_slots=num_slots)
+    config = tiny_config_for_processor(processor, **config_overrides)
+    torch.manual_seed(seed)
+    model = SegCompassForReasoningSegmentation(config).eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def tiny_config_for_processor(processor, **overrides):
+    """The tiny preset matching ``processor``'s tokenizer: vocabulary size, image and special-token ids."""
+    from .configuration_segcompass import SegCompassConfig
+
+    tokenizer = processor.tokenizer
+    token_id = tokenizer.convert_tokens_to_ids
+    preset = "tiny" if processor.backbone_type == "qwen2_5_vl" else "tiny-llava"
+    config = SegCompassConfig.from_preset(
+        preset, num_slots=processor.num_slots, ref_token_id=processor.ref_token_id,
+        slot_token_ids=list(processor.slot_token_ids), **overrides,
+    )
+    backbone = config.backbone_config
+    text = backbone.get_text_config()
+    text.vocab_size = len(tokenizer)
+    text.pad_token_id, text.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if processor.backbone_type == "qwen2_5_vl":
+        backbone.image_token_id = token_id("<|image_pad|>")
+        backbone.vision_start_token_id = token_id("<|vision_start|>")
+        backbone.vision_end_token_id = token_id("<|vision_end|>")
+        backbone.video_token_id = token_id("<|image_pad|>")
+    else:
+        backbone.image_token_index = token_id("<image>")
+    return config

@@ -1,0 +1,179 @@
+"""``pipeline("reasoning-segmentation")``: image + instruction -> reasoning, instances, masks, concepts.
+
+Registered at ``import segcompass``. Output per input::
+
+    {"reasoning": str,                 # the <think> text
+     "completion": str,                # the whole generated answer
+     "instances": [                    # kept slots (σ(c_k) >= threshold), sorted by score
+        {"mask": bool (H, W), "score": float, "box": [x, y, w, h], "slot": int,
+         "heatmap": float (H, W) (when return_heatmaps), "concepts": [{"feature", "activation", "weight"}, ...]}],
+     "mask": bool (H, W),              # union of the kept instances; all False when there is no target
+     "malformed": bool}                # the answer lacked <REF_POS> (one was appended to score it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+from .image_utils import load_image
+from .utils.logging import get_logger
+
+logger = get_logger(__name__)
+TASK = "reasoning-segmentation"
+
+
+def _image_key(image) -> str:
+    """A content key so repeated images (same path or same pixels) share one SAM embedding."""
+    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+
+
+def mask_to_box(mask: np.ndarray) -> list[float]:
+    """[x, y, w, h] of a bool (H, W) mask (zeros when empty)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+class ReasoningSegmentationPipeline(Pipeline):
+    """Segment what an instruction refers to, with the model's reasoning and the SAE concepts behind each mask.
+
+    Call with ``pipe(image, "instruction")``, ``pipe([img1, img2], ["a", "b"])``, ``pipe(image, ["a", "b"])`` (one
+    image, several instructions; its SAM embedding is computed once) or ``pipe([{"image": ..., "instruction": ...}])``.
+
+    Keyword arguments: ``threshold`` (confidence to keep a slot; default ``model.config.confidence_threshold``),
+    ``max_new_tokens`` (reasoning length, default 256), ``return_heatmaps`` (default True), ``top_concepts``
+    (concepts listed per instance, default 5).
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+    _pipeline_calls_generate = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._embedding_cache: dict[str, torch.Tensor] = {}
+
+    def _sanitize_parameters(self, threshold=None, max_new_tokens=None, return_heatmaps=None, top_concepts=None,
+                             **kwargs):
+        forward, post = {}, {}
+        if max_new_tokens is not None:
+            forward["max_new_tokens"] = max_new_tokens
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"`threshold` is a confidence in [0, 1], got {threshold}.")
+            post["threshold"] = threshold
+        if return_heatmaps is not None:
+            post["return_heatmaps"] = return_heatmaps
+        if top_concepts is not None:
+            post["top_concepts"] = top_concepts
+        return {}, forward, post
+
+    def __call__(self, images, instructions=None, **kwargs):
+        if instructions is None:
+            items = images if isinstance(images, list) else [images]
+            if not all(isinstance(i, dict) and {"image", "instruction"} <= set(i) for i in items):
+                raise ValueError(
+                    "Call the pipeline as pipe(image, instruction), pipe(images, instructions) or "
+                    "pipe([{'image': ..., 'instruction': ...}, ...])."
+                )
+            single = not isinstance(images, list)
+        else:
+            single = not isinstance(instructions, list) and not isinstance(images, list)
+            texts = instructions if isinstance(instructions, list) else [instructions]
+            imgs = images if isinstance(images, list) else [images] * len(texts)
+            if len(imgs) != len(texts):
+                raise ValueError(
+                    f"Got {len(imgs)} images and {len(texts)} instructions; pass one instruction per image, or one "
+                    "image with a list of instructions."
+                )
+            items = [{"image": i, "instruction": t} for i, t in zip(imgs, texts)]
+        self._embedding_cache = {}
+        outputs = super().__call__(items, **kwargs)
+        self._embedding_cache = {}
+        return outputs[0] if single else outputs
+
+    def preprocess(self, item):
+        image = load_image(item["image"])
+        inputs = self.processor(images=[image], instructions=[item["instruction"]], return_tensors="pt")
+        inputs["image_key"] = _image_key(image)
+        return inputs
+
+    def _forward(self, model_inputs, max_new_tokens: int = 256):
+        inputs = dict(model_inputs)
+        key = inputs.pop("image_key")
+        if isinstance(key, list):
+            key = key[0]
+        sam_pixel_values = inputs.pop("sam_pixel_values")
+        if key not in self._embedding_cache:
+            self._embedding_cache[key] = self.model.get_image_embeddings(sam_pixel_values.to(self.model.dtype))
+        tokenizer = self.processor.tokenizer
+        result = self.model.segment(
+            image_embeddings=self._embedding_cache[key],
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **inputs,
+        )
+        return {"result": result}
+
+    def postprocess(self, model_outputs, threshold: float | None = None, return_heatmaps: bool = True,
+                    top_concepts: int = 5):
+        result = model_outputs["result"]
+        threshold = self.model.config.confidence_threshold if threshold is None else threshold
+        out = result.outputs
+        completion = self.processor.tokenizer.decode(result.completion_ids[0], skip_special_tokens=False)
+        masks = result.masks[0].cpu().numpy()  # (K, H, W) bool
+        heatmaps = result.heatmaps[0].float().cpu().numpy() if result.heatmaps is not None else None
+        scores = result.confidences[0].float().cpu()
+        concept_mask = out.concept_mask[0].cpu()
+        concept_idx = out.concept_indices[0].cpu()
+        concept_val = out.concept_values[0].float().cpu()
+        attention = out.slot_concept_attention[0].float().cpu()  # (K, N)
+        instances = []
+        for slot in range(masks.shape[0]):
+            score = float(scores[slot])
+            if score < threshold:
+                continue
+            weights = attention[slot].masked_fill(~concept_mask, -1.0)
+            order = weights.argsort(descending=True)[: min(top_concepts, int(concept_mask.sum()))]
+            instance = {
+                "mask": masks[slot],
+                "score": score,
+                "box": mask_to_box(masks[slot]),
+                "slot": slot,
+                "concepts": [
+                    {"feature": int(concept_idx[j]), "activation": float(concept_val[j]),
+                     "weight": float(attention[slot, j])}
+                    for j in order.tolist()
+                ],
+            }
+            if return_heatmaps and heatmaps is not None:
+                instance["heatmap"] = heatmaps[slot]
+            instances.append(instance)
+        instances.sort(key=lambda i: i["score"], reverse=True)
+        union = np.zeros(masks.shape[1:], dtype=bool)
+        for instance in instances:
+            union |= instance["mask"]
+        return {
+            "reasoning": self.processor.extract_reasoning(completion),
+            "completion": completion,
+            "instances": instances,
+            "mask": union,
+            "malformed": bool(result.malformed[0]),
+        }
+
+
+def register_pipeline() -> None:
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReasoningSegmentationPipeline, pt_model=AutoModel,
+                                        type="multimodal")

@@ -1,0 +1,152 @@
+"""pipeline("reasoning-segmentation"), AutoProcessor and the segment CLI on tiny offline checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, pipeline
+
+import segcompass
+from segcompass.cli import main
+from segcompass.testing import make_tiny_checkpoint
+
+EXAMPLE = "examples/images/shapes.png"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-segcompass")
+    make_tiny_checkpoint(directory)
+    return directory
+
+
+def image(h=48, w=80, seed=0):
+    return Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype("uint8"))
+
+
+def test_auto_classes_round_trip(checkpoint):
+    model = AutoModel.from_pretrained(checkpoint)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    assert isinstance(model, segcompass.SegCompassForReasoningSegmentation)
+    assert isinstance(processor, segcompass.SegCompassProcessor)
+    assert processor.slot_token_ids == model.config.slot_token_ids
+
+
+def test_pipeline_output_schema(checkpoint):
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    assert isinstance(pipe, segcompass.ReasoningSegmentationPipeline)
+    out = pipe(image(), "the red circle", max_new_tokens=6, threshold=0.0, top_concepts=3)
+    assert set(out) == {"reasoning", "completion", "instances", "mask", "malformed"}
+    assert out["mask"].shape == (48, 80) and out["mask"].dtype == bool
+    assert len(out["instances"]) == 3  # threshold 0 keeps every slot
+    scores = [i["score"] for i in out["instances"]]
+    assert scores == sorted(scores, reverse=True)
+    union = np.zeros((48, 80), bool)
+    for instance in out["instances"]:
+        assert instance["mask"].shape == (48, 80) and instance["heatmap"].shape == (48, 80)
+        assert 0 <= instance["slot"] < 3 and len(instance["concepts"]) == 3
+        assert {"feature", "activation", "weight"} == set(instance["concepts"][0])
+        weights = [c["weight"] for c in instance["concepts"]]
+        assert weights == sorted(weights, reverse=True)
+        union |= instance["mask"]
+        if instance["mask"].any():
+            x, y, w, h = instance["box"]
+            ys, xs = np.nonzero(instance["mask"])
+            assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+    assert np.array_equal(union, out["mask"])
+
+
+def test_no_target_gives_empty_instances(checkpoint):
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    out = pipe(image(), "the red circle", max_new_tokens=4, threshold=1.0)
+    assert out["instances"] == [] and not out["mask"].any()
+
+
+def test_lists_and_shared_image_embeddings(checkpoint, monkeypatch):
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    calls = []
+    original = pipe.model.get_image_embeddings
+    monkeypatch.setattr(pipe.model, "get_image_embeddings", lambda x: calls.append(1) or original(x))
+    outs = pipe(image(), ["the red circle", "every shape", "the square"], max_new_tokens=4, threshold=0.0)
+    assert len(outs) == 3 and len(calls) == 1  # one SAM embedding for three instructions on one image
+    pairs = pipe([image(seed=1), image(seed=2)], ["a", "b"], max_new_tokens=4)
+    assert len(pairs) == 2 and len(calls) == 3
+    dicts = pipe([{"image": image(), "instruction": "the square"}], max_new_tokens=4)
+    assert len(dicts) == 1
+
+
+def test_pipeline_equals_model_segment(checkpoint):
+    """The pipeline adds no hidden behaviour: its masks equal model.segment's at the original size."""
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    processor = pipe.processor
+    img = image()
+    inputs = processor(images=[img], instructions=["the red circle"], return_tensors="pt")
+    result = pipe.model.segment(max_new_tokens=5, pad_token_id=processor.tokenizer.pad_token_id,
+                                eos_token_id=processor.tokenizer.eos_token_id, **inputs)
+    out = pipe(img, "the red circle", max_new_tokens=5, threshold=0.0)
+    for instance in out["instances"]:
+        assert np.array_equal(instance["mask"], result.masks[0][instance["slot"]].numpy())
+
+
+def test_batch_of_three_images_equals_single_calls(checkpoint):
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    images = [image(48, 80, 0), image(64, 40, 1), image(30, 30, 2)]
+    texts = ["the red circle", "every green shape that is left", "a"]
+    kwargs = dict(max_new_tokens=5, pad_token_id=processor.tokenizer.pad_token_id,
+                  eos_token_id=processor.tokenizer.eos_token_id)
+    batched = model.segment(**processor(images=images, instructions=texts, return_tensors="pt"), **kwargs)
+    for b in range(3):
+        single = model.segment(**processor(images=[images[b]], instructions=[texts[b]], return_tensors="pt"), **kwargs)
+        assert single.masks[0].shape == batched.masks[b].shape == (3, *images[b].size[::-1])
+        agree = (single.masks[0] == batched.masks[b]).float().mean()
+        assert agree > 0.999  # identical up to bilinear ties at the threshold
+        torch.testing.assert_close(single.confidences[0], batched.confidences[b], atol=1e-4, rtol=1e-4)
+
+
+def test_llava_backbone_checkpoint(tmp_path):
+    make_tiny_checkpoint(tmp_path, backbone_type="llava")
+    pipe = pipeline("reasoning-segmentation", model=str(tmp_path))
+    out = pipe(image(), "the red circle", max_new_tokens=4, threshold=0.0)
+    assert out["mask"].shape == (48, 80) and len(out["instances"]) == 3
+
+
+def test_save_reload_full_pipeline_identical(checkpoint, tmp_path):
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    pipe.model.save_pretrained(tmp_path)
+    pipe.processor.save_pretrained(tmp_path)
+    again = pipeline("reasoning-segmentation", model=str(tmp_path))
+    a = pipe(image(), "the square", max_new_tokens=5, threshold=0.0)
+    b = again(image(), "the square", max_new_tokens=5, threshold=0.0)
+    assert a["completion"] == b["completion"]
+    for x, y in zip(a["instances"], b["instances"]):
+        assert np.array_equal(x["mask"], y["mask"]) and x["score"] == y["score"]
+
+
+def test_bad_inputs(checkpoint, tmp_path):
+    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    with pytest.raises(ValueError, match="Instruction 0 is empty"):
+        pipe(image(), "   ")
+    with pytest.raises(ValueError, match="2 images and 3 instructions"):
+        pipe([image(), image()], ["a", "b", "c"])
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        pipe(str(corrupt), "the red circle")
+    with pytest.raises(ValueError, match="threshold"):
+        pipe(image(), "the red circle", threshold=1.5)
+    gray = Image.new("L", (20, 30), 128)
+    rgba = Image.new("RGBA", (20, 30), (10, 20, 30, 128))
+    for img in (gray, rgba):
+        assert pipe(img, "the red circle", max_new_tokens=3)["mask"].shape == (30, 20)
+
+
+def test_segment_cli_writes_overlay(checkpoint, tmp_path, capsys):
+    overlay = tmp_path / "overlay.png"
+    code = main(["segment", EXAMPLE, "every red shape", "--model", str(checkpoint), "--output", str(overlay),
+                 "--threshold", "0.0", "--max_new_tokens", "6"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "reasoning:" in printed and "instance slot" in printed and "concept f" in printed
+    written = Image.open(overlay)
+    assert written.size == Image.open(EXAMPLE).size and written.mode == "RGB"
