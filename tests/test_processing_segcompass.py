@@ -56,6 +56,7 @@ def test_special_tokens_added_once_with_stable_ids(qwen, tmp_path):
     size = len(tokenizer)
     assert add_special_tokens_to_tokenizer(tokenizer, num_slots=K) == K + 1
     assert add_special_tokens_to_tokenizer(tokenizer, num_slots=K) == 0  # idempotent
+    assert SegCompassProcessor.add_special_tokens_to_tokenizer(tokenizer, num_slots=K) == 0  # class alias
     ids = tokenizer.convert_tokens_to_ids(["<REF_POS>", "<SLOT_0>", "<SLOT_1>", "<SLOT_2>"])
     assert ids == list(range(size, size + K + 1))
     assert qwen.ref_token_id == ids[0] and qwen.slot_token_ids == ids[1:]

@@ -177,8 +177,10 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         if self.config.ref_token_id is None or self.config.slot_token_ids is None:
             raise ValueError(
                 "config.ref_token_id / config.slot_token_ids are not set. Add the special tokens with "
-                "`SegCompassProcessor.add_special_tokens_to_tokenizer(tokenizer, num_slots)`, resize the backbone's "
-                "embeddings (`model.resize_token_embeddings(len(tokenizer))`) and store the ids in the config."
+                "`SegCompassProcessor.add_special_tokens_to_tokenizer(tokenizer, num_slots)`, make sure the backbone's "
+                "embedding matrix has at least len(tokenizer) rows (`model.resize_token_embeddings(len(tokenizer))` "
+                "only if it is smaller: Qwen2.5-VL and llava-1.5 ship spare rows) and store the ids in the config "
+                "(`ref_token_id`, `slot_token_ids`)."
             )
         return self.config.ref_token_id, torch.tensor(self.config.slot_token_ids)
 

@@ -338,6 +338,9 @@ class SegCompassProcessor(ProcessorMixin):
     # Tokens
     # ------------------------------------------------------------------------------------------------------------
 
+    add_special_tokens_to_tokenizer = staticmethod(add_special_tokens_to_tokenizer)
+    """Alias of the module-level :func:`add_special_tokens_to_tokenizer`."""
+
     @property
     def slot_tokens(self) -> list[str]:
         """``["<SLOT_0>", ..., "<SLOT_{K-1}>"]``."""
