@@ -186,12 +186,12 @@ def _segment_parser():
 
 def default_model_path() -> str:
     """The embedded default checkpoint shipped inside the package."""
-    from importlib.resources import files
+    from .pipelines import default_model_path as embedded
 
-    path = files("segcompass") / "assets" / "default_model"
-    if not (path / "config.json").is_file():
+    path = embedded()
+    if path is None:
         raise SystemExit("error: no embedded default model in this installation; pass --model PATH.")
-    return str(path)
+    return path
 
 
 @command("segment", "Segment an image from an instruction; print the reasoning, instances and concepts.")

@@ -171,9 +171,20 @@ class ReasoningSegmentationPipeline(Pipeline):
         }
 
 
+def default_model_path() -> str | None:
+    """The embedded default checkpoint shipped inside the package, or None if this installation has none."""
+    from importlib.resources import files
+
+    path = files("segcompass") / "assets" / "default_model"
+    return str(path) if (path / "config.json").is_file() else None
+
+
 def register_pipeline() -> None:
+    """Register the task; with no ``model=``, ``pipeline(TASK)`` uses the embedded default checkpoint."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    default_path = default_model_path()
+    default = {"model": (default_path, None)} if default_path else None
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReasoningSegmentationPipeline, pt_model=AutoModel,
-                                        type="multimodal")
+                                        default=default, type="multimodal")
