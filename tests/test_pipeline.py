@@ -150,3 +150,11 @@ def test_segment_cli_writes_overlay(checkpoint, tmp_path, capsys):
     assert "reasoning:" in printed and "instance slot" in printed and "concept f" in printed
     written = Image.open(overlay)
     assert written.size == Image.open(EXAMPLE).size and written.mode == "RGB"
+
+
+def test_demo_writes_gallery(checkpoint, tmp_path, capsys):
+    assert main(["demo", "--model", str(checkpoint), "--output_dir", str(tmp_path), "--num_examples", "2"]) == 0
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("class='card'") == 2 and "reasoning:" in page and "slot 0" in page
+    assert (tmp_path / "example0.png").is_file() and (tmp_path / "example1_slot2.png").is_file()
+    assert "demo written to" in capsys.readouterr().out

@@ -225,6 +225,25 @@ def segment(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ demo
+@command("demo", "Run a model on synthetic scenes and write an HTML gallery (overlays, heatmaps, concepts).")
+def demo(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="segcompass demo")
+    parser.add_argument("--model", default=None, help="Checkpoint directory (default: the embedded model).")
+    parser.add_argument("--output_dir", default="segcompass-demo", help="Where index.html and images go.")
+    parser.add_argument("--num_examples", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from .demo import build_demo
+
+    model = args.model or default_model_path()
+    index = build_demo(args.output_dir, model=model, num_examples=args.num_examples, seed=args.seed)
+    print(f"demo written to {index}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
