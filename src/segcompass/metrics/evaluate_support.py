@@ -21,14 +21,13 @@ through Arrow as a nested list. ``ignore_masks`` and ``no_target_predictions`` a
 
 from __future__ import annotations
 
-import abc
 from typing import Any
 
 import datasets
 import evaluate
 
 from ..utils.masks import encode_rle, is_rle, normalize_rle
-from .functional import split_batch
+from .functional import reasoning_segmentation_metrics, split_batch
 
 RLE_FEATURE = {"size": datasets.List(datasets.Value("int32")), "counts": datasets.Value("string")}
 
@@ -85,12 +84,51 @@ def sample_to_rle_instances(sample: Any, role: str) -> list[dict]:
     return [encode_rle(sample)]
 
 
-class MaskMetric(evaluate.Metric, metaclass=abc.ABCMeta):
+class MaskMetric(evaluate.Metric):
     """``evaluate.Metric`` over per-sample masks stored as RLE (see the module docstring).
 
-    Subclasses implement ``_info`` (use :data:`MASK_FEATURES`) and ``_compute``; :meth:`_statistics_kwargs`
-    turns the stored columns back into the arguments of :mod:`segcompass.metrics.functional`.
+    Subclasses set ``DESCRIPTION``, ``KWARGS_DESCRIPTION``, ``CITATION``, ``RESULT_KEYS`` (``None``: every value of
+    :func:`reasoning_segmentation_metrics`) and ``PR_THRESHOLDS``; ``_info`` and ``_compute`` are shared, and
+    :meth:`_statistics_kwargs` turns the stored columns back into the arguments of
+    :mod:`segcompass.metrics.functional`.
     """
+
+    DESCRIPTION: str = ""
+    KWARGS_DESCRIPTION: str = ""
+    CITATION: str = ""
+    RESULT_KEYS: tuple[str, ...] | None = None
+    PR_THRESHOLDS: tuple[float, ...] = ()
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=self.DESCRIPTION,
+            citation=self.CITATION,
+            inputs_description=self.KWARGS_DESCRIPTION,
+            features=MASK_FEATURES,
+            reference_urls=REFERENCE_URLS,
+        )
+
+    def _compute(
+        self,
+        predictions,
+        references,
+        ignore_masks,
+        no_target_predictions,
+        protocol: str = "lisa",
+        empty_policy: str = "one",
+        pr_thresholds=None,
+        eval_size=None,
+    ) -> dict:
+        result = reasoning_segmentation_metrics(
+            predictions,
+            references,
+            **self._statistics_kwargs(ignore_masks, no_target_predictions),
+            protocol=protocol,
+            empty_policy=empty_policy,
+            pr_thresholds=self.PR_THRESHOLDS if pr_thresholds is None else pr_thresholds,
+            eval_size=eval_size,
+        )
+        return result if self.RESULT_KEYS is None else {key: result[key] for key in self.RESULT_KEYS}
 
     def _encode_batch(
         self, predictions: Any, references: Any, ignore_masks: Any, no_target_predictions: Any
@@ -169,8 +207,3 @@ class MaskMetric(evaluate.Metric, metaclass=abc.ABCMeta):
             ),
         }
 
-    @abc.abstractmethod
-    def _info(self) -> evaluate.MetricInfo: ...
-
-    @abc.abstractmethod
-    def _compute(self, **kwargs: Any) -> dict: ...

@@ -7,7 +7,6 @@ Load it offline by path: ``evaluate.load(segcompass.metrics.CIOU)``. The scoring
 import evaluate
 
 from segcompass.metrics import evaluate_support
-from segcompass.metrics.functional import reasoning_segmentation_metrics
 
 _DESCRIPTION = """\
 cIoU is the cumulative intersection over the cumulative union of a split:
@@ -54,32 +53,7 @@ _CITATION = evaluate_support.CITATION_RES + evaluate_support.CITATION_LISA + eva
 class CIoU(evaluate_support.MaskMetric):
     """Cumulative IoU over per-sample masks stored as RLE."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=evaluate_support.MASK_FEATURES,
-            reference_urls=evaluate_support.REFERENCE_URLS,
-        )
-
-    def _compute(
-        self,
-        predictions,
-        references,
-        ignore_masks,
-        no_target_predictions,
-        protocol: str = "lisa",
-        empty_policy: str = "one",
-        eval_size=None,
-    ) -> dict:
-        result = reasoning_segmentation_metrics(
-            predictions,
-            references,
-            **self._statistics_kwargs(ignore_masks, no_target_predictions),
-            protocol=protocol,
-            empty_policy=empty_policy,
-            eval_size=eval_size,
-            pr_thresholds=(),
-        )
-        return {"ciou": result["ciou"]}
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+    CITATION = _CITATION
+    RESULT_KEYS = ("ciou",)

@@ -7,7 +7,6 @@ Load it offline by path: ``evaluate.load(segcompass.metrics.GIOU)``. The scoring
 import evaluate
 
 from segcompass.metrics import evaluate_support
-from segcompass.metrics.functional import reasoning_segmentation_metrics
 
 _DESCRIPTION = """\
 gIoU is the mean of the per-sample IoU over a split:
@@ -56,32 +55,7 @@ _CITATION = evaluate_support.CITATION_LISA + evaluate_support.CITATION_GRES
 class GIoU(evaluate_support.MaskMetric):
     """Mean per-sample IoU over per-sample masks stored as RLE."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=evaluate_support.MASK_FEATURES,
-            reference_urls=evaluate_support.REFERENCE_URLS,
-        )
-
-    def _compute(
-        self,
-        predictions,
-        references,
-        ignore_masks,
-        no_target_predictions,
-        protocol: str = "lisa",
-        empty_policy: str = "one",
-        eval_size=None,
-    ) -> dict:
-        result = reasoning_segmentation_metrics(
-            predictions,
-            references,
-            **self._statistics_kwargs(ignore_masks, no_target_predictions),
-            protocol=protocol,
-            empty_policy=empty_policy,
-            eval_size=eval_size,
-            pr_thresholds=(),
-        )
-        return {"giou": result["giou"]}
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+    CITATION = _CITATION
+    RESULT_KEYS = ("giou",)

@@ -7,7 +7,7 @@ in ``segcompass.metrics.functional`` (imported by absolute name: evaluate runs t
 import evaluate
 
 from segcompass.metrics import evaluate_support
-from segcompass.metrics.functional import DEFAULT_PR_THRESHOLDS, reasoning_segmentation_metrics
+from segcompass.metrics.functional import DEFAULT_PR_THRESHOLDS
 
 _DESCRIPTION = """\
 All reasoning / referring segmentation metrics of a split in one pass. Per sample i (one image + one
@@ -64,32 +64,7 @@ _CITATION = evaluate_support.CITATION_LISA + evaluate_support.CITATION_GRES
 class ReasoningSegmentation(evaluate_support.MaskMetric):
     """cIoU, gIoU, Pr@X, N-acc and T-acc over per-sample masks stored as RLE."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=evaluate_support.MASK_FEATURES,
-            reference_urls=evaluate_support.REFERENCE_URLS,
-        )
-
-    def _compute(
-        self,
-        predictions,
-        references,
-        ignore_masks,
-        no_target_predictions,
-        protocol: str = "lisa",
-        empty_policy: str = "one",
-        pr_thresholds=DEFAULT_PR_THRESHOLDS,
-        eval_size=None,
-    ) -> dict:
-        return reasoning_segmentation_metrics(
-            predictions,
-            references,
-            **self._statistics_kwargs(ignore_masks, no_target_predictions),
-            protocol=protocol,
-            empty_policy=empty_policy,
-            pr_thresholds=pr_thresholds,
-            eval_size=eval_size,
-        )
+    DESCRIPTION = _DESCRIPTION
+    KWARGS_DESCRIPTION = _KWARGS_DESCRIPTION
+    CITATION = _CITATION
+    PR_THRESHOLDS = tuple(DEFAULT_PR_THRESHOLDS)
