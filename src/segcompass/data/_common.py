@@ -177,16 +177,6 @@ def rles_overlap(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
     return rle_area(mask_utils.merge([_pycoco(first), _pycoco(second)], intersect=True)) > 0
 
 
-def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """``(H, W)`` uint8 mask of a compressed RLE (used only where painting order must be resolved)."""
-    return mask_utils.decode(_pycoco(rle))
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Compressed RLE of a 2-D boolean / 0-1 array."""
-    return rle_to_schema(mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8)))
-
-
 def _check_polygon_bounds(polygon: Sequence[float], height: int, width: int, where: str) -> None:
     coords = np.asarray(polygon, dtype=np.float64)
     xs, ys = coords[0::2], coords[1::2]

@@ -44,13 +44,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..utils.logging import get_logger
+from ..utils.masks import encode_rle
 from ._common import (
     LoadReport,
     PathLike,
     Skip,
     data_file_not_found,
     dataset_from_generator,
-    encode_mask,
     file_stamp,
     image_by_path,
     image_size,
@@ -200,7 +200,7 @@ def _seg_zero_rows(
     if not planes:
         yield Skip(EMPTY_MASK, common["sample_id"])
         return
-    masks = [encode_mask(p) for p in planes]
+    masks = [encode_rle(p) for p in planes]
     ann = row.get("ann_id")
     if ann is None:
         ann = common["sample_id"]

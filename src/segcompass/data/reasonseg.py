@@ -33,13 +33,12 @@ import datasets
 import numpy as np
 
 from ..utils.logging import get_logger
+from ..utils.masks import decode_rle, encode_rle
 from ._common import (
     LoadReport,
     PathLike,
     data_file_not_found,
     dataset_from_rows,
-    decode_rle,
-    encode_mask,
     image_by_path,
     image_size,
     make_row,
@@ -113,8 +112,8 @@ def _resolve(
     canvas = np.zeros(decode_rle(target).shape, dtype=np.uint8)
     for _, value, rle in labelled:
         canvas[decode_rle(rle).astype(bool)] = value
-    ignore_mask = encode_mask(canvas == 255)
-    return encode_mask(canvas == 1), ignore_mask if rle_area(ignore_mask) else None
+    ignore_mask = encode_rle(canvas == 255)
+    return encode_rle(canvas == 1), ignore_mask if rle_area(ignore_mask) else None
 
 
 def load_reasonseg(

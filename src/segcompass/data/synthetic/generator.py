@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import datasets
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ...utils.logging import get_logger
+from ...utils.masks import encode_rle
 from ..schema import SEGMENTATION_FEATURES
 from .config import FAMILIES, SAMPLES_PER_SPLIT_LIMIT, SPLIT_OFFSET_STRIDE, SPLITS, SyntheticConfig, sample_seed
 from .scene import Scene, make_scene
@@ -42,11 +42,6 @@ class SyntheticExample:
     scene: Scene
     task: Task
     row: dict[str, Any]
-
-
-def _encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _identify(seed: int, config: SyntheticConfig) -> tuple[str, str]:
@@ -106,7 +101,7 @@ def generate_example(
     row = {
         "image": Image.fromarray(scene.image),
         "instruction": task.instruction,
-        "masks": [_encode_rle(s.mask) for s in targets],
+        "masks": [encode_rle(s.mask) for s in targets],
         "ignore_mask": None,
         "no_target": task.no_target,
         "boxes": [list(s.bbox) for s in targets],
