@@ -413,7 +413,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
     # ------------------------------------------------------------------ assembly from parts
     @classmethod
     def from_pretrained_components(
-        cls, backbone, sae, sam=None, *, config_overrides: dict | None = None
+        cls, backbone, sae, sam=None, *, sam_config=None, config_overrides: dict | None = None
     ) -> SegCompassForReasoningSegmentation:
         """Assemble SegCompass from separately pretrained parts; the new heads start random.
 
@@ -421,6 +421,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             backbone: a transformers Qwen2.5-VL / LLaVA model or a path to one.
             sae: a [`SparseAutoencoder`], a path saved with ``save_pretrained``, or a SAELens directory.
             sam: a transformers `SamModel`, a path to one, or an original ``sam_vit_{b,l,h}*.pth`` file.
+            sam_config: the `SamConfig` of a ``.pth`` whose size is not ViT-B/L/H (inferred otherwise).
             config_overrides: extra [`SegCompassConfig`] fields (num_slots, special token ids, …).
 
         The per-component missing / unexpected keys are logged and kept in ``model.component_loading_report``.
@@ -433,11 +434,11 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             sae_dir = Path(sae)
             sae = (SparseAutoencoder.from_saelens(sae_dir) if (sae_dir / "cfg.json").is_file()
                    else SparseAutoencoder.from_pretrained(sae_dir))
-        sam_state, sam_config = None, None
+        sam_state = None
         if isinstance(sam, (str, Path)) and str(sam).endswith((".pth", ".pt")):
             from .convert.sam import load_sam_checkpoint
 
-            sam_state, sam_config = load_sam_checkpoint(sam)
+            sam_state, sam_config = load_sam_checkpoint(sam, config=sam_config)
         elif isinstance(sam, (str, Path)):
             sam = SamModel.from_pretrained(sam)
         if isinstance(sam, SamModel):
@@ -451,9 +452,9 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         report["backbone"] = model.backbone.load_state_dict(backbone.state_dict(), strict=False)
         report["sae"] = model.sae.load_state_dict(sae.state_dict(), strict=False)
         if sam_state is not None:
-            vision = {k[len("vision_encoder."):]: v for k, v in sam_state.items() if k.startswith("vision_encoder.")}
-            report["vision_encoder"] = model.vision_encoder.vision_encoder.load_state_dict(vision, strict=False) \
-                if hasattr(model.vision_encoder, "vision_encoder") else model.vision_encoder.load_state_dict(vision, strict=False)
+            # SamModel and SamVisionModel share the "vision_encoder." prefix
+            vision = {k: v for k, v in sam_state.items() if k.startswith("vision_encoder.")}
+            report["vision_encoder"] = model.vision_encoder.load_state_dict(vision, strict=False)
             report["mask_decoder"] = model.mask_decoder.load_sam_state_dict(sam_state)
         for name, result in report.items():
             missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
