@@ -158,3 +158,16 @@ def test_demo_writes_gallery(checkpoint, tmp_path, capsys):
     assert page.count("class='card'") == 2 and "reasoning:" in page and "slot 0" in page
     assert (tmp_path / "example0.png").is_file() and (tmp_path / "example1_slot2.png").is_file()
     assert "demo written to" in capsys.readouterr().out
+
+
+def test_segment_never_samples_slot_or_image_placeholder_tokens(checkpoint):
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    banned = set(model.never_generated_token_ids())
+    tok = processor.tokenizer
+    assert set(processor.slot_token_ids) <= banned and tok.convert_tokens_to_ids("<|image_pad|>") in banned
+    with torch.no_grad():  # make the banned tokens the most likely next tokens
+        model.backbone.lm_head.weight[sorted(banned)] += 50.0
+    inputs = processor(images=[image()], instructions=["the red circle"], return_tensors="pt")
+    result = model.segment(max_new_tokens=6, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **inputs)
+    assert not banned & set(result.completion_ids[0].tolist())

@@ -225,6 +225,14 @@ def segment(argv: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ evaluate
+@command("evaluate", "Evaluate a checkpoint on a benchmark split: predictions.jsonl + report.json (--rescore: no model).")
+def evaluate(argv: list[str]) -> int:
+    from .evaluation import evaluate_command
+
+    return evaluate_command(argv)
+
+
 # ------------------------------------------------------------------------------------------------ demo
 @command("demo", "Run a model on synthetic scenes and write an HTML gallery (overlays, heatmaps, concepts).")
 def demo(argv: list[str]) -> int:

@@ -184,6 +184,15 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             )
         return self.config.ref_token_id, torch.tensor(self.config.slot_token_ids)
 
+    def never_generated_token_ids(self) -> list[int]:
+        """Tokens ``segment`` never samples: the teacher-forced concentration tokens and the backbone's image/video
+        placeholders (a sampled ``<|image_pad|>`` would no longer match the image features in the scoring forward)."""
+        _, slot_ids = self._special_ids()
+        backbone = self.config.backbone_config
+        names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "image_token_index")
+        placeholders = {getattr(backbone, name, None) for name in names}
+        return sorted(set(slot_ids.tolist()) | {int(i) for i in placeholders if isinstance(i, int) and i >= 0})
+
     def slot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions of the K concentration tokens in each row: (B, T) -> (B, K); each must occur exactly once."""
         ref_id, slot_ids = self._special_ids()
@@ -372,8 +381,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         generate_kwargs = dict(backbone_inputs)
         if mm_token_type_ids is not None:
             generate_kwargs["mm_token_type_ids"] = mm_token_type_ids
-        _, slot_ids = self._special_ids()
-        generate_kwargs.setdefault("suppress_tokens", slot_ids.tolist())  # concentration tokens are teacher-forced
+        generate_kwargs.setdefault("suppress_tokens", self.never_generated_token_ids())
         generated = self.backbone.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
             pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,
