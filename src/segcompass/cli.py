@@ -6,6 +6,7 @@ also accepted from a YAML file with ``--config FILE`` (command-line flags overri
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ def _yaml_to_argv(path: str) -> list[str]:
         flag = f"--{key}"
         if isinstance(value, list):
             argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]  # dict-typed options (e.g. generation_kwargs) parse JSON
         else:
             argv += [flag, str(value)]
     return argv
@@ -223,6 +226,14 @@ def segment(argv: list[str]) -> int:
         overlay_instances(image, result["instances"]).save(args.output)
         print(f"overlay written to {args.output}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ train
+@command("train", "Supervised warm-up + GRPO training of a SegCompass model (options or --config YAML).")
+def train(argv: list[str]) -> int:
+    from .training.cli_train import train_command
+
+    return train_command(argv)
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

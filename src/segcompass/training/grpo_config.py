@@ -1,0 +1,113 @@
+"""SegCompassGRPOConfig: TRL's ``GRPOConfig`` with the SegCompass paper defaults and the segmentation-loss knobs.
+
+Paper defaults (§4.1, appendix B): G = 8 rollouts per prompt, β = 0.2 (KL to the reference policy), ε = 0.2
+(clipping), lr 2e-6 for the backbone with ×25 for the concept codebook (``concept_interface``), ×80 for the slot
+mapper and ×10 for the mask decoder, AdamW with weight decay 0.01, a one-cycle schedule without warm-up whose final
+learning rate is the peak divided by 6.7, gradient clipping at 1.0, rewards 0.3 · format + 0.7 · mask, and the
+supervised terms λ_s = 1.0 (segmentation), λ_c = 0.2 (confidence), λ_d = 0.6 (dice inside the segmentation term).
+K = 6 slots is a property of the model (``SegCompassConfig.num_slots``), not of this config.
+
+Importing this module imports ``trl`` (about 5 s); :mod:`segcompass.training` itself does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+__all__ = ["SegCompassGRPOConfig"]
+
+
+@dataclass
+class SegCompassGRPOConfig(GRPOConfig):
+    r"""Configuration of [`SegCompassGRPOTrainer`]: every ``GRPOConfig`` / ``TrainingArguments`` field plus the ones
+    below. Works with ``HfArgumentParser`` (flags or YAML, see ``segcompass train``).
+
+    Changed defaults (paper): ``beta=0.2``, ``learning_rate=2e-6``, ``weight_decay=0.01``, ``loss_type="grpo"``,
+    ``num_generations=8``, ``epsilon=0.2``, ``max_grad_norm=1.0``, ``reward_weights`` 0.3 / 0.7 for the default
+    reward functions (format, mask), ``logging_steps=1``.
+
+    Args:
+        lambda_seg: λ_s, weight of the segmentation term (heatmap BCE + λ_d · decoder dice).
+        lambda_conf: λ_c, weight of the confidence BCE.
+        lambda_dice: λ_d, weight of the dice loss inside the segmentation term.
+        backbone_lr_multiplier: learning-rate multiplier of the backbone (policy) parameters.
+        codebook_lr_multiplier: multiplier of the concept interface (codebook, slot queries, concept encoder).
+        slot_mapper_lr_multiplier: multiplier of the slot mapper.
+        mask_decoder_lr_multiplier: multiplier of the mask decoder.
+        freeze_vision_encoder: keep SAM's image encoder frozen (its image keys are then computed once per rollout,
+            without gradients). The SAE is always frozen.
+        use_one_cycle_schedule: use the one-cycle schedule (cosine annealing from each group's peak at the first
+            step to peak / ``one_cycle_final_div_factor`` at the last; linear warm-up over ``warmup_steps``, 0 by
+            default as in the paper) instead of ``lr_scheduler_type``.
+        one_cycle_final_div_factor: final learning rate = peak / this factor (paper 6.7).
+        dataset_check_rows: rows of each dataset checked (columns, mask sizes) before training starts; ``None``
+            checks every row. Every rollout batch is checked again as it is used.
+        mask_confidence_threshold: confidence probability above which a slot counts as predicted, for the logged
+            rollout IoU.
+    """
+
+    # ---- paper defaults for inherited fields
+    beta: float = field(default=0.2, metadata={"help": "KL coefficient β (paper 0.2)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Clipping ε (paper 0.2)."})
+    num_generations: int | None = field(default=8, metadata={"help": "Rollouts per prompt G (paper 8)."})
+    learning_rate: float = field(default=2e-6, metadata={"help": "Backbone learning rate (paper 2e-6)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper 0.01)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (paper 1.0)."})
+    loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation (paper: 'grpo')."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+
+    # ---- segmentation losses
+    lambda_seg: float = field(default=1.0, metadata={"help": "λ_s: segmentation loss weight (paper 1.0)."})
+    lambda_conf: float = field(default=0.2, metadata={"help": "λ_c: confidence loss weight (paper 0.2)."})
+    lambda_dice: float = field(default=0.6, metadata={"help": "λ_d: dice weight inside the segmentation loss (0.6)."})
+
+    # ---- optimizer parameter groups
+    backbone_lr_multiplier: float = field(default=1.0, metadata={"help": "LR multiplier of the backbone."})
+    codebook_lr_multiplier: float = field(default=25.0, metadata={"help": "LR multiplier of the concept interface."})
+    slot_mapper_lr_multiplier: float = field(default=80.0, metadata={"help": "LR multiplier of the slot mapper."})
+    mask_decoder_lr_multiplier: float = field(default=10.0, metadata={"help": "LR multiplier of the mask decoder."})
+    freeze_vision_encoder: bool = field(default=True, metadata={"help": "Keep SAM's image encoder frozen."})
+
+    # ---- schedule
+    use_one_cycle_schedule: bool = field(
+        default=True,
+        metadata={"help": "One-cycle cosine schedule (no warm-up by default) instead of lr_scheduler_type."},
+    )
+    one_cycle_final_div_factor: float = field(
+        default=6.7, metadata={"help": "Final LR = peak / this factor (paper 6.7)."}
+    )
+
+    # ---- checks and logging
+    dataset_check_rows: int | None = field(
+        default=256, metadata={"help": "Rows checked before training (None: all)."}
+    )
+    mask_confidence_threshold: float = field(
+        default=0.5, metadata={"help": "Slot confidence threshold for the logged rollout IoU."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("lambda_seg", "lambda_conf", "lambda_dice"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        for name in ("backbone_lr_multiplier", "codebook_lr_multiplier", "slot_mapper_lr_multiplier",
+                     "mask_decoder_lr_multiplier"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0 freezes the group), got {value}.")
+        if self.one_cycle_final_div_factor < 1:
+            raise ValueError(
+                f"`one_cycle_final_div_factor` must be >= 1 (final LR = peak / factor), got "
+                f"{self.one_cycle_final_div_factor}."
+            )
+        if not 0.0 <= self.mask_confidence_threshold <= 1.0:
+            raise ValueError(
+                f"`mask_confidence_threshold` must be a probability in [0, 1], got {self.mask_confidence_threshold}."
+            )
+        if self.dataset_check_rows is not None and self.dataset_check_rows < 1:
+            raise ValueError(
+                f"`dataset_check_rows` must be >= 1 or None (check every row), got {self.dataset_check_rows}."
+            )
