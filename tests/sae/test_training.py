@@ -129,3 +129,31 @@ def test_cache_resumes_after_interruption(tmp_path):
         cache_activations(model, tokenizer, dataset, tmp_path / "x", hook_layer=7)
     with pytest.raises(ValueError, match="Column 'caption'"):
         cache_activations(model, tokenizer, dataset, tmp_path / "y", hook_layer=1, text_column="caption")
+
+
+def test_cache_activations_from_tiny_image_text_model(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from segcompass.testing import tiny_config_for_processor
+    from segcompass.testing_processor import tiny_segcompass_processor
+
+    segcompass_processor = tiny_segcompass_processor()
+    processor = segcompass_processor.backbone_processor  # the image-only Qwen2.5-VL processor
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(tiny_config_for_processor(segcompass_processor).backbone_config)
+    images = [Image.fromarray((np.random.default_rng(i).random((40 + 16 * i, 60, 3)) * 255).astype("uint8"))
+              for i in range(4)]
+    texts = ["the red circle", "every shape", "the square", "a blue shape"]
+    dataset = datasets.Dataset.from_dict({"image": images, "text": texts}).cast_column("image", datasets.Image())
+    cache_activations(model, processor, dataset, tmp_path, hook_layer=1, image_column="image", batch_size=3)
+    store = ActivationStore.from_cache(tmp_path)
+    lengths = torch.cat([store.load_shard(i)[1] for i in range(len(store.shards))]).tolist()
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for length, image, text in zip(lengths, images, texts):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        single = processor(images=[image], text=[prompt], return_tensors="pt")
+        assert length == int(single["attention_mask"].sum())  # image tokens included, padding excluded
+        assert (single["input_ids"] == image_pad).sum() > 0
