@@ -8,7 +8,15 @@ How it fits TRL 1.16's ``GRPOTrainer``:
   full [`SegCompassForReasoningSegmentation`] as ``trainer.segcompass``; its heads join the optimizer
   (:meth:`create_optimizer`), the gradient clipping and the saved checkpoint.
 * **Reference model.** With ``beta > 0`` TRL would reload ``config._name_or_path`` of the backbone, which is not a
-  standalone checkpoint here; the trainer deep-copies the initial backbone instead (frozen, fused LM head).
+  standalone checkpoint here; the trainer deep-copies the initial backbone instead (frozen, fused LM head). With a
+  ``peft_config`` no copy is made: TRL computes the reference log-probabilities with the adapter disabled.
+* **PEFT / LoRA** (``peft_config=``): TRL wraps the backbone in a ``PeftModel``; the LoRA layers are injected in
+  place, so ``trainer.segcompass.backbone`` (the PeftModel's base model) runs with the adapters in the segmentation
+  forward too. Only the adapter parameters of the backbone are trained (with the backbone's lr), the heads keep their
+  multipliers. :meth:`_save` writes the *merged* model (a merged copy; the training model is untouched), loadable
+  with ``AutoModel.from_pretrained``, plus the adapter alone in ``adapter/`` (``PeftModel.from_pretrained``).
+  Target the language model only, e.g. ``LoraConfig(target_modules=r".*language_model.*\\.(q_proj|k_proj|v_proj|"
+  r"o_proj|gate_proj|up_proj|down_proj)")`` (a plain module-name list also wraps Qwen2.5-VL's vision MLPs).
 * **Rollout** (:meth:`_tokenize_prompts`, :meth:`_generate`): prompts are tokenized with [`SegCompassProcessor`]
   (which also gives SAM's inputs), the backbone samples the completions (slot tokens suppressed), and a no-grad
   SegCompass scoring forward (completion cut at its first ``<REF_POS>``, appended when missing, + the K slot tokens)
@@ -41,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import nn
 from transformers import TrainerCallback
 from trl import GRPOTrainer
@@ -265,10 +274,14 @@ class SegCompassGRPOTrainer(GRPOTrainer):
             :func:`prepare_grpo_dataset` and :func:`validate_grpo_dataset`.
         processing_class: the [`SegCompassProcessor`]; default: loaded from the model's directory.
         callbacks, optimizers: as for ``GRPOTrainer``.
+        peft_config: optional ``peft.PeftConfig`` (e.g. a ``LoraConfig`` on the language model) applied to the
+            backbone by TRL; the reference policy is then the adapter-disabled backbone and the saved checkpoint is
+            merged (adapter alone in ``<output_dir>/adapter``).
 
     Raises:
         ValueError: before TRL starts, for a wrong model / processor / config type, a missing column, an empty
-            dataset, masks whose size differs from their image, or unsupported TRL features (vLLM, tools, PEFT).
+            dataset, masks whose size differs from their image, unsupported TRL features (vLLM, tools), or
+            ``sync_ref_model`` with a ``peft_config``.
 
     Example:
 
@@ -283,9 +296,11 @@ class SegCompassGRPOTrainer(GRPOTrainer):
     trainer.save_model()                                       # AutoModel.from_pretrained("out") after import segcompass
     ```
 
-    Not supported: PEFT adapters, vLLM / continuous batching, tools / environments / ``rollout_func``, and
-    ``cast_lm_head_to_fp32`` with ``beta != 0``. Under DeepSpeed / FSDP the heads are not sharded and
-    :meth:`_save` writes this process's parameters (untested).
+    Not supported: a backbone that is already a ``PeftModel`` (pass ``peft_config`` instead), ``sync_ref_model``
+    with PEFT, PEFT methods that cannot be merged (``merge_and_unload``; e.g. prompt tuning) for saving, vLLM /
+    continuous batching, tools / environments / ``rollout_func``, and ``cast_lm_head_to_fp32`` with ``beta != 0``.
+    Under DeepSpeed / FSDP the heads are not sharded and :meth:`_save` writes this process's parameters (untested).
+    With PEFT, :meth:`supervised_warmup` trains the adapter and the heads; the KL anchor stays the base backbone.
     """
 
     _tag_names = ["trl", "grpo", "segcompass"]
@@ -300,6 +315,7 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         processing_class: SegCompassProcessor | None = None,
         callbacks=None,
         optimizers=(None, None),
+        peft_config=None,
     ):
         if isinstance(model, (str, os.PathLike)):
             model = SegCompassForReasoningSegmentation.from_pretrained(model)
@@ -344,6 +360,16 @@ class SegCompassGRPOTrainer(GRPOTrainer):
                 "`cast_lm_head_to_fp32=True` with beta != 0 is not supported by SegCompassGRPOTrainer (its reference "
                 "model is a copy of the backbone); set cast_lm_head_to_fp32=False."
             )
+        if peft_config is not None:
+            if is_peft_model(model.backbone):
+                raise ValueError(
+                    "The backbone is already a PeftModel; pass a plain SegCompass model together with `peft_config`."
+                )
+            if args.sync_ref_model:
+                raise ValueError(
+                    "`sync_ref_model=True` is not supported with `peft_config`: the reference policy is the backbone "
+                    "with the adapter disabled. Set sync_ref_model=False."
+                )
         if args.use_vllm or getattr(args, "use_transformers_continuous_batching", False):
             raise ValueError("SegCompassGRPOTrainer supports transformers generation only; set use_vllm=False.")
         validate_grpo_dataset(train_dataset, "train_dataset", args.dataset_check_rows)
@@ -369,10 +395,11 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         generation_kwargs["suppress_tokens"] = suppressed
         args.generation_kwargs = generation_kwargs
 
-        # Reference policy: a frozen copy of the initial backbone (TRL would reload config._name_or_path).
+        # Reference policy: a frozen copy of the initial backbone (TRL would reload config._name_or_path); with PEFT,
+        # TRL disables the adapter instead (ref_model stays None).
         beta, sync_ref = args.beta, args.sync_ref_model
         ref_backbone = None
-        if beta != 0.0:
+        if beta != 0.0 and peft_config is None:
             ref_backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         self._rollout: dict | None = None
         self._prompt_cache: dict | None = None
@@ -387,10 +414,18 @@ class SegCompassGRPOTrainer(GRPOTrainer):
                 processing_class=processing_class,
                 callbacks=callbacks,
                 optimizers=optimizers,
+                peft_config=peft_config,
             )
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref
         self.beta = beta
+        if peft_config is not None:
+            # PEFT injects its layers into the backbone in place: the SegCompass forward (segmentation loss, rollout
+            # masks) runs the same adapted modules as TRL's policy. Keep `segcompass.backbone` = the PeftModel's base.
+            base = self.accelerator.unwrap_model(self.model).get_base_model()
+            if base is not model.backbone:
+                model.backbone = base
+            self.ref_model = None
         if self.tools or self.environment_factories is not None or self.rollout_func is not None:
             raise ValueError("SegCompassGRPOTrainer does not support tools, environments or rollout_func.")
         if ref_backbone is not None:
@@ -698,9 +733,31 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         return loss + losses.loss.to(loss.dtype) / scale
 
     # -------------------------------------------------------------------------------------------- saving
+    def _peft_policy(self):
+        """The (unwrapped) ``PeftModel`` policy, or None without PEFT."""
+        policy = self.accelerator.unwrap_model(self.model)
+        return policy if is_peft_model(policy) else None
+
+    def merged_segcompass(self) -> SegCompassForReasoningSegmentation:
+        """The SegCompass model to save: ``self.segcompass`` itself without PEFT; with PEFT a shallow copy whose
+        backbone is a merged deep copy of the adapted backbone (``merge_and_unload``), the heads shared. The
+        training model is not modified."""
+        policy = self._peft_policy()
+        if policy is None:
+            return self.segcompass
+        with torch.no_grad():
+            merged = copy.deepcopy(policy).merge_and_unload()
+        if "forward" in vars(merged):  # TRL's fused LM head patch: not part of the saved model
+            del merged.forward
+        model = copy.copy(self.segcompass)
+        model._modules = dict(self.segcompass._modules)
+        model._modules["backbone"] = merged
+        return model
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the full SegCompass model (backbone + heads) and its processor, loadable with
-        ``AutoModel.from_pretrained`` after ``import segcompass``."""
+        ``AutoModel.from_pretrained`` after ``import segcompass``. With PEFT the backbone is saved merged, and the
+        adapter alone in ``<output_dir>/adapter``."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
@@ -708,7 +765,14 @@ class SegCompassGRPOTrainer(GRPOTrainer):
             logger.warning("DeepSpeed / FSDP: saving this process's SegCompass parameters as they are (not gathered).")
         os.makedirs(output_dir, exist_ok=True)
         logger.info("Saving SegCompass checkpoint to %s", output_dir)
-        self.segcompass.save_pretrained(output_dir)
+        policy = self._peft_policy()
+        if policy is None:
+            self.segcompass.save_pretrained(output_dir)
+        else:
+            merged = self.merged_segcompass()
+            merged.save_pretrained(output_dir)
+            del merged
+            policy.save_pretrained(os.path.join(output_dir, "adapter"))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
