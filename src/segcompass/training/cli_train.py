@@ -4,6 +4,9 @@
     segcompass train --tiny --output_dir runs/grpo-tiny --max_steps 2 --num_generations 2 \\
         --per_device_train_batch_size 4 --max_completion_length 16 --use_cpu true --sft_steps 4
 
+    segcompass train --tiny --output_dir runs/grpo-lora --lora_r 16 --lora_alpha 32 ...   # LoRA on the LM
+    segcompass train ... --save_strategy steps --save_steps 100 --resume_from_checkpoint true  # resume the last
+
 Options are the fields of :class:`TrainArguments` (model, data, warm-up) and of
 [`SegCompassGRPOConfig`] (every GRPO / ``TrainingArguments`` field), parsed by ``HfArgumentParser``.
 The trained model and processor are saved into ``output_dir`` (``AutoModel.from_pretrained(output_dir)`` after
@@ -19,7 +22,10 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["TrainArguments", "load_training_dataset", "train_command"]
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "TrainArguments", "build_lora_config", "load_training_dataset",
+           "train_command"]
+
+DEFAULT_LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
 @dataclass
@@ -48,6 +54,17 @@ class TrainArguments:
     sft_batch_size: int = field(default=2, metadata={"help": "Rows per supervised warm-up step."})
     sft_learning_rate: float | None = field(
         default=None, metadata={"help": "Warm-up base learning rate (default: --learning_rate); multipliers apply."}
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank on the backbone (0: off, full fine-tuning). The saved model is merged; "
+                                     "the adapter alone goes to OUTPUT_DIR/adapter."}
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default=DEFAULT_LORA_TARGET_MODULES,
+        metadata={"help": "Modules to adapt: a regex over full module names (default: the language model's "
+                          "attention and MLP projections) or a comma-separated list of module names."},
     )
 
 
@@ -86,6 +103,22 @@ def load_training_dataset(cli: TrainArguments):
     return data
 
 
+def build_lora_config(cli: TrainArguments):
+    """The ``peft.LoraConfig`` of ``--lora_r`` / ``--lora_alpha`` / ``--lora_dropout`` / ``--lora_target_modules``,
+    or None when ``lora_r`` is 0."""
+    if not cli.lora_r:
+        return None
+    if cli.lora_r < 0:
+        raise ValueError(f"--lora_r must be >= 0 (0 disables LoRA), got {cli.lora_r}.")
+    from peft import LoraConfig
+
+    targets: str | list[str] = cli.lora_target_modules.strip()
+    if "," in targets:
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    return LoraConfig(r=cli.lora_r, lora_alpha=cli.lora_alpha, lora_dropout=cli.lora_dropout,
+                      target_modules=targets, bias="none")
+
+
 def _load_model(cli: TrainArguments, output_dir: str):
     from ..modeling_segcompass import SegCompassForReasoningSegmentation
     from ..processing_segcompass import SegCompassProcessor
@@ -120,10 +153,18 @@ def train_command(argv: list[str]) -> int:
         raw = load_training_dataset(cli)
         dataset = prepare_grpo_dataset(raw, processor, cli.instruction_column) if "prompt" not in raw.column_names \
             else raw
-        trainer = SegCompassGRPOTrainer(model, args=args, train_dataset=dataset, processing_class=processor)
+        trainer = SegCompassGRPOTrainer(model, args=args, train_dataset=dataset, processing_class=processor,
+                                        peft_config=build_lora_config(cli))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
-    if cli.sft_steps:
+    resume = args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint-* in output_dir
+    elif isinstance(resume, str) and resume.lower() in ("false", "none", ""):
+        resume = None
+    if cli.sft_steps and resume:
+        print("resuming from a checkpoint: the supervised warm-up is skipped (its weights are in the checkpoint)")
+    elif cli.sft_steps:
         history = trainer.supervised_warmup(
             raw, num_steps=cli.sft_steps, batch_size=cli.sft_batch_size,
             learning_rate=cli.sft_learning_rate if cli.sft_learning_rate is not None else args.learning_rate,
@@ -132,7 +173,7 @@ def train_command(argv: list[str]) -> int:
         first, last = history[0], history[-1]
         print(f"warm-up: {len(history)} steps, loss {first['loss']:.4g} -> {last['loss']:.4g} "
               f"(seg {first['seg']:.4g} -> {last['seg']:.4g}, lm {first['lm']:.4g} -> {last['lm']:.4g})")
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     print(f"GRPO: {result.global_step} steps, train loss {result.training_loss:.4g}")
     print(f"model and processor saved to {args.output_dir}")

@@ -17,6 +17,16 @@ How it fits TRL 1.16's ``GRPOTrainer``:
   with ``AutoModel.from_pretrained``, plus the adapter alone in ``adapter/`` (``PeftModel.from_pretrained``).
   Target the language model only, e.g. ``LoraConfig(target_modules=r".*language_model.*\\.(q_proj|k_proj|v_proj|"
   r"o_proj|gate_proj|up_proj|down_proj)")`` (a plain module-name list also wraps Qwen2.5-VL's vision MLPs).
+* **Checkpoints and resuming** (``save_strategy``, ``train(resume_from_checkpoint=...)``): a ``checkpoint-N``
+  holds the full SegCompass model as :meth:`_save` writes it (with PEFT: merged + ``adapter/``), the Trainer's
+  ``optimizer.pt`` (every parameter group, heads included, in the fixed order of :meth:`create_optimizer`),
+  ``scheduler.pt``, ``rng_state.pth`` and ``trainer_state.json``, plus ``ref_model.safetensors`` when the KL
+  reference is no longer the initial backbone. :meth:`_load_from_checkpoint` / :meth:`_load_best_model` load the
+  SegCompass weights in place (:meth:`load_segcompass_checkpoint`); the prompt order per epoch depends only on
+  ``(seed, epoch)``, so with the restored RNG states a resumed run repeats the uninterrupted one (same rollouts,
+  same weights). Resume with a trainer built like the original one (same initial model and ``peft_config``: with
+  PEFT the frozen base backbone is not read from the checkpoint). Not restored: generations buffered across steps
+  (``steps_per_generation`` / ``num_iterations`` > 1: resuming inside a generation block regenerates).
 * **Rollout** (:meth:`_tokenize_prompts`, :meth:`_generate`): prompts are tokenized with [`SegCompassProcessor`]
   (which also gives SAM's inputs), the backbone samples the completions (slot tokens suppressed), and a no-grad
   SegCompass scoring forward (completion cut at its first ``<REF_POS>``, appended when missing, + the K slot tokens)
@@ -43,6 +53,7 @@ of the rollouts' predicted masks, union of confident slots vs union of instances
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -52,10 +63,11 @@ import torch
 from accelerate.utils import is_peft_model
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
+from trl.trainer.utils import RepeatSampler, add_fused_lm_head, disable_dropout_in_model
 
 from ..modeling_segcompass import SegCompassForReasoningSegmentation
 from ..processing_segcompass import SegCompassProcessor
@@ -75,6 +87,7 @@ from .sft import (
 logger = get_logger(__name__)
 
 __all__ = [
+    "REF_WEIGHTS_NAME",
     "REQUIRED_COLUMNS",
     "SegCompassGRPOTrainer",
     "build_param_groups",
@@ -86,6 +99,7 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("prompt", "image", "masks")
+REF_WEIGHTS_NAME = "ref_model.safetensors"  # the KL reference policy, in checkpoints where it is not the initial one
 _SAM_KEYS = ("sam_pixel_values", "original_sizes", "reshaped_input_sizes")
 _COMPONENTS = (
     ("backbone", "backbone_lr_multiplier"),
@@ -239,6 +253,25 @@ def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.T
     if int(union) == 0:
         return 1.0
     return float((pred & target).sum()) / float(union)
+
+
+class _EpochRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose order in epoch ``e`` depends only on ``(seed, e)``, not on how many epochs this
+    sampler object iterated before. TRL's sampler draws each epoch's permutation from one stateful generator, so a
+    run resumed at epoch ``e`` would replay epoch 0's order; here :meth:`set_epoch` (called by the Trainer at every
+    epoch) re-seeds and skips ``e`` permutations, which reproduces TRL's uninterrupted sequence exactly."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+        yield from super().__iter__()
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -443,6 +476,7 @@ class SegCompassGRPOTrainer(GRPOTrainer):
                 disable_dropout_in_model(getattr(model, name))
         self._grid = (model.config.mask_size, model.config.mask_size)
         self._head_grads_synced = False
+        self._ref_changed = False  # the reference policy differs from the initial backbone (warm-up / sync)
         self.add_callback(_ZeroHeadGradients(self))
 
     # -------------------------------------------------------------------------------------------- optimizer
@@ -777,6 +811,111 @@ class SegCompassGRPOTrainer(GRPOTrainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    # -------------------------------------------------------------------------------------------- resuming
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler, made epoch-deterministic (:class:`_EpochRepeatSampler`) so that resuming at an epoch
+        boundary sees the same prompt order as an uninterrupted run."""
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is RepeatSampler:
+            sampler = _EpochRepeatSampler(sampler.data_source, sampler.mini_repeat_count, sampler.batch_size,
+                                          sampler.repeat_count, sampler.shuffle, sampler.seed)
+        return sampler
+
+    def load_segcompass_checkpoint(self, checkpoint: str | os.PathLike) -> None:
+        """Load the weights of a checkpoint written by :meth:`_save` into the training model, in place (parameter
+        identities are kept, so an optimizer built over them stays valid).
+
+        Without PEFT the whole SegCompass state (backbone + heads) is loaded. With PEFT the adapter comes from
+        ``<checkpoint>/adapter`` (into the wrapped backbone) and the heads from the top-level (merged) weights; the
+        frozen base backbone is the one this trainer was built with (the merged backbone weights are not unmerged).
+        The checkpoint is read with ``from_pretrained`` (handles shards and the backbone's saved key layout), so it
+        is briefly held twice in CPU memory.
+
+        Raises:
+            ValueError: a checkpoint that is not a SegCompass model directory, misses weights, or (PEFT) has no
+                ``adapter/`` directory.
+        """
+        checkpoint = os.fspath(checkpoint)
+        if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            raise ValueError(f"{checkpoint} is not a SegCompass checkpoint directory (no config.json).")
+        policy = self._peft_policy()
+        adapter_dir = os.path.join(checkpoint, "adapter")
+        if policy is not None and not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+            raise ValueError(
+                f"{checkpoint} has no adapter/ directory but this trainer trains a PEFT adapter; resume a checkpoint "
+                "written with the same `peft_config`."
+            )
+        logger.info("Loading SegCompass weights from %s", checkpoint)
+        loaded = SegCompassForReasoningSegmentation.from_pretrained(checkpoint)
+        state = loaded.state_dict()
+        del loaded
+        own = self.segcompass.state_dict()
+        if policy is None:
+            wanted = set(own)
+        else:
+            wanted = {k for k in own if not k.startswith("backbone.")}
+            state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+        missing = sorted(wanted - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"{checkpoint} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} (different config?)."
+            )
+        with torch.no_grad():
+            self.segcompass.load_state_dict(state, strict=False)
+        del state
+        if policy is not None:
+            from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+            adapter_name = policy.active_adapter
+            weights = load_peft_weights(adapter_dir, device="cpu")
+            result = set_peft_model_state_dict(policy, weights, adapter_name=adapter_name)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"{adapter_dir}: adapter weights that match no LoRA layer: "
+                                 f"{result.unexpected_keys[:5]} (different peft_config?).")
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint (model via :meth:`_save`, optimizer, scheduler, RNG, state), plus the reference
+        policy (``ref_model.safetensors``) when it is no longer the initial backbone (after :meth:`supervised_warmup`
+        or with ``sync_ref_model``), so that a resumed run keeps the same KL anchor."""
+        super()._save_checkpoint(model, trial)
+        if self.ref_model is None or not self.args.should_save or not (self._ref_changed or self.args.sync_ref_model):
+            return
+        from safetensors.torch import save_model
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder):
+            save_model(self.accelerator.unwrap_model(self.ref_model), os.path.join(folder, REF_WEIGHTS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore the SegCompass weights (backbone + heads; adapter + heads with PEFT) from a checkpoint of
+        :meth:`_save`. The Trainer itself restores the optimizer (all parameter groups, heads included), the LR
+        scheduler, the global step and the RNG states."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            logger.warning("DeepSpeed / FSDP: SegCompass checkpoints are loaded as a whole model on every process.")
+        self.load_segcompass_checkpoint(resume_from_checkpoint)
+        ref_file = os.path.join(resume_from_checkpoint, REF_WEIGHTS_NAME)
+        if os.path.isfile(ref_file):
+            if self.ref_model is None:
+                logger.info("%s: no reference model in this trainer (PEFT or beta = 0); ignored.", ref_file)
+            else:
+                from safetensors.torch import load_model
+
+                load_model(self.accelerator.unwrap_model(self.ref_model), ref_file, strict=True)
+                self._ref_changed = True
+        state_file = os.path.join(resume_from_checkpoint, "trainer_state.json")
+        if os.path.isfile(state_file):  # TRL's micro-step counter (generation reuse, step-time logging)
+            with open(state_file) as f:
+                global_step = int(json.load(f).get("global_step", 0))
+            self._step = global_step * self.args.gradient_accumulation_steps
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: load the best SegCompass checkpoint (see :meth:`load_segcompass_checkpoint`)."""
+        best = self.state.best_model_checkpoint
+        logger.info("Loading best model from %s (score: %s).", best, self.state.best_metric)
+        self.load_segcompass_checkpoint(best)
+
     def supervised_warmup(self, dataset=None, num_steps: int = 0, **kwargs) -> list[dict[str, float]]:
         """Run :func:`segcompass.training.sft.supervised_warmup` on this trainer's model and processor (default
         dataset: the training set) before GRPO, so the policy learns to emit ``<REF_POS>``. Returns the history."""
@@ -796,4 +935,5 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         if self.ref_model is not None and history:  # the KL anchor is the warmed-up policy
             reference = self.accelerator.unwrap_model(self.ref_model)
             reference.load_state_dict(self.accelerator.unwrap_model(self.model).state_dict())
+            self._ref_changed = True
         return history
