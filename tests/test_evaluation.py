@@ -30,7 +30,7 @@ import loader_fixtures  # noqa: E402  (helpers writing gRefCOCO in its real on-d
 
 REPORT_KEYS = {"dataset", "split", "num_samples", "num_no_target", "model", "data_dir", "loader_kwargs", "threshold",
                "max_new_tokens", "num_malformed", "metric_options", "predictions", "metrics", "paper_columns",
-               "table_row"}
+               "table_row", "ablation"}
 METRICS = {"ciou", "giou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9", "n_acc", "t_acc"}
 
 
@@ -95,6 +95,8 @@ def test_synthetic_report_and_predictions(checkpoint, tmp_path, segment_calls):
     assert set(report) == REPORT_KEYS and set(report["metrics"]) == METRICS
     assert report["num_samples"] == 5 and report["dataset"] == "synthetic" and report["split"] == "test"
     assert report["model"] == checkpoint and report["threshold"] == 0.0
+    side = SegCompassForReasoningSegmentation.config_class.from_pretrained(checkpoint).sam_config.vision_config.image_size
+    assert report["loader_kwargs"] == {"image_size": side}  # synthetic scenes at the model's SAM input size
     assert report["metric_options"]["protocol"] == "lisa" and report["metric_options"]["empty_policy"] == "one"
     row = report["table_row"]
     assert row["table"] == "synthetic" and row["split"] == "test"
@@ -111,7 +113,7 @@ def test_synthetic_report_and_predictions(checkpoint, tmp_path, segment_calls):
         assert record["kept_slots"] == list(range(len(record["scores"])))  # threshold 0 keeps every slot
         slots = np.stack([decode_rle(m) for m in record["slot_masks"]])  # (K, H, W)
         np.testing.assert_array_equal(decode_rle(record["mask"]), slots.any(0))
-        assert decode_rle(record["mask"]).shape == (record["height"], record["width"])
+        assert decode_rle(record["mask"]).shape == (record["height"], record["width"]) == (side, side)
 
     segment_calls.clear()  # a longer run over the same output_dir predicts only the new rows
     more = evaluate_model(checkpoint, "synthetic", "test", output_dir=out, num_samples=6, batch_size=2,
@@ -158,7 +160,7 @@ def test_grefcoco_fixture_resume_and_rescore(checkpoint, gres_root, tmp_path, se
         evaluate_model(checkpoint, "grefcoco", "val", gres_root, output_dir=out, threshold=0.5, max_new_tokens=4)
 
 
-def test_command_evaluate_and_errors(checkpoint, tmp_path, capsys):
+def test_command_evaluate_and_errors(checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli"
     code = evaluate_command(["--model", checkpoint, "--dataset", "synthetic", "--split", "val",
                              "--output-dir", str(out), "--num-samples", "3", "--batch-size", "3",
@@ -178,6 +180,9 @@ def test_command_evaluate_and_errors(checkpoint, tmp_path, capsys):
     assert evaluate_command(["--model", checkpoint, "--dataset", "imagenet", "--output-dir", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'imagenet'" in err and "grefcoco" in err and "synthetic" in err
+    import segcompass.pipelines
+
+    monkeypatch.setattr(segcompass.pipelines, "default_model_path", lambda: None)  # an install without the default
     assert evaluate_command(["--dataset", "synthetic", "--output-dir", str(tmp_path / "z")]) == 2
     assert "--model is required" in capsys.readouterr().err
     assert evaluate_command(["--output-dir", str(tmp_path / "empty"), "--rescore"]) == 2
@@ -271,3 +276,56 @@ def test_rescore_rethreshold_and_missing(tmp_path):
     (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
     with pytest.raises(ValueError, match="1 of 5 samples have no prediction"):
         rescore(out, gt)
+
+
+def test_ablations_change_the_model_only_inside_the_block(checkpoint):
+    import torch
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from segcompass.interpret.ablations import ablate
+
+    model = SegCompassForReasoningSegmentation.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    images = [Image.fromarray(np.full((32, 40, 3), c, dtype=np.uint8)) for c in (40, 200)]
+    enc = processor(images, ["the red shape", "every blue circle"], completions=["<think>a</think><REF_POS>"] * 2,
+                    append_slots=True)
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "sam_pixel_values", "pixel_values", "image_grid_thw",
+                                  "mm_token_type_ids") if k in enc}
+    sae_before = {k: v.clone() for k, v in model.sae.state_dict().items()}
+    with torch.no_grad():
+        full = model(**inputs).heatmap_logits  # (B, K, m, m)
+        with ablate(model, "no_concepts"):
+            zeroed = model(**inputs).heatmap_logits
+            for param in model.sae.parameters():  # with r_k zeroed, the SAE cannot matter
+                param.add_(torch.randn_like(param))
+            zeroed_other_sae = model(**inputs).heatmap_logits
+        model.sae.load_state_dict(sae_before)
+        torch.testing.assert_close(model(**inputs).heatmap_logits, full)  # the hook is gone
+        with ablate(model, "random_sae"):
+            assert any(not torch.equal(v, sae_before[k]) for k, v in model.sae.state_dict().items())
+            random_sae = model(**inputs).heatmap_logits
+        with pytest.raises(RuntimeError), ablate(model, "random_sae"):
+            raise RuntimeError("body failed")
+    assert not torch.allclose(zeroed, full)
+    torch.testing.assert_close(zeroed_other_sae, zeroed)
+    assert not torch.allclose(random_sae, full)
+    for key, value in model.sae.state_dict().items():  # restored, also after the failing block
+        torch.testing.assert_close(value, sae_before[key])
+    with pytest.raises(ValueError, match="no_concept"):
+        ablate(model, "no_concept")
+
+
+def test_evaluate_with_ablation_is_recorded_and_guards_resume(checkpoint, tmp_path):
+    out = tmp_path / "ablated"
+    report = evaluate_model(checkpoint, "synthetic", "test", output_dir=out, num_samples=2, batch_size=2,
+                            max_new_tokens=4, ablation="no_concepts")
+    assert report["ablation"] == "no_concepts"
+    assert json.loads((out / RUN_FILE).read_text())["ablation"] == "no_concepts"
+    assert rescore(out)["ablation"] == "no_concepts"
+    with pytest.raises(ValueError, match="ablation"):  # resuming under another ablation would mix predictions
+        evaluate_model(checkpoint, "synthetic", "test", output_dir=out, num_samples=2, batch_size=2,
+                       max_new_tokens=4)
+    with pytest.raises(ValueError, match="random_SAE"):
+        evaluate_model(checkpoint, "synthetic", "test", output_dir=tmp_path / "bad", ablation="random_SAE")

@@ -90,7 +90,7 @@ _DEFAULT_COLUMNS = ("gIoU", "cIoU", "N-acc", "T-acc")
 _METRIC_KEYS = {"gIoU": "giou", "cIoU": "ciou", "N-acc": "n_acc", "T-acc": "t_acc"}
 _METRIC_OPTIONS = ("protocol", "empty_policy", "pr_thresholds", "eval_size")
 # run.json fields a resumed run must share (num_samples may grow: rows are always the first num_samples of the split)
-_RUN_IDENTITY = ("model", "dataset", "split", "data_dir", "loader_kwargs", "threshold", "max_new_tokens")
+_RUN_IDENTITY = ("model", "dataset", "split", "data_dir", "loader_kwargs", "threshold", "max_new_tokens", "ablation")
 
 
 # ------------------------------------------------------------------------------------------------ dataset "synthetic"
@@ -171,6 +171,17 @@ def _resolve_model_path(path: str | os.PathLike) -> str:
         raise ValueError(f"model path {text!r} does not exist; pass a checkpoint directory written by "
                          "save_pretrained (see segcompass.testing.make_tiny_checkpoint for a tiny one).")
     return text  # a Hub repository id
+
+
+def _sam_image_size(model_or_path) -> int:
+    """The SAM input side of a model object or checkpoint (read from its config; no weights are loaded)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(_resolve_model_path(model_or_path))
+    else:
+        config = model_or_path.config
+    return int(config.sam_config.vision_config.image_size)
 
 
 def _load_model_and_processor(model_or_path, processor, device, dtype):
@@ -389,6 +400,7 @@ def evaluate_model(
     processor=None,
     device: str | None = None,
     dtype: str | None = None,
+    ablation: str | None = None,
     **loader_kwargs: Any,
 ) -> dict[str, Any]:
     """Predict every row of ``dataset_name``/``split`` with greedy decoding, save the predictions, score them.
@@ -409,6 +421,9 @@ def evaluate_model(
         processor: the processor when ``model_or_path`` is a model object without a loadable ``name_or_path``.
         device, dtype: where / in which dtype to load a model given by path (default: CUDA when available, the
             checkpoint's dtype).
+        ablation: ``"no_concepts"`` (concept representations zeroed) or ``"random_sae"`` (SAE replaced by a fresh
+            random one) to measure what the interpretable path contributes (:mod:`segcompass.interpret.ablations`);
+            ``None`` / ``"none"`` evaluates the model as it is.
 
     Returns:
         The report (also written to ``output_dir/report.json``; layout in :func:`build_report`).
@@ -416,11 +431,16 @@ def evaluate_model(
     import torch
     from datasets.utils import tqdm
 
+    from .interpret.ablations import ABLATIONS, ablate
+
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be a positive number of rows per model call.")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be positive (the reasoning length limit).")
     _check_threshold(threshold)
+    if ablation not in (None, *ABLATIONS):
+        raise ValueError(f"ablation={ablation!r} is not one of {ABLATIONS}.")
+    ablation = None if ablation == "none" else ablation
     register_synthetic_dataset()
     options = _normalize_metric_options(metric_options)
     SegmentationMetricAccumulator(**options)  # validate before the expensive part
@@ -429,6 +449,9 @@ def evaluate_model(
                          "(or add one with segcompass.data.register_dataset).")
     if isinstance(model_or_path, (str, os.PathLike)):
         _resolve_model_path(model_or_path)
+    if dataset_name == "synthetic" and not {"image_size", "config"} & set(loader_kwargs):
+        # scenes drawn at the model's SAM input size: what a synthetic-domain model was trained and reported on
+        loader_kwargs = {**loader_kwargs, "image_size": _sam_image_size(model_or_path)}
     dataset = _load_dataset(dataset_name, data_dir, split, num_samples, loader_kwargs)
     model, processor, model_name = _load_model_and_processor(model_or_path, processor, device, dtype)
     threshold = float(model.config.confidence_threshold if threshold is None else threshold)
@@ -445,6 +468,7 @@ def evaluate_model(
         "threshold": threshold,
         "max_new_tokens": int(max_new_tokens),
         "batch_size": int(batch_size),
+        "ablation": ablation,
     }
     predictions_path = out / PREDICTIONS_FILE
     done: dict[str, dict[str, Any]] = {}
@@ -470,7 +494,7 @@ def evaluate_model(
     tokenizer = processor.tokenizer
     device_ = next(model.parameters()).device
     pending = dataset.select(todo) if todo else None
-    with torch.inference_mode(), open(predictions_path, "a") as sink:
+    with torch.inference_mode(), ablate(model, ablation), open(predictions_path, "a") as sink:
         bar = tqdm(total=len(todo), desc=f"evaluate {dataset_name}/{split}", unit="sample")
         for start in range(0, len(todo), batch_size):
             rows = pending[start : start + batch_size]  # dict of columns
@@ -508,6 +532,7 @@ def evaluate_model(
                           data_dir=run["data_dir"], loader_kwargs=run["loader_kwargs"], threshold=threshold,
                           max_new_tokens=max_new_tokens, num_malformed=num_malformed, metric_options=options,
                           predictions=str(predictions_path))
+    report["ablation"] = ablation or "none"
     _write_json(out / REPORT_FILE, report)
     logger.info("report written to %s", out / REPORT_FILE)
     return _json_safe(report)
@@ -569,6 +594,7 @@ def rescore(
                           threshold=used_threshold, max_new_tokens=run.get("max_new_tokens"),
                           num_malformed=num_malformed, metric_options=options,
                           predictions=str(out / PREDICTIONS_FILE))
+    report["ablation"] = run.get("ablation") or "none"
     report = _json_safe(report)
     if write:
         same = previous and options == previous.get("metric_options") and threshold is None
@@ -587,7 +613,8 @@ def _parser() -> argparse.ArgumentParser:
                     "and write predictions.jsonl + report.json; --rescore scores saved predictions again without "
                     "the model.",
     )
-    parser.add_argument("--model", help="Checkpoint directory (saved with save_pretrained) or Hub id.")
+    parser.add_argument("--model", help="Checkpoint directory (saved with save_pretrained) or Hub id (default: the "
+                                        "embedded segcompass-tiny-synthetic model).")
     parser.add_argument("--dataset", help=f"Registered dataset name ({', '.join(available_datasets())}).")
     parser.add_argument("--split", default=None, help="Split name (default: val; test for synthetic).")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="Benchmark root directory.")
@@ -609,6 +636,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="Score at a fixed size (H [W]) instead of the original resolution.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
     parser.add_argument("--dtype", default=None, help="Model dtype, e.g. bfloat16 (default: the checkpoint's).")
+    parser.add_argument("--ablation", choices=("none", "no_concepts", "random_sae"), default=None,
+                        help="Measure the interpretable path: zero the concept representations, or swap the SAE for "
+                             "a random one.")
     parser.add_argument("--loader-option", "--loader_option", dest="loader_options", action="append", default=[],
                         metavar="KEY=VALUE", help="Extra loader keyword (repeatable), e.g. image_size=64.")
     return parser
@@ -656,8 +686,13 @@ def evaluate_command(argv: list[str]) -> int:
                              threshold=args.threshold, **metric_options)
         else:
             if not args.model:
-                raise ValueError("--model is required (a checkpoint directory); use --rescore to score saved "
-                                 "predictions without a model.")
+                from .pipelines import default_model_path
+
+                args.model = default_model_path()
+                if args.model is None:
+                    raise ValueError("--model is required (a checkpoint directory): this installation has no "
+                                     "embedded default model; use --rescore to score saved predictions without a "
+                                     "model.")
             if not args.dataset:
                 raise ValueError(f"--dataset is required; choose one of {available_datasets()}.")
             split = args.split or ("test" if args.dataset == "synthetic" else "val")
@@ -665,7 +700,7 @@ def evaluate_command(argv: list[str]) -> int:
                 args.model, args.dataset, split, args.data_dir, output_dir=args.output_dir,
                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
                 num_samples=args.num_samples, resume=args.resume, metric_options=metric_options,
-                device=args.device, dtype=args.dtype, **loader_kwargs,
+                device=args.device, dtype=args.dtype, ablation=args.ablation, **loader_kwargs,
             )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

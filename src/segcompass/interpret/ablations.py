@@ -1,0 +1,61 @@
+"""Ablations of the interpretable path, used to measure what it contributes (issue 6's model card numbers).
+
+* ``"no_concepts"`` - the concept representations r_k (the concept interface's output, the slot mapper's only
+  input from the SAE path) are replaced by zeros; the slot mapper still sees the K slot-token states e_k.
+* ``"random_sae"`` - the trained SAE is swapped for a freshly initialised one with the same config, so the
+  concepts fed to the codebook are meaningless but have the right shapes and sparsity machinery.
+
+Both are context managers that restore the model on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+__all__ = ["ABLATIONS", "ablate"]
+
+ABLATIONS = ("none", "no_concepts", "random_sae")
+
+
+@contextlib.contextmanager
+def _zero_concepts(model):
+    def hook(module, inputs, output):
+        slots, provenance = output  # (B, K, d_c), per-slot concept provenance
+        return torch.zeros_like(slots), provenance
+
+    handle = model.concept_interface.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _random_sae(model, seed: int):
+    from ..sae import SparseAutoencoder
+
+    saved = {k: v.detach().clone() for k, v in model.sae.state_dict().items()}
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        fresh = SparseAutoencoder(copy.deepcopy(model.sae.config))
+    model.sae.load_state_dict(fresh.state_dict())
+    try:
+        yield
+    finally:
+        model.sae.load_state_dict(saved)
+
+
+def ablate(model, ablation: str | None, seed: int = 12345):
+    """Context manager applying ``ablation`` (one of :data:`ABLATIONS`; ``None`` / ``"none"`` = no change) to a
+    :class:`~segcompass.SegCompassForReasoningSegmentation` for the duration of the ``with`` block."""
+    if ablation in (None, "none"):
+        return contextlib.nullcontext()
+    if ablation == "no_concepts":
+        return _zero_concepts(model)
+    if ablation == "random_sae":
+        return _random_sae(model, seed)
+    raise ValueError(f"ablation={ablation!r} is not one of {ABLATIONS}.")
