@@ -236,6 +236,14 @@ def train(argv: list[str]) -> int:
     return train_command(argv)
 
 
+# ------------------------------------------------------------------------------------------------ train-tiny
+@command("train-tiny", "Train the tiny synthetic-domain SegCompass end to end (the shipped default; --smoke for CI).")
+def train_tiny(argv: list[str]) -> int:
+    from .recipes.tiny import train_tiny_command
+
+    return train_tiny_command(argv)
+
+
 # ------------------------------------------------------------------------------------------------ evaluate
 @command("evaluate", "Evaluate a checkpoint on a benchmark split: predictions.jsonl + report.json (--rescore: no model).")
 def evaluate(argv: list[str]) -> int:
