@@ -171,3 +171,29 @@ def test_segment_never_samples_slot_or_image_placeholder_tokens(checkpoint):
     inputs = processor(images=[image()], instructions=["the red circle"], return_tensors="pt")
     result = model.segment(max_new_tokens=6, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **inputs)
     assert not banned & set(result.completion_ids[0].tolist())
+
+
+def test_demo_marks_kept_and_dropped_slots(tmp_path, monkeypatch):
+    """Instances hold numpy arrays: deciding kept / dropped must not compare them (it raised before)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import transformers
+
+    from segcompass.demo import build_demo
+
+    def instance(slot, score):
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[8 * slot:8 * slot + 8, 8:16] = True
+        return {"mask": mask, "score": score, "box": [8.0, 8.0 * slot, 8.0, 8.0], "slot": slot,  # pipeline's order
+                "heatmap": np.full((16, 16), score, dtype=np.float32),
+                "concepts": [{"feature": 3, "activation": 1.5, "weight": 0.5}]}
+
+    config = SimpleNamespace(confidence_threshold=0.5, sam_config=SimpleNamespace(
+        vision_config=SimpleNamespace(image_size=64)))
+    pipe = type("FakePipe", (), {"model": SimpleNamespace(config=config),
+                                 "__call__": lambda self, *a, **k: {"instances": [instance(0, 0.9), instance(1, 0.2)],
+                                                                   "reasoning": "r"}})()
+    monkeypatch.setattr(transformers, "pipeline", lambda *a, **k: pipe)
+    page = build_demo(tmp_path, model="unused", num_examples=1).read_text()
+    assert "slot 0: 0.90 (kept)" in page and "slot 1: 0.20 (dropped)" in page
