@@ -58,6 +58,15 @@ def test_smoke_recipe_end_to_end(tmp_path, one_thread):
     for key in ("generated/full", "generated/no_concepts", "generated/random_sae", "teacher_forced/full"):
         assert set(metrics["test"][key]) >= {"ciou", "giou", "n_acc", "t_acc", "per_family"}
     assert {"fve", "l0"} <= set(metrics["sae"])
+    # the card's headline numbers come from the evaluation runner (= `segcompass evaluate`) on the saved checkpoint,
+    # and agree with the recipe's in-process evaluation of the same samples
+    runner = metrics["evaluate_command"]
+    assert runner["command"].startswith("segcompass evaluate --model MODEL --dataset synthetic --split test")
+    for ablation, key in (("none", "full"), ("no_concepts", "no_concepts"), ("random_sae", "random_sae")):
+        assert runner[ablation]["num_samples"] == 8
+        for metric in ("ciou", "giou", "n_acc"):
+            assert runner[ablation][metric] == pytest.approx(metrics["test"][f"generated/{key}"][metric], abs=1e-3)
+    assert "## Results: `segcompass evaluate`" in (out / "README.md").read_text()
     assert metrics["grpo"]["status"] in ("done", "skipped", "failed")
     assert "not a general" in (out / "README.md").read_text()
 

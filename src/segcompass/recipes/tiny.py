@@ -906,6 +906,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
 
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    runner = evaluate_with_runner(output_dir, config)
+    t = lap("evaluate_runner", t)
     metrics = {
         "recipe": "segcompass.recipes.tiny.train_tiny", "smoke": smoke, "seed": seed,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
@@ -913,6 +915,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
         "joint": joint, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": val["reasoning"], "test_reasoning": evaluation["reasoning"], "test": test_metrics,
+        "evaluate_command": runner,
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -921,6 +924,41 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
                 time.perf_counter() - start)
     return metrics
+
+
+EVALUATE_COMMAND = ("segcompass evaluate --model {model} --dataset synthetic --split test --num-samples {n} "
+                    "--batch-size {batch} --max-new-tokens {tokens} --output-dir {out}")
+
+
+def evaluate_with_runner(checkpoint, config: TinyRecipeConfig, work_dir=None) -> dict:
+    """Score a saved checkpoint with :func:`segcompass.evaluation.evaluate_model` - exactly what
+    ``segcompass evaluate`` runs - on the first ``config.num_test`` synthetic test samples, as is and under the two
+    ablations, so the model card's headline numbers are the evaluation command's output.
+
+    Returns ``{"command": str, "none" | "no_concepts" | "random_sae": {ciou, giou, n_acc, t_acc, pr@0.5,
+    num_samples, num_no_target, num_malformed}}``.
+    """
+    import tempfile
+
+    from ..evaluation import evaluate_model
+
+    checkpoint = Path(checkpoint)
+    keep = ("ciou", "giou", "n_acc", "t_acc", "pr@0.5")
+    results: dict[str, Any] = {"command": EVALUATE_COMMAND.format(
+        model="MODEL", n=config.num_test, batch=config.eval_batch_size, tokens=config.max_new_tokens, out="OUT")
+        + (f" --loader-option seed={config.data_seed}" if config.data_seed else "")}
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        for ablation in ("none", "no_concepts", "random_sae"):
+            loader = {"seed": config.data_seed} if config.data_seed else {}
+            report = evaluate_model(
+                str(checkpoint), "synthetic", "test", output_dir=Path(scratch) / ablation,
+                num_samples=config.num_test, batch_size=config.eval_batch_size,
+                max_new_tokens=config.max_new_tokens, device="cpu", ablation=ablation, **loader,
+            )
+            results[ablation] = {k: report["metrics"][k] for k in keep} | {
+                k: report[k] for k in ("num_samples", "num_no_target", "num_malformed")}
+    logger.info("evaluation runner on %s: %s", checkpoint, results["none"])
+    return results
 
 
 @torch.no_grad()
@@ -960,6 +998,30 @@ def render_model_card(metrics: dict) -> str:
                         f"{_fmt(m['t_acc'])} |")
     family_rows = [f"| {name} | {m['num_samples']} | {_fmt(m['ciou'])} | {_fmt(m['giou'])} | {_fmt(m['n_acc'])} | "
                    f"{_fmt(m['t_acc'])} |" for name, m in test.get("generated/full", {}).get("per_family", {}).items()]
+    runner = metrics.get("evaluate_command") or {}
+    runner_rows = [f"| {label} | `{flag or '-'}` | {_fmt(runner[key]['ciou'])} | {_fmt(runner[key]['giou'])} | "
+                   f"{_fmt(runner[key]['n_acc'])} | {_fmt(runner[key]['t_acc'])} |"
+                   for key, label, flag in (("none", "full model", ""),
+                                            ("no_concepts", "concept path ablated (r_k = 0)", "--ablation no_concepts"),
+                                            ("random_sae", "SAE replaced by a random SAE", "--ablation random_sae"))
+                   if key in runner]
+    runner_section = "" if not runner_rows else f"""## Results: `segcompass evaluate`
+
+Measured by the evaluation runner on the saved checkpoint (greedy reasoning; the prediction is the union of the
+slots with confidence ≥ `config.confidence_threshold`; no slot above it = "no target"), on the first
+{runner["none"]["num_samples"]} synthetic test samples ({runner["none"]["num_no_target"]} of them no-target). Reproduce with
+
+```
+{runner["command"].replace("MODEL", "src/segcompass/assets/default_model").replace("OUT", "runs/eval")} [--ablation no_concepts|random_sae]
+```
+
+(`--model` may be left out for the embedded model; synthetic scenes are drawn at the model's SAM input size).
+
+| setting | flag | cIoU | gIoU | N-acc | T-acc |
+|---|---|---|---|---|---|
+{chr(10).join(runner_rows)}
+
+"""
     sae, reasoning = metrics["sae"], metrics["test_reasoning"]
     command = "segcompass train-tiny OUTPUT_DIR" + (" --smoke" if metrics["smoke"] else "") + f" --seed {metrics['seed']}"
     grid = c["image_size"] // c["sam_patch_size"]
@@ -1001,14 +1063,16 @@ recipe that trains it is exercised end to end.
    {metrics["sam_pretrain"].get("probe_loss", float("nan")):.3f}); the probe loss stays on during joint training
    (weight {c["probe_weight"]}).
    Backbone ViT pretraining: {c.get("backbone_vision_pretrain_steps", 0)} steps × batch {2 * c["batch_size"]} of a multi-label probe on the
-   merged image tokens (which colours, kinds, sizes and colour-kind pairs are visible in each token's cell; probe
-   not saved; final loss {metrics.get("backbone_vit_pretrain", {}).get("probe_loss", float("nan")):.4f}).
+   merged image tokens (which colours, kinds, sizes and colour-kind pairs are visible in each token's cell, and
+   which third of the image it is in; probe not saved; final loss
+   {metrics.get("backbone_vit_pretrain", {}).get("probe_loss", float("nan")):.4f}).
 1. LM warm-up: {c["lm_warmup_steps"]} steps × batch {c["batch_size"]}, next-token loss on `<think>{{reasoning}}</think><REF_POS>`
-   given the prompt and image (final loss {metrics["lm_warmup"]["final_loss"]:.3f}).
+   given the prompt and image, plus {c["probe_weight"]} × the token probe's loss on the same forward's image tokens (final loss {metrics["lm_warmup"]["final_loss"]:.3f}).
 2. SAE: {sae["sequences"]} teacher-forced sequences ({sae["tokens"]} tokens) of hidden_states[{c["hook_layer"]}], {c["sae_epochs"]} epochs,
    L1 coefficient {sae["l1_coefficient"]:.3f}; held-out **FVE {_fmt(sae.get("fve"))}, L0 {sae.get("l0", float("nan")):.1f}**,
    dead fraction {_fmt(sae.get("dead_fraction"))}. FVE of the frozen SAE on the final backbone (validation): {_fmt(sae.get("fve_after_joint"))}.
-3. Joint training: {c["joint_steps"]} steps × batch {c["batch_size"]}: Hungarian-matched heatmap BCE + mask dice + confidence BCE
+3. Joint training, with the ViT, the token embeddings and decoder layers below hidden_states[{c["hook_layer"]}] frozen so the
+   SAE's input does not move: {c["joint_steps"]} steps × batch {c["batch_size"]}: Hungarian-matched heatmap BCE + mask dice + confidence BCE
    (`segmentation_losses`, λ_c = {c["lambda_conf"]}) on teacher-forced reference completions + slot tokens, plus the LM
    loss (final: seg {metrics["joint"]["seg"]:.3f}, matched soft IoU {metrics["joint"].get("matched_iou", float("nan")):.3f}, LM {metrics["joint"]["lm"]:.3f}).
 4. GRPO (`SegCompassGRPOTrainer`, 4 rollouts per prompt, β = 0, frozen SAM encoder, lr 1e-5 with the paper's
@@ -1021,7 +1085,10 @@ Training data: `segcompass.data.synthetic`, image size {c["image_size"]}, data s
 Wall time: {metrics["timings_s"]["total"] / 60:.1f} min on a shared 2-core CPU machine with one torch thread
 (seconds per stage: {metrics["timings_s"]}).
 
-## Results (synthetic test split, first {c["num_test"]} samples, data seed {c["data_seed"]})
+{runner_section}## Results inside the recipe (synthetic test split, first {c["num_test"]} samples, data seed {c["data_seed"]})
+
+The recipe's own evaluation adds teacher-forced numbers (the reference reasoning given, so only the concept and
+mask path are measured) and per-family results; its generated-reasoning rows should match the table above.
 
 Prediction = union of the slots with confidence ≥ {metrics["confidence_threshold"]:.2f}; no slot above it = "no target".
 Metrics from `segcompass.metrics` (LISA protocol: cIoU, gIoU, N-acc on no-target samples, T-acc on target samples).
