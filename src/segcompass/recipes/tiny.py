@@ -118,13 +118,13 @@ class TinyRecipeConfig:
     num_test: int = 200
     data_seed: int = 0
     batch_size: int = 16
-    lm_warmup_steps: int = 2600
+    lm_warmup_steps: int = 3600
     sae_sequences: int = 768
     sae_epochs: int = 6
     sae_l1_ratio: float = 0.08
-    joint_steps: int = 1400
+    joint_steps: int = 2400
     vision_pretrain_steps: int = 200
-    backbone_vision_pretrain_steps: int = 600
+    backbone_vision_pretrain_steps: int = 1000
     probe_weight: float = 0.5
     lambda_conf: float = 0.5
     grpo_steps: int = 16
