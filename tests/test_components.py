@@ -1,15 +1,11 @@
 """from_pretrained_components: separately pretrained backbone, SAE and SAM (HF or original .pth) assemble exactly."""
 
-import sys
-import types
-import importlib.util
-
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, SamConfig, SamModel
 
 from segcompass import SegCompassForReasoningSegmentation, SparseAutoencoder, SparseAutoencoderConfig
-from segcompass.testing import tiny_segcompass_config, tiny_text_inputs
+from segcompass.testing import segment_anything_modeling, tiny_segcompass_config, tiny_text_inputs
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +55,20 @@ def test_objects_and_paths_assemble(parts, tmp_path):
 
 def test_original_sam_pth(parts, tmp_path):
     config, backbone, sae, _ = parts
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        pytest.skip("segment-anything not installed")
-    package = types.ModuleType("segment_anything")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules.setdefault("segment_anything", package)
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
+    modeling = segment_anything_modeling() or pytest.skip("segment-anything is not installed (pip install .[test])")
     torch.manual_seed(2)
-    original = Sam(
-        image_encoder=ImageEncoderViT(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-                                      out_chans=32, use_rel_pos=True, window_size=4, global_attn_indexes=(1,)),
-        prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64),
-                                     mask_in_chans=8),
-        mask_decoder=MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(depth=2, embedding_dim=32,
-                                 mlp_dim=64, num_heads=2), iou_head_hidden_dim=32),
+    original = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, out_chans=32,
+            use_rel_pos=True, window_size=4, global_attn_indexes=(1,),
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(64, 64), mask_in_chans=8
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            transformer_dim=32, iou_head_hidden_dim=32,
+            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
+        ),
     ).eval()
     torch.save(original.state_dict(), tmp_path / "sam_vit_tiny.pth")
     overrides = dict(num_slots=3, ref_token_id=config.ref_token_id, slot_token_ids=config.slot_token_ids)

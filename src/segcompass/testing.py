@@ -92,6 +92,51 @@ def tiny_sae_config(**overrides) -> SparseAutoencoderConfig:
     return SparseAutoencoderConfig(**kwargs)
 
 
+def tiny_sam_config(mask_input_channels: int = 16):
+    """A tiny transformers ``SamConfig`` (64 px input, patch 8 -> 8 x 8 embedding grid, width 32, 2 + 2 layers).
+
+    ``layer_norm_eps=1e-5`` in the mask decoder: the original ``TwoWayTransformer`` uses ``nn.LayerNorm``'s default,
+    so parity tests against ``segment_anything`` compare like with like.
+    """
+    from transformers import SamConfig
+
+    hidden = 32
+    return SamConfig(
+        vision_config=dict(
+            hidden_size=hidden, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+            patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=hidden // 2, mlp_dim=2 * hidden,
+        ),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=64, patch_size=8,
+                                   mask_input_channels=mask_input_channels),
+        mask_decoder_config=dict(
+            hidden_size=hidden, mlp_dim=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+            iou_head_hidden_dim=hidden, layer_norm_eps=1e-5,
+        ),
+    )
+
+
+def segment_anything_modeling():
+    """``segment_anything.modeling`` (the original SAM, for parity tests), or ``None`` when it is not installed.
+
+    Imported without running the package ``__init__``, which imports torchvision (never installed here: it breaks
+    transformers' Qwen2.5-VL on this torch).
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None:
+        return None
+    if "segment_anything" not in sys.modules:
+        package = types.ModuleType("segment_anything")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["segment_anything"] = package
+    return importlib.import_module("segment_anything.modeling")
+
+
 # Placeholder special-token ids of `tiny_segcompass_config` (within the tiny preset's 128-token vocabulary).
 TINY_REF_TOKEN_ID = 100
 

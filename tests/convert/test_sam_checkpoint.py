@@ -1,14 +1,11 @@
 """load_sam_checkpoint: an original (tiny) segment_anything Sam saved as .pth -> transformers SamModel, with parity."""
 
 import argparse
-import importlib.util
-import sys
-import types
 from functools import partial
 
 import pytest
 import torch
-from transformers import SamConfig, SamModel, SamVisionModel
+from transformers import SamModel, SamVisionModel
 
 from segcompass.convert.sam import (
     convert_sam_state_dict,
@@ -17,44 +14,16 @@ from segcompass.convert.sam import (
     sam_state_dict_for_mask_path,
 )
 from segcompass.modules.mask_decoder import HeatmapMaskDecoder
+from segcompass.testing import segment_anything_modeling, tiny_sam_config
 
 IMAGE, PATCH, WIDTH, HIDDEN = 64, 8, 32, 32  # image side, patch, encoder width, prompt/decoder width
 GRID = IMAGE // PATCH  # 8: embedding grid; heatmaps and masks are 4 * GRID = 32
 
 
-def _segment_anything_modeling():
-    """segment_anything.modeling without the package __init__ (which needs torchvision; dependency notes snippet A)."""
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        pytest.skip("segment-anything is not installed (pip install segcompass[test])")
-    if "segment_anything" not in sys.modules:
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__ = spec
-        sys.modules["segment_anything"] = package
-    import segment_anything.modeling as modeling
-
-    return modeling
-
-
-def tiny_sam_config() -> SamConfig:
-    return SamConfig(
-        vision_config=dict(
-            hidden_size=WIDTH, output_channels=HIDDEN, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE,
-            patch_size=PATCH, window_size=4, global_attn_indexes=[1], num_pos_feats=HIDDEN // 2, mlp_dim=2 * WIDTH,
-        ),
-        prompt_encoder_config=dict(hidden_size=HIDDEN, image_size=IMAGE, patch_size=PATCH, mask_input_channels=16),
-        mask_decoder_config=dict(
-            hidden_size=HIDDEN, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32,
-            layer_norm_eps=1e-5,
-        ),
-    )
-
-
 @pytest.fixture(scope="module")
 def original_sam():
     """A tiny original `Sam` (ImageEncoderViT + PromptEncoder + MaskDecoder) with every weight moved off its init."""
-    modeling = _segment_anything_modeling()
+    modeling = segment_anything_modeling() or pytest.skip("segment-anything is not installed (pip install .[test])")
     torch.manual_seed(2)
     sam = modeling.Sam(
         image_encoder=modeling.ImageEncoderViT(

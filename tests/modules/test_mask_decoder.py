@@ -1,12 +1,7 @@
 """HeatmapMaskDecoder: parity with segment_anything.modeling, shapes, gradients, valid-region fill, batching."""
 
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
-from transformers import SamConfig
 
 from segcompass.convert.sam import convert_sam_state_dict, sam_state_dict_for_mask_path
 from segcompass.modules.mask_decoder import (
@@ -15,38 +10,9 @@ from segcompass.modules.mask_decoder import (
     build_sam_image_encoder,
     valid_sizes_from_input_sizes,
 )
+from segcompass.testing import segment_anything_modeling, tiny_sam_config
 
 HIDDEN, GRID, MASK_IN_CHANS = 32, 8, 16  # C, h = w, mask_input_channels; heatmaps are 4h x 4w = 32 x 32
-
-
-def _segment_anything_modeling():
-    """segment_anything.modeling without the package __init__ (which needs torchvision; dependency notes snippet A)."""
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        pytest.skip("segment-anything is not installed (pip install segcompass[test])")
-    if "segment_anything" not in sys.modules:
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__ = spec
-        sys.modules["segment_anything"] = package
-    import segment_anything.modeling as modeling
-
-    return modeling
-
-
-def tiny_sam_config() -> SamConfig:
-    return SamConfig(
-        vision_config=dict(
-            hidden_size=32, output_channels=HIDDEN, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-            patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=HIDDEN // 2, mlp_dim=64,
-        ),
-        prompt_encoder_config=dict(hidden_size=HIDDEN, image_size=64, patch_size=8, mask_input_channels=MASK_IN_CHANS),
-        # layer_norm_eps 1e-5: the original TwoWayTransformer uses nn.LayerNorm's default eps.
-        mask_decoder_config=dict(
-            hidden_size=HIDDEN, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32,
-            layer_norm_eps=1e-5,
-        ),
-    )
 
 
 def _perturb_(module: torch.nn.Module) -> None:
@@ -59,7 +25,7 @@ def _perturb_(module: torch.nn.Module) -> None:
 @pytest.fixture(scope="module")
 def original():
     """Tiny original SAM prompt encoder + mask decoder with perturbed weights, and our module with the same weights."""
-    modeling = _segment_anything_modeling()
+    modeling = segment_anything_modeling() or pytest.skip("segment-anything is not installed (pip install .[test])")
     torch.manual_seed(1)
     prompt_encoder = modeling.PromptEncoder(
         embed_dim=HIDDEN, image_embedding_size=(GRID, GRID), input_image_size=(64, 64), mask_in_chans=MASK_IN_CHANS
