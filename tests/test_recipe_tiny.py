@@ -16,15 +16,6 @@ SHIPPED_CIOU_MEASURED = 0.329  # gIoU 0.379; the whole 200-sample test split: cI
 SHIPPED_CIOU_FLOOR = SHIPPED_CIOU_MEASURED - 0.1  # a random model of this size scores ~0.04
 
 
-@pytest.fixture
-def one_thread():
-    """These tiny ops are dispatch-bound: one intra-op thread is faster, and much faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_config_rejects_bad_sizes():
     with pytest.raises(ValueError, match="sam_patch_size"):
         TinyRecipeConfig(image_size=100)
@@ -39,7 +30,7 @@ def test_unknown_override_is_named(tmp_path):
         train_tiny(tmp_path, smoke=True, not_a_field=1)
 
 
-def test_smoke_recipe_end_to_end(tmp_path, one_thread):
+def test_smoke_recipe_end_to_end(tmp_path):
     from transformers import AutoModel, AutoProcessor
 
     from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
@@ -83,7 +74,7 @@ def test_smoke_recipe_end_to_end(tmp_path, one_thread):
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")
-def test_shipped_default_model_quality(one_thread):
+def test_shipped_default_model_quality():
     from transformers import AutoModel, AutoProcessor
 
     start = time.perf_counter()
@@ -97,7 +88,7 @@ def test_shipped_default_model_quality(one_thread):
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")
-def test_readme_main_command_segments_the_example(tmp_path, capsys, one_thread):
+def test_readme_main_command_segments_the_example(tmp_path, capsys):
     """The README's main command on the shipped example: the right reasoning and one instance on the right shape."""
     from pathlib import Path
 
@@ -118,7 +109,6 @@ def test_readme_main_command_segments_the_example(tmp_path, capsys, one_thread):
     printed = capsys.readouterr().out
     assert "target : large purple diamond at bottom." in printed and printed.count("instance slot") == 1
 
-    import segcompass  # noqa: F401
     from transformers import pipeline
 
     result = pipeline("reasoning-segmentation")(Image.open(example), truth["instruction"])  # the embedded default
@@ -128,7 +118,7 @@ def test_readme_main_command_segments_the_example(tmp_path, capsys, one_thread):
     assert Image.open(overlay).size == (96, 96)
 
 
-def test_train_tiny_command_line(tmp_path, capsys, one_thread):
+def test_train_tiny_command_line(tmp_path, capsys):
     from segcompass.cli import main
 
     out = tmp_path / "cli"
@@ -143,7 +133,7 @@ def test_train_tiny_command_line(tmp_path, capsys, one_thread):
     assert "no_such_field" in capsys.readouterr().err
 
 
-def test_joint_training_leaves_the_sae_input_unchanged(one_thread):
+def test_joint_training_leaves_the_sae_input_unchanged():
     """Everything below the SAE's hook layer is frozen before joint training, so the pretrained SAE stays faithful;
     the layers above it, and the mask path, still train."""
     from segcompass.recipes import tiny

@@ -137,6 +137,20 @@ def segment_anything_modeling():
     return importlib.import_module("segment_anything.modeling")
 
 
+def tiny_grpo_config(output_dir, **overrides):
+    """A ``SegCompassGRPOConfig`` for a few CPU steps on a tiny model: batch 4, 2 generations of at most 8 tokens,
+    2 steps, lr 1e-4, no saving, no reporting, fp32, seed 0; ``overrides`` replace any field. Needs ``trl``."""
+    from .training.grpo_config import SegCompassGRPOConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
+        max_steps=2, use_cpu=True, report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
+        learning_rate=1e-4, dataset_check_rows=None, seed=0,
+    )
+    kwargs.update(overrides)
+    return SegCompassGRPOConfig(**kwargs)
+
+
 # Placeholder special-token ids of `tiny_segcompass_config` (within the tiny preset's 128-token vocabulary).
 TINY_REF_TOKEN_ID = 100
 

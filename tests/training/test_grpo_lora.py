@@ -14,30 +14,15 @@ peft = pytest.importorskip("peft")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint
-from segcompass.training.grpo_config import SegCompassGRPOConfig
+from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
 from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
 
 LANGUAGE_LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 HEADS = ("concept_interface", "slot_mapper", "mask_decoder")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-        max_steps=2, use_cpu=True, report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
-        learning_rate=1e-3, dataset_check_rows=None, seed=0, beta=0.2,
-    )
-    kwargs.update(overrides)
-    return SegCompassGRPOConfig(**kwargs)
+    return tiny_grpo_config(output_dir, **{"learning_rate": 1e-3, "beta": 0.2, **overrides})
 
 
 def _lora():

@@ -11,30 +11,16 @@ pytest.importorskip("trl")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint
-from segcompass.training.grpo_config import SegCompassGRPOConfig
+from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
 from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
 from transformers import TrainerCallback
 
 HEADS = ("concept_interface", "slot_mapper", "mask_decoder")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
-        max_steps=4, use_cpu=True, report_to="none", save_strategy="steps", save_steps=2, bf16=False,
-        gradient_checkpointing=False, learning_rate=1e-4, dataset_check_rows=None, seed=0, logging_steps=1,
-    )
-    kwargs.update(overrides)
-    return SegCompassGRPOConfig(**kwargs)
+    return tiny_grpo_config(output_dir, **{"max_completion_length": 6, "max_steps": 4, "save_strategy": "steps",
+                                           "save_steps": 2, "logging_steps": 1, **overrides})
 
 
 @pytest.fixture(scope="module")

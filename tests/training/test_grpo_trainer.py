@@ -11,7 +11,7 @@ pytest.importorskip("trl")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint
+from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
 from segcompass.training.grpo_config import SegCompassGRPOConfig
 from segcompass.training.grpo_trainer import (
     SegCompassGRPOTrainer,
@@ -25,23 +25,8 @@ COMPONENTS = ("backbone", "concept_interface", "slot_mapper", "mask_decoder")
 SEG_METRICS = ("seg/loss", "seg/seg", "seg/bce", "seg/dice", "seg/conf", "seg/rollout_iou", "seg/malformed_ratio")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threading only adds overhead (20x slower with a busy second core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _args(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-        max_steps=2, use_cpu=True, report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
-        learning_rate=1e-4, dataset_check_rows=None, seed=0,
-    )
-    kwargs.update(overrides)
-    return SegCompassGRPOConfig(**kwargs)
+    return tiny_grpo_config(output_dir, **overrides)
 
 
 @pytest.fixture(scope="module")
