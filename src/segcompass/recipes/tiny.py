@@ -363,12 +363,8 @@ class _TokenProbe(torch.nn.Module):
                 rows.append(target)
         return torch.from_numpy(np.stack(rows))
 
-    def loss(self, model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, samples: list[_Sample],
-             features: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """BCE of the probe on the merged image tokens of ``pixel_values`` (one image per sample); ``features``:
-        the merged tokens when the caller already has them (B × (g*g, D))."""
-        if features is None:
-            features = model.backbone.get_image_features(pixel_values, grid_thw).pooler_output  # B × (g*g, D)
+    def loss(self, features: list[torch.Tensor], samples: list[_Sample]) -> torch.Tensor:
+        """BCE of the probe on the merged image tokens of one image per sample: B × (g*g, D)."""
         logits = self.head(torch.cat(features))  # (B*g*g, outputs)
         grids = [int(math.isqrt(int(f.shape[0]))) for f in features]
         targets = torch.cat([self.targets(s.labels, g) for s, g in zip(samples, grids)])
@@ -458,10 +454,10 @@ def _lm_warmup(model, processor, train: list[_Sample], config: TinyRecipeConfig,
                              labels=batch["labels"], **_backbone_kwargs(batch))
         loss = out.loss
         if handle is not None:
-            sizes = (batch["image_grid_thw"].prod(-1) // 4).tolist()  # merged tokens per image (merge 2 x 2)
-            features = list(torch.split(captured[-1], sizes))
-            loss = loss + config.probe_weight * token_probe.loss(model, None, None, [train[i] for i in indices],
-                                                                 features=features)
+            merge = model.backbone.model.visual.spatial_merge_size
+            sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
+            features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
+            loss = loss + config.probe_weight * token_probe.loss(features, [train[i] for i in indices])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -568,7 +564,8 @@ def _backbone_vision_pretrain(model, processor, train: list[_Sample], config: Ti
 
     def loss_fn(chunk: list[_Sample]) -> torch.Tensor:
         images = processor.image_processor([s.image for s in chunk], return_tensors="pt")
-        return probe.loss(model, images["pixel_values"], images["image_grid_thw"], chunk)
+        features = model.backbone.get_image_features(images["pixel_values"], images["image_grid_thw"]).pooler_output
+        return probe.loss(features, chunk)  # features: B × (g*g, D)
 
     params = list(model.backbone.model.visual.parameters()) + list(probe.parameters())
     return _probe_pretrain(params, loss_fn, train, config, generator, config.backbone_vision_pretrain_steps,
