@@ -9,20 +9,13 @@ an encoder over K + N tokens. Prints wall time and the largest dense code tensor
 """
 
 import argparse
-import time
 
 import torch
 
 from segcompass import SparseAutoencoder, SparseAutoencoderConfig
 from segcompass.modules.concept_interface import SparseConceptInterface
 
-
-def timed(fn, repeats):
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+from _timing import timed  # benchmarks/_timing.py
 
 
 def main():

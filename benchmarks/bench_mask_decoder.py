@@ -5,20 +5,13 @@ inputs, measured in the same run; official-implementation.md §1.8 step 3).
 """
 
 import argparse
-import time
 
 import torch
 from transformers import SamConfig
 
 from segcompass.modules.mask_decoder import HeatmapMaskDecoder
 
-
-def timed(fn, repeats):
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+from _timing import timed  # benchmarks/_timing.py
 
 
 def main():
