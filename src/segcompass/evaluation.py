@@ -431,16 +431,14 @@ def evaluate_model(
     import torch
     from datasets.utils import tqdm
 
-    from .interpret.ablations import ABLATIONS, ablate
+    from .interpret.ablations import ablate, check_ablation
 
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be a positive number of rows per model call.")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be positive (the reasoning length limit).")
     _check_threshold(threshold)
-    if ablation not in (None, *ABLATIONS):
-        raise ValueError(f"ablation={ablation!r} is not one of {ABLATIONS}.")
-    ablation = None if ablation == "none" else ablation
+    ablation = check_ablation(ablation)  # before the expensive part
     register_synthetic_dataset()
     options = _normalize_metric_options(metric_options)
     SegmentationMetricAccumulator(**options)  # validate before the expensive part
@@ -606,6 +604,8 @@ def rescore(
 
 # ------------------------------------------------------------------------------------------------ command line
 def _parser() -> argparse.ArgumentParser:
+    from .interpret.ablations import ABLATIONS
+
     register_synthetic_dataset()
     parser = argparse.ArgumentParser(
         prog="segcompass evaluate",
@@ -636,7 +636,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="Score at a fixed size (H [W]) instead of the original resolution.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
     parser.add_argument("--dtype", default=None, help="Model dtype, e.g. bfloat16 (default: the checkpoint's).")
-    parser.add_argument("--ablation", choices=("none", "no_concepts", "random_sae"), default=None,
+    parser.add_argument("--ablation", choices=ABLATIONS, default=None,
                         help="Measure the interpretable path: zero the concept representations, or swap the SAE for "
                              "a random one.")
     parser.add_argument("--loader-option", "--loader_option", dest="loader_options", action="append", default=[],

@@ -15,7 +15,7 @@ import copy
 
 import torch
 
-__all__ = ["ABLATIONS", "ablate"]
+__all__ = ["ABLATIONS", "ablate", "check_ablation"]
 
 ABLATIONS = ("none", "no_concepts", "random_sae")
 
@@ -49,13 +49,19 @@ def _random_sae(model, seed: int):
         model.sae.load_state_dict(saved)
 
 
+def check_ablation(ablation: str | None) -> str | None:
+    """``ablation`` normalised (``"none"`` -> ``None``); a ``ValueError`` naming the choices when it is unknown."""
+    if ablation not in (None, *ABLATIONS):
+        raise ValueError(f"ablation={ablation!r} is not one of {ABLATIONS}.")
+    return None if ablation == "none" else ablation
+
+
 def ablate(model, ablation: str | None, seed: int = 12345):
     """Context manager applying ``ablation`` (one of :data:`ABLATIONS`; ``None`` / ``"none"`` = no change) to a
     :class:`~segcompass.SegCompassForReasoningSegmentation` for the duration of the ``with`` block."""
-    if ablation in (None, "none"):
-        return contextlib.nullcontext()
+    ablation = check_ablation(ablation)
     if ablation == "no_concepts":
         return _zero_concepts(model)
     if ablation == "random_sae":
         return _random_sae(model, seed)
-    raise ValueError(f"ablation={ablation!r} is not one of {ABLATIONS}.")
+    return contextlib.nullcontext()
