@@ -95,7 +95,8 @@ def test_synthetic_report_and_predictions(checkpoint, tmp_path, segment_calls):
     assert set(report) == REPORT_KEYS and set(report["metrics"]) == METRICS
     assert report["num_samples"] == 5 and report["dataset"] == "synthetic" and report["split"] == "test"
     assert report["model"] == checkpoint and report["threshold"] == 0.0
-    side = SegCompassForReasoningSegmentation.config_class.from_pretrained(checkpoint).sam_config.vision_config.image_size
+    config = SegCompassForReasoningSegmentation.config_class.from_pretrained(checkpoint)
+    side = config.sam_config.vision_config.image_size
     assert report["loader_kwargs"] == {"image_size": side}  # synthetic scenes at the model's SAM input size
     assert report["metric_options"]["protocol"] == "lisa" and report["metric_options"]["empty_policy"] == "one"
     row = report["table_row"]

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import datasets
 
 from ..utils.logging import get_logger
-from ._common import LoadReport, PathLike, data_file_not_found, dataset_from_rows, make_row, progress, read_json
-from .refcoco import CocoIndex, resolve_image_dir, select_split, sentence_text
+from ._common import LoadReport, PathLike, data_file_not_found, dataset_from_rows, progress, read_json
+from .refcoco import CocoIndex, resolve_image_dir, select_split, sentence_rows
 from .safe_pickle import safe_load_pickle
 from .schema import SEGMENTATION_FEATURES
 
@@ -30,7 +30,6 @@ logger = get_logger(__name__)
 
 SOURCE = "grefcoco"
 NO_SEGMENTATION = "a target annotation has no usable segmentation"
-EMPTY_EXPRESSION = "empty expression"
 
 
 def _read_grefs(folder: Path) -> tuple[list[dict[str, Any]], Path]:
@@ -113,27 +112,10 @@ def load_grefcoco(
             continue
         masks = [rle for rle, _ in instances]
         boxes = [box for _, box in instances]
-        for sentence in sentences:
-            sample_id = f"ref{ref_id}_sent{sentence.get('sent_id', '?')}"
-            text = sentence_text(sentence, sentence_field)
-            if not text:
-                report.skip(EMPTY_EXPRESSION, sample_id)
-                continue
-            rows.append(
-                make_row(
-                    image=image,
-                    instruction=text,
-                    masks=masks,
-                    boxes=boxes,
-                    height=height,
-                    width=width,
-                    image_id=str(image_id),
-                    sample_id=sample_id,
-                    instance_ids=[str(a) for a in ann_ids],
-                    split=split,
-                    source=SOURCE,
-                    no_target=not ann_ids,
-                )
-            )
+        rows += sentence_rows(
+            sentences, sentence_field, report, lambda sentence: f"ref{ref_id}_sent{sentence.get('sent_id', '?')}",
+            image=image, masks=masks, boxes=boxes, height=height, width=width, image_id=str(image_id),
+            instance_ids=[str(a) for a in ann_ids], split=split, source=SOURCE, no_target=not ann_ids,
+        )
     logger.info("grefcoco %s: %d rows from %d refs", split, len(rows), len(refs))
     return dataset_from_rows(rows, SEGMENTATION_FEATURES, report)

@@ -190,6 +190,21 @@ def sentence_text(sentence: Mapping[str, Any], field: str) -> str:
     return str(sentence.get(field) or sentence.get(other) or "").strip()
 
 
+def sentence_rows(sentences, field: str, report: LoadReport, sample_id_of, **row_fields: Any) -> list[dict[str, Any]]:
+    """One :func:`make_row` per sentence with non-empty text (``field`` as in :func:`sentence_text`); ``sample_id_of
+    (sentence)`` names each row, and a sentence without text is counted in ``report`` as an empty expression.
+    ``row_fields``: the other :func:`make_row` fields, shared by every sentence of the ref."""
+    rows = []
+    for sentence in sentences:
+        sample_id = sample_id_of(sentence)
+        text = sentence_text(sentence, field)
+        if not text:
+            report.skip(EMPTY_EXPRESSION, sample_id)
+            continue
+        rows.append(make_row(instruction=text, sample_id=sample_id, **row_fields))
+    return rows
+
+
 def load_refcoco(
     data_dir: PathLike,
     split: str,
@@ -261,26 +276,11 @@ def load_refcoco(
             report.skip(NO_SEGMENTATION, f"ref{ref_id}", count=len(sentences))
             continue
         rle, box = instance
-        for sentence in sentences:
-            sample_id = f"ref{ref_id}" if per == "object" else f"ref{ref_id}_sent{sentence.get('sent_id', '?')}"
-            text = sentence_text(sentence, sentence_field)
-            if not text:
-                report.skip(EMPTY_EXPRESSION, sample_id)
-                continue
-            rows.append(
-                make_row(
-                    image=image,
-                    instruction=text,
-                    masks=[rle],
-                    boxes=[box],
-                    height=height,
-                    width=width,
-                    image_id=str(image_id),
-                    sample_id=sample_id,
-                    instance_ids=[str(ann_id)],
-                    split=split,
-                    source=dataset,
-                )
-            )
+        rows += sentence_rows(
+            sentences, sentence_field, report,
+            lambda sentence: f"ref{ref_id}" if per == "object" else f"ref{ref_id}_sent{sentence.get('sent_id', '?')}",
+            image=image, masks=[rle], boxes=[box], height=height, width=width, image_id=str(image_id),
+            instance_ids=[str(ann_id)], split=split, source=dataset,
+        )
     logger.info("%s(%s) %s: %d rows from %d refs", dataset, split_by, split, len(rows), len(refs))
     return dataset_from_rows(rows, SEGMENTATION_FEATURES, report)
