@@ -111,6 +111,58 @@ def test_pooled_concepts_equal_dense_reference(pooling, activation, k):
     )
 
 
+@pytest.mark.parametrize("pooling", ["max", "sum"])
+def test_topk_ties_at_the_cut_off_are_decided_once(pooling):
+    """Integer weights and inputs make every pre-activation exact, so ties at TopK's k-th value are real ties
+    whatever the kernel; every path must keep the same features (lower index wins) with the same values."""
+    sae = make_sae(activation="topk", k=3)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randint(-1, 2, (32, 128), generator=generator).float())
+        sae.W_enc[:, 40:48] = sae.W_enc[:, 8:9]  # features 8 and 40..47 always tie
+        sae.b_enc.zero_()
+    x = torch.randint(-2, 3, (2, 9, 32), generator=generator).float()
+    dense = sae.encode(x)  # (2, 9, 128)
+    pre = x @ sae.W_enc
+    assert ((dense != 0).sum(-1) <= 3).all()
+    tied_tokens = 0
+    for b, t in ((b, t) for b in range(2) for t in range(9)):
+        kth = pre[b, t].topk(3).values[-1]
+        ties = (pre[b, t] == kth).nonzero().flatten()
+        if kth > 0 and len(ties) > 1 and (pre[b, t] > kth).sum() + len(ties) > 3:
+            tied_tokens += 1
+            room = 3 - int((pre[b, t] > kth).sum())
+            assert torch.equal((dense[b, t, ties] != 0).nonzero().flatten(), torch.arange(room))  # lowest first
+    assert tied_tokens > 0  # the construction really produces ties at the cut-off
+    sparse = sae.encode_sparse(x, chunk_size=4)
+    assert torch.equal(sparse.to_dense(), dense)
+    out = sae.pooled_concepts(x, top_n=128, pooling=pooling, chunk_size=2)
+    reference = dense.amax(1) if pooling == "max" else dense.sum(1)  # (2, 128)
+    for b in range(2):
+        kept = out.indices[b][out.mask[b]]
+        assert set(kept.tolist()) == set(reference[b].nonzero().flatten().tolist())
+        torch.testing.assert_close(out.values[b][out.mask[b]], reference[b][kept], rtol=0, atol=0)
+    torch.testing.assert_close(
+        out.token_activations, torch.gather(dense, 2, out.indices[:, None, :].expand(-1, 9, -1)) * out.mask[:, None, :],
+        rtol=0, atol=0,
+    )
+
+
+def test_pooled_concepts_baseline_reorders_the_ranking_only():
+    sae = make_sae()
+    x = torch.randn(2, 6, 32)
+    plain = sae.pooled_concepts(x, top_n=4)
+    baseline = torch.zeros(128)
+    baseline[plain.indices[:, 0]] = 1e6  # the strongest feature of each sample is "always on"
+    shifted = sae.pooled_concepts(x, top_n=4, baseline=baseline)
+    for b in range(2):
+        assert int(plain.indices[b, 0]) not in shifted.indices[b].tolist()
+    dense = sae.encode(x).amax(1)
+    torch.testing.assert_close(shifted.values, torch.gather(dense, 1, shifted.indices))  # values unshifted
+    with pytest.raises(ValueError, match="baseline"):
+        sae.pooled_concepts(x, baseline=torch.zeros(3))
+
+
 def test_pooled_concepts_fewer_active_than_top_n_and_gradients():
     sae = make_sae()
     x = torch.randn(2, 5, 32, requires_grad=True)
@@ -124,13 +176,13 @@ def test_pooled_concepts_fewer_active_than_top_n_and_gradients():
 def test_pooled_concepts_never_materialises_full_dense_codes(monkeypatch):
     sae = make_sae()
     seen = []
-    original = sae._activate
+    original = sae._membership
 
-    def spy(pre):
+    def spy(pre, threshold=0.0):
         seen.append(pre.shape)
-        return original(pre)
+        return original(pre, threshold)
 
-    monkeypatch.setattr(sae, "_activate", spy)
+    monkeypatch.setattr(sae, "_membership", spy)
     sae.pooled_concepts(torch.randn(1, 40, 32), chunk_size=8)
     assert seen and max(s[1] for s in seen) <= 8
 

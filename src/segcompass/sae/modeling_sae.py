@@ -92,12 +92,15 @@ class PooledConcepts:
             are active in a sample.
         token_activations (`torch.FloatTensor` of shape `(B, T, N)`): each kept feature's activation at
             every token (0 at padding), i.e. which tokens a concept came from.
+        pooled (`torch.FloatTensor` of shape `(B, d_sae)`, *optional*): every feature's pooled activation from the
+            selection pass (no gradient; used to calibrate a ranking baseline).
     """
 
     indices: torch.LongTensor
     values: torch.FloatTensor
     mask: torch.BoolTensor
     token_activations: torch.FloatTensor
+    pooled: torch.FloatTensor | None = None
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -170,15 +173,33 @@ class SparseAutoencoder(PreTrainedModel):
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
-    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """(..., d_sae) pre-activations -> (..., d_sae) sparse non-negative codes."""
+    def _membership(self, pre: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+        """Which features are active: (..., d_sae) pre-activations -> (..., d_sae) bool.
+
+        The one place the activation's gate is decided; every path (``encode``, ``encode_sparse``,
+        ``pooled_concepts``) reads its decisions from here, so they agree whatever the matmul kernel rounded.
+        ReLU: ``pre > 0``; JumpReLU: ``pre > threshold_j``; TopK: the k largest pre-activations that are > 0, ties
+        at the k-th value broken towards the lower feature index (deterministic, unlike ``torch.topk``).
+        ``threshold`` (τ) additionally requires ``h >= τ``.
+        """
         activation = self.config.activation
         if activation == "relu":
-            return F.relu(pre)
-        if activation == "topk":
-            top = pre.topk(self.config.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, top.indices, F.relu(top.values))
-        return pre * (pre > self.threshold)  # jumprelu
+            member = pre > 0
+        elif activation == "jumprelu":
+            member = pre > self.threshold
+        else:
+            kth = pre.topk(self.config.k, dim=-1).values[..., -1:]  # (..., 1)
+            above = pre > kth
+            ties = pre == kth
+            room = self.config.k - above.sum(-1, keepdim=True)  # tied entries still admitted, >= 1
+            member = (above | (ties & (ties.cumsum(-1) <= room))) & (pre > 0)
+        if threshold > 0:
+            member = member & (pre >= threshold)
+        return member
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """(..., d_sae) pre-activations -> (..., d_sae) sparse non-negative codes."""
+        return torch.where(self._membership(pre), pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
 
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Sparse codes h(z): (..., d_in) -> (..., d_sae)."""
@@ -257,11 +278,11 @@ class SparseAutoencoder(PreTrainedModel):
         chunk = chunk_size or self._token_chunk()
         indices, values, counts = [], [], []
         for start in range(0, flat.shape[0], chunk):
-            acts = self._activate(self._pre_activation(flat[start : start + chunk]))  # (c, d_sae)
-            active = (acts != 0) & (acts.abs() >= threshold)  # (c, d_sae)
+            pre = self._pre_activation(flat[start : start + chunk])  # (c, d_sae)
+            active = self._membership(pre, threshold)  # (c, d_sae)
             rows, cols = active.nonzero(as_tuple=True)  # row-major: ascending feature index per token
             indices.append(cols)
-            values.append(acts[rows, cols])
+            values.append(pre[rows, cols])
             counts.append(active.sum(-1))
         offsets = torch.zeros(flat.shape[0] + 1, dtype=torch.long, device=flat.device)
         if counts:
@@ -282,21 +303,29 @@ class SparseAutoencoder(PreTrainedModel):
         top_n: int = 256,
         pooling: str = "max",
         chunk_size: int | None = None,
+        baseline: torch.Tensor | None = None,
     ) -> PooledConcepts:
         """The support set S(z) of each sample, pooled over tokens, top-N kept (paper eq. 4; DESIGN decision 3).
 
-        A feature belongs to S(z) when it is active (``h != 0`` and ``|h| >= threshold``) at any valid token.
+        A feature belongs to S(z) when it is active (its gate is open and ``h >= threshold``) at any valid token.
         Its activation is pooled over valid tokens (``"max"`` default, ``"mean"`` or ``"sum"`` of the thresholded
         codes) and the ``top_n`` largest are kept. Selection runs without gradients in token chunks, so a dense
         (T, d_sae) tensor is never held whole; the kept features are then recomputed on a (B, T, N) slice with
         gradients, so the values are differentiable w.r.t. the hidden states (and encoder weights).
 
+        Which (token, feature) pairs are active is decided once, in the selection pass, and reused by the
+        recomputation: the two matmuls round differently, and a gate decided twice (TopK's k-th value, τ) could
+        drop an activation the selection counted. The active pairs are kept as flat indices (``nnz`` int64s).
+
         Args:
             hidden_states (`torch.FloatTensor` of shape `(B, T, d_in)`).
-            attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for valid tokens.
+            attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for tokens to pool over.
             threshold (`float`): τ, minimum |activation| for a feature to count.
             top_n (`int`): N, concepts kept per sample (fewer are marked by ``mask``).
             pooling (`str`): ``"max"``, ``"mean"`` or ``"sum"``.
+            baseline (`torch.FloatTensor` of shape `(d_sae,)`, *optional*): subtracted from the pooled activations
+                for the ranking only (a feature's typical pooled value over a reference set: features that fire the
+                same way in every sample, e.g. on a prompt template, then rank low). Values are not shifted.
         """
         threshold = self._check_threshold(threshold)
         if pooling not in _POOLINGS:
@@ -309,56 +338,63 @@ class SparseAutoencoder(PreTrainedModel):
             )
         self._check_input(hidden_states)
         batch, num_tokens, _ = hidden_states.shape
+        d_sae = self.config.d_sae
         if attention_mask is None:
             attention_mask = torch.ones(batch, num_tokens, device=hidden_states.device)
         elif attention_mask.shape != (batch, num_tokens):
             raise ValueError(
                 f"`attention_mask` must have shape {(batch, num_tokens)}, got {tuple(attention_mask.shape)}."
             )
+        if baseline is not None and tuple(baseline.shape) != (d_sae,):
+            raise ValueError(f"`baseline` must have shape ({d_sae},) (one value per feature), got {tuple(baseline.shape)}.")
         valid = attention_mask.to(torch.bool)  # (B, T)
-        n = min(top_n, self.config.d_sae)
+        n = min(top_n, d_sae)
 
         # 1) selection: pooled codes (B, d_sae) from chunks of (B, c, d_sae); never the whole (B, T, d_sae)
         chunk = chunk_size or self._token_chunk(batch)
-        kth = None
+        active_pairs = []  # flat indices b * T * d_sae + t * d_sae + j of the active (token, feature) pairs
         with torch.no_grad():
-            pooled = torch.zeros(batch, self.config.d_sae, device=hidden_states.device, dtype=torch.float32)
-            if self.config.activation == "topk":
-                kth = torch.empty(batch, num_tokens, device=hidden_states.device, dtype=self.W_enc.dtype)
+            pooled = torch.zeros(batch, d_sae, device=hidden_states.device, dtype=torch.float32)
             for start in range(0, num_tokens, chunk):
                 pre = self._pre_activation(hidden_states[:, start : start + chunk])  # (B, c, d_sae)
-                if kth is not None:
-                    kth[:, start : start + chunk] = pre.topk(self.config.k, dim=-1).values[..., -1]
-                acts = self._activate(pre)
-                acts = acts * ((acts.abs() >= threshold) & valid[:, start : start + chunk, None])
+                member = self._membership(pre, threshold) & valid[:, start : start + chunk, None]  # (B, c, d_sae)
+                b, t, j = member.nonzero(as_tuple=True)
+                active_pairs.append((b * num_tokens + t + start) * d_sae + j)
+                acts = torch.where(member, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
                 if pooling == "max":
                     pooled = torch.maximum(pooled, acts.amax(dim=1).float())
                 else:
                     pooled += acts.sum(dim=1).float()
-            top_values, indices = pooled.topk(n, dim=-1)  # (B, N)
-            mask = top_values > 0  # (B, N)
+            score = pooled if baseline is None else pooled - baseline.to(pooled)
+            score = score.masked_fill(pooled <= 0, float("-inf"))  # only features of S(z) can be kept
+            _, indices = score.topk(n, dim=-1)  # (B, N)
+            mask = torch.gather(pooled, 1, indices) > 0  # (B, N)
+            # the selection pass's gate at the kept features: (B, T, N)
+            slot_of = torch.full((batch, d_sae), -1, dtype=torch.long, device=hidden_states.device)
+            slot_of.scatter_(1, indices, torch.where(mask, torch.arange(n, device=indices.device), -1))
+            pairs = torch.cat(active_pairs)  # (nnz,)
+            pair_b, pair_tj = pairs // (num_tokens * d_sae), pairs % (num_tokens * d_sae)
+            pair_t, pair_j = pair_tj // d_sae, pair_tj % d_sae
+            pair_slot = slot_of[pair_b, pair_j]  # (nnz,)
+            kept = pair_slot >= 0
+            gate = torch.zeros(batch, num_tokens, n, dtype=torch.bool, device=hidden_states.device)
+            gate[pair_b[kept], pair_t[kept], pair_slot[kept]] = True
 
-        # 2) recompute the kept features with gradients on a (B, T, N) slice
+        # 2) recompute the kept features with gradients on a (B, T, N) slice, gated by the decisions of 1)
         x = hidden_states.to(self.W_enc.dtype)
         if self.config.apply_b_dec_to_input:
             x = x - self.b_dec
         enc_rows = self.W_enc.T[indices]  # (B, N, d_in)
         pre = torch.einsum("btd,bnd->btn", x, enc_rows) + self.b_enc[indices][:, None, :]  # (B, T, N)
-        if self.config.activation == "relu":
-            gate = pre > 0
-        elif self.config.activation == "topk":
-            gate = (pre >= kth[..., None]) & (pre > 0)
-        else:
-            gate = pre > self.threshold[indices][:, None, :]
-        token_acts = pre * gate
-        token_acts = token_acts * ((token_acts.abs() >= threshold) & valid[..., None] & mask[:, None, :])
+        token_acts = torch.where(gate, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))  # (B, T, N)
         if pooling == "max":
             values = token_acts.amax(dim=1)  # (B, N)
         elif pooling == "sum":
             values = token_acts.sum(dim=1)
         else:
             values = token_acts.sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp_min(1)
-        return PooledConcepts(indices=indices, values=values, mask=mask, token_activations=token_acts)
+        return PooledConcepts(indices=indices, values=values, mask=mask, token_activations=token_acts,
+                              pooled=pooled)
 
     # ------------------------------------------------------------------ training helpers
     @torch.no_grad()
