@@ -54,17 +54,23 @@ def test_gradients_reach_heads_and_backbone_but_not_the_frozen_sae():
     assert not model.sae.training
 
 
-def test_concept_interface_equals_dense_reference():
+@pytest.mark.parametrize("value_embedding", ["scale", "log"])
+def test_concept_interface_equals_dense_reference(value_embedding):
     torch.manual_seed(0)
     d_sae, dim, k = 50, 16, 3
-    module = SparseConceptInterface(d_sae, dim, k, num_layers=2, num_heads=2, ffn_dim=32).eval()
+    module = SparseConceptInterface(d_sae, dim, k, num_layers=2, num_heads=2, ffn_dim=32,
+                                    value_embedding=value_embedding).eval()
     indices = torch.tensor([[3, 17, 42, 0], [7, 7, 1, 2]])
     values = torch.tensor([[1.5, 0.5, 2.0, 0.0], [0.3, 0.9, 1.1, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, True, True, False]])
     slots, provenance = module(indices, values, mask)
     # dense reference: one-hot scatter of the sparse codes times the full codebook, then a hand-written encoder
-    dense_codes = torch.zeros(2, 4, d_sae).scatter(-1, indices[..., None], values[..., None])  # (B, N, d_sae)
-    tokens = dense_codes @ module.codebook.weight  # (B, N, d)
+    if value_embedding == "scale":  # h_j * C[j]
+        dense_codes = torch.zeros(2, 4, d_sae).scatter(-1, indices[..., None], values[..., None])  # (B, N, d_sae)
+        tokens = dense_codes @ module.codebook.weight  # (B, N, d)
+    else:  # C[j] + MLP(log(1 + h_j))
+        one_hot = torch.zeros(2, 4, d_sae).scatter(-1, indices[..., None], 1.0)  # (B, N, d_sae)
+        tokens = one_hot @ module.codebook.weight + module.value_proj(torch.log1p(values)[..., None])
     x = torch.cat([module.slot_queries.expand(2, -1, -1), tokens], 1)
     keep = torch.cat([torch.ones(2, k, dtype=torch.bool), mask], 1)
     for layer in module.layers:
@@ -83,6 +89,45 @@ def test_concept_interface_equals_dense_reference():
         weights = att.mean(1)
     torch.testing.assert_close(slots, module.norm(x[:, :k]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(provenance, weights[:, :k, k:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value_embedding,moves", [("scale", False), ("log", True)])
+def test_activation_values_reach_the_concept_slots_only_with_the_log_embedding(value_embedding, moves):
+    """The pre-norm encoder erases h_j in h_j * C[j] (DESIGN decision 3); the log value embedding keeps it."""
+    torch.manual_seed(0)
+    module = SparseConceptInterface(50, 16, 3, num_layers=1, num_heads=2, ffn_dim=32,
+                                    value_embedding=value_embedding).eval()
+    indices = torch.tensor([[3, 17, 42, 5]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        slots, _ = module(indices, torch.tensor([[1.5, 0.5, 2.0, 4.0]]), mask)
+        ones, _ = module(indices, torch.ones(1, 4), mask)
+    change = float((slots - ones).norm() / slots.norm())
+    assert (change > 1e-2) if moves else (change < 1e-4), change
+
+
+def test_centered_selection_keeps_features_that_tell_samples_apart():
+    """A feature that fires in every sample ranks first under "pooled"; the running baseline (updated in training
+    mode) pushes it out of the top-N under "centered"."""
+    model = build(max_concepts=2, concept_selection="centered")
+    ids, mask = tiny_text_inputs(model.config, [8, 6])
+    pixels = sam_pixels(2)
+    with torch.no_grad():
+        model.sae.b_enc[7] = 1e3  # feature 7 is on at every token of every sample, far above the rest
+    model.eval()
+    before = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert (before.concept_indices[:, 0] == 7).all()  # no baseline yet: plain pooled ranking
+    model.train()
+    model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert int(model.concept_interface.baseline_batches) == 1 and model.concept_interface.baseline[7] > 100
+    model.eval()
+    after = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert not (after.concept_indices == 7).any()
+    pooled_model = build(max_concepts=2, concept_selection="pooled").train()
+    with torch.no_grad():
+        pooled_model.sae.b_enc[7] = 1e3
+    pooled_model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert int(pooled_model.concept_interface.baseline_batches) == 0
 
 
 def test_save_reload_and_automodel_give_identical_outputs(tmp_path):

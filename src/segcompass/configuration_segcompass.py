@@ -9,6 +9,8 @@ from .sae import SparseAutoencoderConfig
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "llava")
 POOLINGS = ("max", "mean", "sum")
+CONCEPT_SELECTIONS = ("pooled", "centered")
+CONCEPT_VALUE_EMBEDDINGS = ("scale", "log")
 
 
 class SegCompassConfig(PreTrainedConfig):
@@ -27,10 +29,20 @@ class SegCompassConfig(PreTrainedConfig):
             (paper eq. 4 uses h != 0, i.e. τ = 0).
         max_concepts (`int`): N, concept tokens kept per sample (top-N by pooled activation).
         concept_pooling (`str`): how a feature's activation is pooled over tokens (``max``, ``mean``, ``sum``).
+        concept_selection (`str`): how the top-N concepts are ranked. ``"pooled"``: by pooled activation (paper
+            eq. 4 as written); ``"centered"`` (default): by pooled activation minus the feature's running mean over
+            training batches (a buffer updated in training mode), so features that fire in every sample (the prompt
+            template's) do not crowd out the ones that tell samples apart. Measured on the tiny model with
+            ``"pooled"``: the top-5 concepts of 51 test samples came from 32 features, four in almost every answer.
+        concept_value_embedding (`str`): how h_j enters a concept token. ``"scale"``: h_j · C[j] (the paper's form;
+            the pre-norm encoder's LayerNorm then erases h_j); ``"log"`` (default): C[j] + MLP(log(1 + h_j)).
         codebook_dim (`int`): d_c, width of codebook entries and concept representations (paper: 512).
         concept_encoder_layers / concept_encoder_heads / concept_encoder_ffn_dim: the Transformer encoder blocks
             over [K slot queries ; N concept tokens].
         slot_mapper_heads / slot_mapper_head_dim: N_h and d_h of the slot mapper's per-head scores (eq. 5).
+        slot_mapper_positional_keys (`bool`): add SAM's dense positional embedding to the image keys before W^K
+            (default True), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
+            paper's keys are the SAM image embedding alone (False).
         confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
@@ -51,12 +63,15 @@ class SegCompassConfig(PreTrainedConfig):
     concept_threshold: float = 0.0
     max_concepts: int = 256
     concept_pooling: str = "max"
+    concept_selection: str = "centered"
+    concept_value_embedding: str = "log"
     codebook_dim: int = 512
     concept_encoder_layers: int = 2
     concept_encoder_heads: int = 8
     concept_encoder_ffn_dim: int = 2048
     slot_mapper_heads: int = 4
     slot_mapper_head_dim: int = 64
+    slot_mapper_positional_keys: bool = True
     confidence_threshold: float = 0.5
     ref_token: str = "<REF_POS>"
     slot_token_template: str = "<SLOT_{}>"
@@ -89,6 +104,15 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(f"`concept_threshold` (τ) must be >= 0, got {self.concept_threshold}.")
         if self.concept_pooling not in POOLINGS:
             raise ValueError(f"`concept_pooling` must be one of {list(POOLINGS)}, got {self.concept_pooling!r}.")
+        if self.concept_selection not in CONCEPT_SELECTIONS:
+            raise ValueError(
+                f"`concept_selection` must be one of {list(CONCEPT_SELECTIONS)}, got {self.concept_selection!r}."
+            )
+        if self.concept_value_embedding not in CONCEPT_VALUE_EMBEDDINGS:
+            raise ValueError(
+                f"`concept_value_embedding` must be one of {list(CONCEPT_VALUE_EMBEDDINGS)}, got "
+                f"{self.concept_value_embedding!r}."
+            )
         if self.codebook_dim % self.concept_encoder_heads:
             raise ValueError(
                 f"`codebook_dim`={self.codebook_dim} must be divisible by `concept_encoder_heads`="

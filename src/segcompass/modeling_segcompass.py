@@ -141,6 +141,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             num_layers=config.concept_encoder_layers,
             num_heads=config.concept_encoder_heads,
             ffn_dim=config.concept_encoder_ffn_dim,
+            value_embedding=config.concept_value_embedding,
         )
         self.slot_mapper = SlotMapper(
             llm_dim=config.get_text_config().hidden_size,
@@ -268,12 +269,22 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
         )  # (B, K, D)
 
+        interface = self.concept_interface
+        centered = self.config.concept_selection == "centered"
         concepts = self.sae.pooled_concepts(
             hook_states, attention_mask, threshold=self.config.concept_threshold, top_n=self.config.max_concepts,
             pooling=self.config.concept_pooling,
-        )  # indices/values/mask (B, N), token_activations (B, T, N)
-        concept_slots, provenance = self.concept_interface(concepts.indices, concepts.values, concepts.mask)
-        heatmap_logits, confidence_logits, _ = self.slot_mapper(slot_embeddings, concept_slots, image_embeddings)
+            baseline=interface.baseline if centered and int(interface.baseline_batches) > 0 else None,
+        )  # indices/values/mask (B, N), token_activations (B, T, N), pooled (B, d_sae)
+        if centered and self.training:
+            interface.update_baseline(concepts.pooled)
+        concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask)
+        key_positions = None
+        if self.config.slot_mapper_positional_keys:
+            height, width = image_embeddings.shape[-2:]
+            key_positions = self.mask_decoder.get_dense_positional_embeddings(height, width)  # (1, C, h, w)
+        heatmap_logits, confidence_logits, _ = self.slot_mapper(slot_embeddings, concept_slots, image_embeddings,
+                                                                key_positions)
         mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes)
         return SegCompassOutput(
             loss=out.loss,

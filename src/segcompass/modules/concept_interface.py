@@ -1,16 +1,31 @@
 """Sparse concept interface: query codebook + K slot queries + Transformer encoder blocks (paper §3.2, Fig. 3).
 
-Concept tokens are ``h_j · C[j]`` for the kept SAE features ``(j, h_j)`` — a sparse gather from the codebook
+Concept tokens are built from the kept SAE features ``(j, h_j)`` by a sparse gather from the codebook
 ``C ∈ R^{d_sae × d_c}``, never a dense (T × d_sae) @ (d_sae × d_c) product. K learned slot queries and the N
 concept tokens pass through pre-norm encoder blocks with self-attention; the slots' outputs are the concept
 representations r_k, and the last block's slot → concept attention weights are the provenance (slot k drew on
 feature j with weight w).
+
+How h_j enters a concept token (``value_embedding``):
+
+- ``"scale"``: ``h_j · C[j]``, the paper's literal form. The encoder blocks are pre-norm and
+  LayerNorm(h_j · C[j]) = LayerNorm(C[j]) for h_j > 0, so the activation values never reach r_k (measured: setting
+  every h_j to 1 changes r_k by 2e-6 relative). Kept for converted checkpoints.
+- ``"log"`` (default): ``C[j] + MLP(log(1 + h_j))``: an additive value embedding that survives normalisation, so
+  how strongly a concept fired matters, not only which concepts fired.
+
+Which features are kept (``baseline``): the SAE ranks features by pooled activation; with a per-feature baseline
+(the running mean of each feature's pooled activation over training batches, a buffer of this module) it ranks by
+pooled activation *minus* the baseline, so features that fire the same way in every sample (the prompt template's)
+no longer crowd out the ones that tell samples apart.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+VALUE_EMBEDDINGS = ("scale", "log")
 
 
 class ConceptEncoderLayer(nn.Module):
@@ -47,22 +62,44 @@ class SparseConceptInterface(nn.Module):
         codebook_dim (`int`): d_c.
         num_slots (`int`): K.
         num_layers, num_heads, ffn_dim (`int`): encoder blocks.
+        value_embedding (`str`): ``"log"`` or ``"scale"`` (module docstring).
+        baseline_momentum (`float`): weight of a new batch in the running per-feature baseline (after the first
+            ``1 / baseline_momentum`` batches, which are averaged uniformly).
     """
 
     def __init__(self, d_sae: int, codebook_dim: int, num_slots: int, num_layers: int, num_heads: int,
-                 ffn_dim: int):
+                 ffn_dim: int, value_embedding: str = "log", baseline_momentum: float = 0.01):
         super().__init__()
+        if value_embedding not in VALUE_EMBEDDINGS:
+            raise ValueError(f"`value_embedding` must be one of {list(VALUE_EMBEDDINGS)}, got {value_embedding!r}.")
         self.codebook = nn.Embedding(d_sae, codebook_dim)  # C: (d_sae, d_c)
+        self.value_embedding = value_embedding
+        if value_embedding == "log":
+            self.value_proj = nn.Sequential(nn.Linear(1, codebook_dim), nn.GELU(), nn.Linear(codebook_dim, codebook_dim))
         self.slot_queries = nn.Parameter(torch.zeros(num_slots, codebook_dim))  # (K, d_c)
         self.layers = nn.ModuleList(
             ConceptEncoderLayer(codebook_dim, num_heads, ffn_dim) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(codebook_dim)
         self.num_slots = num_slots
+        self.baseline_momentum = baseline_momentum
+        self.register_buffer("baseline", torch.zeros(d_sae))  # (d_sae,) running mean of pooled activations
+        self.register_buffer("baseline_batches", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update_baseline(self, pooled: torch.Tensor) -> None:
+        """Fold a batch of pooled activations (B, d_sae) into the running per-feature baseline."""
+        momentum = max(self.baseline_momentum, 1.0 / float(self.baseline_batches + 1))
+        self.baseline.lerp_(pooled.float().mean(0).to(self.baseline), momentum)
+        self.baseline_batches += 1
 
     def concept_tokens(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """h_j · C[j] for every kept feature: (B, N), (B, N) -> (B, N, d_c) (sparse row gather)."""
-        return values.unsqueeze(-1).to(self.codebook.weight.dtype) * self.codebook(indices)
+        """Concept tokens of the kept features (sparse row gather): (B, N), (B, N) -> (B, N, d_c)."""
+        rows = self.codebook(indices)  # (B, N, d_c)
+        values = values.unsqueeze(-1).to(rows.dtype)  # (B, N, 1)
+        if self.value_embedding == "scale":
+            return values * rows
+        return rows + self.value_proj(torch.log1p(values.clamp_min(0)))
 
     def forward(
         self, indices: torch.Tensor, values: torch.Tensor, mask: torch.Tensor

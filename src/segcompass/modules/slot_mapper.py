@@ -55,13 +55,16 @@ class SlotMapper(nn.Module):
             self.map_head[-1].bias.fill_(initial_heatmap_bias)
 
     def forward(
-        self, slot_embeddings: torch.Tensor, concept_slots: torch.Tensor, image_embeddings: torch.Tensor
+        self, slot_embeddings: torch.Tensor, concept_slots: torch.Tensor, image_embeddings: torch.Tensor,
+        key_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             slot_embeddings (`torch.FloatTensor` of shape `(B, K, D)`): e_k.
             concept_slots (`torch.FloatTensor` of shape `(B, K, d_c)`): r_k.
             image_embeddings (`torch.FloatTensor` of shape `(B, C, h, w)`): image keys.
+            key_positions (`torch.FloatTensor` of shape `(1 or B, C, h, w)`, *optional*): a positional embedding
+                added to the image keys before W^K (SAM's dense positional embedding).
 
         Returns:
             heatmap_logits `(B, K, up·h, up·w)`, confidence_logits `(B, K)`, scores `(B, K, N_h, h, w)`.
@@ -71,7 +74,10 @@ class SlotMapper(nn.Module):
         fused = torch.cat([slot_embeddings.to(concept_slots.dtype), concept_slots], dim=-1)  # (B, K, D + d_c)
         queries = self.q_proj(self.fuse(fused))  # (B, K, N_h * d_h)
         queries = queries.view(batch, num_slots, self.num_heads, self.head_dim)  # (B, K, N_h, d_h)
-        keys = self.k_proj(image_embeddings.to(queries.dtype))  # (B, N_h * d_h, h, w)
+        keys = image_embeddings.to(queries.dtype)  # (B, C, h, w)
+        if key_positions is not None:
+            keys = keys + key_positions.to(queries.dtype)
+        keys = self.k_proj(keys)  # (B, N_h * d_h, h, w)
         keys = keys.view(batch, self.num_heads, self.head_dim, height, width)  # (B, N_h, d_h, h, w)
         scores = torch.einsum("bknd,bndyx->bknyx", queries, keys) / math.sqrt(self.head_dim)  # (B, K, N_h, h, w)
 

@@ -37,7 +37,11 @@ class SegCompassGRPOConfig(GRPOConfig):
         slot_mapper_lr_multiplier: multiplier of the slot mapper.
         mask_decoder_lr_multiplier: multiplier of the mask decoder.
         freeze_vision_encoder: keep SAM's image encoder frozen (its image keys are then computed once per rollout,
-            without gradients). The SAE is always frozen.
+            without gradients). With False the segmentation loss's forward recomputes them with gradients and the
+            encoder trains at the backbone's rate. The SAE is always frozen.
+        freeze_backbone_through_hook_layer: freeze the backbone weights that compute the SAE's input (vision tower,
+            token embeddings, decoder layers below the hook), so the frozen SAE stays faithful.
+        train_slot_token_embeddings: train the concentration tokens' embedding rows (and only those rows).
         use_one_cycle_schedule: use the one-cycle schedule (cosine annealing from each group's peak at the first
             step to peak / ``one_cycle_final_div_factor`` at the last; linear warm-up over ``warmup_steps``, 0 by
             default as in the paper) instead of ``lr_scheduler_type``.
@@ -69,6 +73,12 @@ class SegCompassGRPOConfig(GRPOConfig):
     slot_mapper_lr_multiplier: float = field(default=80.0, metadata={"help": "LR multiplier of the slot mapper."})
     mask_decoder_lr_multiplier: float = field(default=10.0, metadata={"help": "LR multiplier of the mask decoder."})
     freeze_vision_encoder: bool = field(default=True, metadata={"help": "Keep SAM's image encoder frozen."})
+    freeze_backbone_through_hook_layer: bool = field(
+        default=False, metadata={"help": "Freeze the backbone weights that compute the SAE's input."}
+    )
+    train_slot_token_embeddings: bool = field(
+        default=False, metadata={"help": "Train the concentration tokens' embedding rows (only those rows)."}
+    )
 
     # ---- schedule
     use_one_cycle_schedule: bool = field(

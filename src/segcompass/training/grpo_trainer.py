@@ -73,6 +73,7 @@ from ..modeling_segcompass import SegCompassForReasoningSegmentation
 from ..processing_segcompass import SegCompassProcessor
 from ..utils.logging import get_logger
 from .grpo_config import SegCompassGRPOConfig
+from .freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
 from .losses import segmentation_losses
 from .rewards import format_reward, mask_reward
 from .sft import (
@@ -420,6 +421,10 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         model.sae.requires_grad_(False)
         if args.freeze_vision_encoder:
             model.vision_encoder.requires_grad_(False)
+        if args.freeze_backbone_through_hook_layer:
+            freeze_backbone_through_hook_layer(model)
+        if args.train_slot_token_embeddings:
+            train_token_embedding_rows(model)
         # Slot tokens are teacher-forced after the answer, never sampled; image placeholders in a completion would
         # break the backbone's image-feature alignment.
         generation_kwargs = dict(args.generation_kwargs or {})
@@ -684,6 +689,7 @@ class SegCompassGRPOTrainer(GRPOTrainer):
             "seg_input_ids": scoring["input_ids"].to(device),
             "seg_attention_mask": scoring["attention_mask"].to(device),
             "seg_image_embeddings": image_embeddings,
+            "seg_sam_pixel_values": sam_pixel_values,
             "seg_valid_sizes": valid_sizes,
             "seg_malformed": scoring["malformed"],
             "pred_masks": masks,
@@ -714,8 +720,8 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         if rollout is None:
             raise RuntimeError("SegCompassGRPOTrainer: the rollout masks are missing; TRL's call order changed.")
         device = self.accelerator.device
-        for key in ("seg_input_ids", "seg_attention_mask", "seg_image_embeddings", "seg_valid_sizes",
-                    "seg_mm_token_type_ids"):
+        for key in ("seg_input_ids", "seg_attention_mask", "seg_image_embeddings", "seg_sam_pixel_values",
+                    "seg_valid_sizes", "seg_mm_token_type_ids"):
             if key in rollout:
                 output[key] = rollout[key]
         output["seg_gt_masks"] = [g.to(device) for g in gt]
@@ -742,10 +748,13 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         if "seg_mm_token_type_ids" in inputs:
             kwargs["mm_token_type_ids"] = inputs["seg_mm_token_type_ids"]
         self._head_mode(self.model.training)
+        image_embeddings = inputs["seg_image_embeddings"]
         with self.accelerator.autocast():
+            if not self.args.freeze_vision_encoder:  # the rollout's keys have no graph: recompute with gradients
+                image_embeddings = self.segcompass.get_image_embeddings(inputs["seg_sam_pixel_values"])
             out = self.segcompass(
                 input_ids=inputs["seg_input_ids"], attention_mask=inputs["seg_attention_mask"],
-                image_embeddings=inputs["seg_image_embeddings"], valid_mask_sizes=inputs["seg_valid_sizes"], **kwargs,
+                image_embeddings=image_embeddings, valid_mask_sizes=inputs["seg_valid_sizes"], **kwargs,
             )
         losses = segmentation_losses(
             out.heatmap_logits.float(), out.mask_logits.float(), out.confidence_logits.float(),

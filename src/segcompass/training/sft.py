@@ -23,6 +23,7 @@ import torch
 
 from ..utils.logging import get_logger
 from ..utils.masks import is_rle
+from .freezing import freeze_backbone_through_hook_layer, row_masked_parameters, train_token_embedding_rows
 from .losses import resize_masks, segmentation_losses
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ TRAINABLE_COMPONENTS = ("backbone", "concept_interface", "slot_mapper", "mask_de
 __all__ = [
     "build_param_groups",
     "build_supervised_batch",
+    "generate_completions",
     "ground_truth_on_grid",
     "supervised_warmup",
     "target_completion",
@@ -154,11 +156,14 @@ def build_param_groups(
             module.requires_grad_(False)
             continue
         decay, no_decay = [], []
+        row_masked = row_masked_parameters(module)
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
             full = f"{component}.{name}"
-            if decay_parameter_names is not None:
+            if name in row_masked:  # rows opened one by one: weight decay would move the closed rows
+                no_decay.append(param)
+            elif decay_parameter_names is not None:
                 (decay if full in decay_parameter_names else no_decay).append(param)
             else:
                 (decay if param.ndim >= 2 and "norm" not in name.lower() else no_decay).append(param)
@@ -195,7 +200,8 @@ def target_completion(row: dict, ref_token: str = "<REF_POS>") -> str:
 
 def build_supervised_batch(processor, rows: Sequence[dict], model, *,
                            completion_fn: Callable[[dict], str] | None = None,
-                           stop_token_id: int | None = -1) -> dict[str, Any]:
+                           stop_token_id: int | None = -1,
+                           completions: Sequence[str | None] | None = None) -> dict[str, Any]:
     """Processor inputs + LM ``labels`` + ground truth on the mask grid for teacher forcing.
 
     The sequence is ``prompt + completion + slot tokens``; the labels cover the completion (up to and including
@@ -205,6 +211,8 @@ def build_supervised_batch(processor, rows: Sequence[dict], model, *,
     Args:
         stop_token_id: the end-of-answer token; ``-1`` (default) uses ``processor.tokenizer.eos_token_id``;
             ``None`` leaves the first slot position unlabelled.
+        completions: per row, a completion to use instead of the target (e.g. the model's own generated reasoning,
+            so the mask path learns from what it will see at inference); such rows get no LM labels.
 
     Returns:
         dict with the processor outputs (``input_ids`` ``(B, T)`` ... ``sam_pixel_values``), ``labels`` ``(B, T)``
@@ -216,13 +224,18 @@ def build_supervised_batch(processor, rows: Sequence[dict], model, *,
     completion_fn = completion_fn or (lambda row: target_completion(row, processor.ref_token))
     instructions = [row["instruction"] for row in rows]
     images = [row["image"] for row in rows]
-    completions = [completion_fn(row) for row in rows]
+    given = list(completions) if completions is not None else [None] * len(rows)
+    if len(given) != len(rows):
+        raise ValueError(f"`completions` has {len(given)} entries for {len(rows)} rows.")
+    completions = [completion_fn(row) if text is None else text for row, text in zip(rows, given)]
     batch = processor(images, instructions, completions=completions, append_slots=True, padding_side="left")
     prompts = processor(images, instructions, padding_side="left")
     num_slots = processor.num_slots
     length = batch["input_ids"].shape[1]
     labels = torch.full_like(batch["input_ids"], -100)
     for b in range(len(rows)):
+        if given[b] is not None:
+            continue  # not the target: no LM labels
         total = int(batch["attention_mask"][b].sum())
         prompt_len = int(prompts["attention_mask"][b].sum())
         start, stop = length - total + prompt_len, length - num_slots
@@ -238,6 +251,34 @@ def build_supervised_batch(processor, rows: Sequence[dict], model, *,
     data["valid_mask_sizes"] = processor.valid_mask_sizes(batch["reshaped_input_sizes"], grid)
     data["gt_masks"] = gt
     return data
+
+
+@torch.no_grad()
+def generate_completions(model, processor, rows: Sequence[dict], *, max_new_tokens: int = 256) -> list[str]:
+    """The model's greedy answers to ``rows`` as completion strings, cut after (or ended with) ``<REF_POS>``.
+
+    Returns:
+        one ``<think>...</think><REF_POS>`` string per row (``<REF_POS>`` appended where the model did not emit it).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = processor([row["image"] for row in rows], [row["instruction"] for row in rows], padding_side="left")
+    backbone = {k: prompts[k].to(device) for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+                if k in prompts}
+    tokenizer = processor.tokenizer
+    eos = model.backbone.generation_config.eos_token_id
+    generated = model.backbone.generate(
+        input_ids=prompts["input_ids"].to(device), attention_mask=prompts["attention_mask"].to(device),
+        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=model.never_generated_token_ids(), **backbone,
+    )  # (B, Tp + Tn)
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    scoring = model.build_scoring_inputs(prompts["input_ids"].to(device), prompts["attention_mask"].to(device),
+                                         generated[:, prompts["input_ids"].shape[1]:], tokenizer.pad_token_id,
+                                         eos_ids)
+    model.train(was_training)
+    return [tokenizer.decode(ids.tolist(), skip_special_tokens=False) for ids in scoring["completion_ids"]]
 
 
 def supervised_warmup(
@@ -259,6 +300,10 @@ def supervised_warmup(
     completion_fn: Callable[[dict], str] | None = None,
     stop_token_id: int | None = -1,
     fixed_batch: bool = False,
+    freeze_through_hook_layer: bool = False,
+    train_slot_token_embeddings: bool = False,
+    generated_share: float = 0.0,
+    max_new_tokens: int = 256,
     device: str | torch.device | None = None,
     seed: int = 0,
 ) -> list[dict[str, float]]:
@@ -272,6 +317,14 @@ def supervised_warmup(
         batch_size: rows per step; rows are taken in order, cycling (``fixed_batch``: always the first rows).
         multipliers: lr multipliers per component (default: the paper's 1 / 25 / 80 / 10).
         stop_token_id: token the policy learns to emit after ``<REF_POS>`` (see :func:`build_supervised_batch`).
+        train_vision_encoder: train SAM's image encoder too (its image keys are then computed with gradients).
+        freeze_through_hook_layer: freeze the backbone weights that compute the SAE's input
+            (:func:`~segcompass.training.freezing.freeze_backbone_through_hook_layer`), so the frozen SAE stays
+            faithful; the layers above the hook keep training.
+        train_slot_token_embeddings: train the concentration tokens' embedding rows (only those rows).
+        generated_share: fraction of each batch whose mask path is trained on the model's own greedy reasoning
+            (generated at that step, ``max_new_tokens`` at most) instead of the target; those rows carry no LM
+            loss. The mask path then learns from what it sees at inference.
 
     Returns:
         one dict per step: ``loss``, ``lm``, ``seg``, ``bce``, ``dice``, ``conf`` (+ ``matched_iou``).
@@ -287,10 +340,16 @@ def supervised_warmup(
         raise ValueError(
             f"The supervised warm-up dataset lacks the column(s) {missing}; it has {dataset.column_names}."
         )
+    if not 0.0 <= generated_share <= 1.0:
+        raise ValueError(f"`generated_share` is a fraction of each batch in [0, 1], got {generated_share}.")
     multipliers = multipliers or {"backbone": 1.0, "concept_interface": 25.0, "slot_mapper": 80.0,
                                   "mask_decoder": 10.0}
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    if freeze_through_hook_layer:
+        freeze_backbone_through_hook_layer(model)
+    if train_slot_token_embeddings:
+        train_token_embedding_rows(model)
     groups = build_param_groups(model, learning_rate, weight_decay, multipliers,
                                 train_vision_encoder=train_vision_encoder)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate)
@@ -308,8 +367,16 @@ def supervised_warmup(
         else:
             start = 0 if fixed_batch else (step * batch_size) % n
             rows = [dataset[(start + i) % n] for i in range(min(batch_size, n))]
+            generated = [None] * len(rows)
+            num_generated = int(round(generated_share * len(rows)))
+            if num_generated:
+                generated[:num_generated] = generate_completions(model, processor, rows[:num_generated],
+                                                                 max_new_tokens=max_new_tokens)
+                model.train()
+                if not train_vision_encoder:
+                    model.vision_encoder.eval()
             data = build_supervised_batch(processor, rows, model, completion_fn=completion_fn,
-                                          stop_token_id=stop_token_id)
+                                          stop_token_id=stop_token_id, completions=generated)
             data = {k: (v.to(device) if isinstance(v, torch.Tensor) else [g.to(device) for g in v]
                         if k == "gt_masks" else v) for k, v in data.items()}
             if fixed_batch:

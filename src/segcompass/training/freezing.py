@@ -1,0 +1,103 @@
+"""Which backbone weights train: freeze everything that computes the SAE's input, train only chosen token rows.
+
+The SAE is pretrained on ``hidden_states[L]`` of a fixed backbone and frozen inside SegCompass. If the weights that
+compute those states keep training (the ViT, the token embeddings, decoder layers ``0 .. L-1``), the SAE's input
+drifts and its concepts stop meaning what they meant: :func:`freeze_backbone_through_hook_layer` stops that.
+The concentration (slot) tokens' embedding rows are the one part of the embedding matrix SegCompass needs trained
+(random rows make the K slots nearly alike): :func:`train_token_embedding_rows` opens just those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+__all__ = ["freeze_backbone_through_hook_layer", "train_token_embedding_rows", "row_masked_parameters"]
+
+_ROW_MASK = "_segcompass_trainable_rows"
+
+
+def _language_model(backbone: nn.Module) -> nn.Module:
+    inner = getattr(backbone, "model", backbone)
+    language_model = getattr(inner, "language_model", None)
+    if language_model is None or not hasattr(language_model, "layers"):
+        raise ValueError(
+            f"Cannot find the decoder layers of {type(backbone).__name__} (expected `.model.language_model.layers`, "
+            "as in transformers' Qwen2.5-VL and LLaVA classes)."
+        )
+    return language_model
+
+
+def _vision_tower(backbone: nn.Module) -> nn.Module | None:
+    inner = getattr(backbone, "model", backbone)
+    for name in ("visual", "vision_tower"):
+        if getattr(inner, name, None) is not None:
+            modules = [getattr(inner, name)]
+            projector = getattr(inner, "multi_modal_projector", None)
+            return nn.ModuleList(modules + ([projector] if projector is not None else []))
+    return None
+
+
+def freeze_backbone_through_hook_layer(model) -> int:
+    """Freeze every backbone weight that computes ``hidden_states[hook_layer]``: the vision tower (and LLaVA's
+    projector), the token embeddings and decoder layers ``0 .. hook_layer - 1``. The layers above keep training.
+
+    With tied input/output embeddings (tiny models) the LM head is frozen with them. Use
+    :func:`train_token_embedding_rows` afterwards to train the concentration tokens' rows.
+
+    Returns:
+        the number of parameter tensors that were trainable and are now frozen.
+    """
+    hook_layer = model.config.sae_config.hook_layer
+    language_model = _language_model(model.backbone)
+    modules = [language_model.embed_tokens, *language_model.layers[:hook_layer]]
+    vision = _vision_tower(model.backbone)
+    if vision is not None:
+        modules.append(vision)
+    frozen = 0
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad:
+                param.requires_grad_(False)
+                frozen += 1
+    logger.info("froze %d backbone tensors that compute hidden_states[%d] (the SAE's input)", frozen, hook_layer)
+    return frozen
+
+
+def train_token_embedding_rows(model, token_ids: Iterable[int] | None = None) -> torch.utils.hooks.RemovableHandle:
+    """Train only the embedding rows of ``token_ids`` (default: the K concentration tokens), the rest stays fixed.
+
+    The embedding matrix gets ``requires_grad=True`` and a gradient hook that zeroes every other row. AdamW moves a
+    row only by its gradient and by weight decay, so the parameter is marked (see :func:`row_masked_parameters`)
+    and :func:`~segcompass.training.sft.build_param_groups` puts it in a group without weight decay.
+
+    Returns:
+        the hook's handle (``handle.remove()`` opens every row again).
+    """
+    if token_ids is None:
+        token_ids = model.config.slot_token_ids
+    ids = sorted({int(i) for i in token_ids or []})
+    weight = model.get_input_embeddings().weight
+    if not ids or min(ids) < 0 or max(ids) >= weight.shape[0]:
+        raise ValueError(
+            f"token ids {ids} must be non-empty and inside the embedding matrix (0..{weight.shape[0] - 1}); set "
+            "config.slot_token_ids with the processor helpers first."
+        )
+    rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (vocab, 1)
+    rows[ids] = 1.0
+    weight.requires_grad_(True)
+    setattr(weight, _ROW_MASK, ids)
+    handle = weight.register_hook(lambda grad: grad * rows.to(grad.dtype))
+    logger.info("training embedding rows %s only", ids)
+    return handle
+
+
+def row_masked_parameters(module: nn.Module) -> set[str]:
+    """Names of ``module``'s parameters opened row by row by :func:`train_token_embedding_rows` (no weight decay)."""
+    return {name for name, param in module.named_parameters() if getattr(param, _ROW_MASK, None)}

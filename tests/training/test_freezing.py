@@ -1,0 +1,110 @@
+"""Library training options: freeze the SAE's input, train only the slot-token rows, train SAM's encoder, and train
+the mask path on the model's own reasoning (supervised loop and GRPO trainer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segcompass  # noqa: F401  (registers the Auto classes)
+from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
+from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
+from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
+from segcompass.training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
+from segcompass.training.sft import build_supervised_batch, generate_completions, supervised_warmup
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_ckpt")
+    _, processor = make_tiny_checkpoint(directory)
+    dataset = build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64))
+    return directory, processor, dataset
+
+
+def _hook_states(model, data):
+    with torch.no_grad():
+        kwargs = {k: data[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in data}
+        out = model.backbone(input_ids=data["input_ids"], attention_mask=data["attention_mask"],
+                             output_hidden_states=True, **kwargs)
+    return out.hidden_states[model.config.sae_config.hook_layer]
+
+
+def test_freeze_through_hook_keeps_the_sae_input_and_trains_only_slot_rows(tiny):
+    directory, processor, dataset = tiny
+    torch.manual_seed(0)
+    model = SegCompassForReasoningSegmentation.from_pretrained(directory)
+    hook = model.config.sae_config.hook_layer
+    rows = [dataset[0], dataset[1]]
+    # the prompt without slot tokens: the slot rows are the only embedding rows that train
+    prompts = dict(processor([r["image"] for r in rows], [r["instruction"] for r in rows], padding_side="left"))
+    before_states = _hook_states(model, prompts)
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    layers = model.backbone.model.language_model.layers
+    above = {n: p.detach().clone() for n, p in layers[hook].named_parameters()}
+    history = supervised_warmup(model, processor, dataset, num_steps=3, batch_size=2, learning_rate=1e-3,
+                                weight_decay=0.1, freeze_through_hook_layer=True, train_slot_token_embeddings=True)
+    assert len(history) == 3
+    assert all(not p.requires_grad for p in layers[:hook].parameters())
+    assert all(not p.requires_grad for p in model.backbone.model.visual.parameters())
+    torch.testing.assert_close(_hook_states(model, prompts), before_states, rtol=0, atol=0)
+    after = model.get_input_embeddings().weight.detach()
+    changed = (after != embedding).any(-1).nonzero().flatten().tolist()
+    assert changed and set(changed) <= set(model.config.slot_token_ids)  # weight decay spared the closed rows
+    assert any(not torch.equal(above[n], p) for n, p in layers[hook].named_parameters())  # above the hook trains
+
+
+def test_train_token_rows_rejects_unknown_ids(tiny):
+    model = SegCompassForReasoningSegmentation.from_pretrained(tiny[0])
+    with pytest.raises(ValueError, match="inside the embedding matrix"):
+        train_token_embedding_rows(model, [10**9])
+    assert freeze_backbone_through_hook_layer(model) > 0
+    assert freeze_backbone_through_hook_layer(model) == 0  # idempotent
+
+
+def test_generated_share_trains_the_mask_path_on_generated_reasoning(tiny):
+    directory, processor, dataset = tiny
+    model = SegCompassForReasoningSegmentation.from_pretrained(directory)
+    rows = [dataset[0], dataset[1]]
+    texts = generate_completions(model, processor, rows, max_new_tokens=6)
+    assert all(t.endswith(processor.ref_token) for t in texts)
+    batch = build_supervised_batch(processor, rows, model, completions=[texts[0], None])
+    assert (batch["labels"][0] == -100).all()  # the model's own text is never an LM target
+    assert (batch["labels"][1] != -100).any()
+    history = supervised_warmup(model, processor, dataset, num_steps=2, batch_size=2, learning_rate=1e-3,
+                                generated_share=0.5, max_new_tokens=6)
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["seg"])) for h in history)
+    with pytest.raises(ValueError, match="generated_share"):
+        supervised_warmup(model, processor, dataset, num_steps=1, generated_share=1.5)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_sft_vision_encoder_trains_only_when_asked(tiny, freeze):
+    directory, processor, dataset = tiny
+    model = SegCompassForReasoningSegmentation.from_pretrained(directory)
+    before = {n: p.detach().clone() for n, p in model.vision_encoder.named_parameters()}
+    supervised_warmup(model, processor, dataset, num_steps=2, batch_size=2, learning_rate=1e-3,
+                      train_vision_encoder=not freeze)
+    moved = any(not torch.equal(before[n], p) for n, p in model.vision_encoder.named_parameters())
+    assert moved != freeze
+
+
+def test_grpo_honours_the_freezing_options(tiny, tmp_path):
+    pytest.importorskip("trl")
+    from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+
+    directory, processor, dataset = tiny
+    model = SegCompassForReasoningSegmentation.from_pretrained(directory)
+    args = tiny_grpo_config(tmp_path, freeze_vision_encoder=False, freeze_backbone_through_hook_layer=True,
+                            train_slot_token_embeddings=True)
+    trainer = SegCompassGRPOTrainer(model, args=args, train_dataset=prepare_grpo_dataset(dataset, processor),
+                                    processing_class=processor)
+    vision = {n: p.detach().clone() for n, p in model.vision_encoder.named_parameters()}
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    hook = model.config.sae_config.hook_layer
+    below = {n: p.detach().clone() for n, p in model.backbone.model.language_model.layers[:hook].named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(vision[n], p) for n, p in model.vision_encoder.named_parameters())
+    assert all(torch.equal(below[n], p) for n, p in model.backbone.model.language_model.layers[:hook].named_parameters())
+    changed = (model.get_input_embeddings().weight.detach() != embedding).any(-1).nonzero().flatten().tolist()
+    assert changed and set(changed) <= set(model.config.slot_token_ids)
