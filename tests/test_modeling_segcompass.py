@@ -70,7 +70,8 @@ def test_concept_interface_equals_dense_reference(value_embedding):
         tokens = dense_codes @ module.codebook.weight  # (B, N, d)
     else:  # C[j] + MLP(log(1 + h_j))
         one_hot = torch.zeros(2, 4, d_sae).scatter(-1, indices[..., None], 1.0)  # (B, N, d_sae)
-        tokens = one_hot @ module.codebook.weight + module.value_proj(torch.log1p(values)[..., None])
+        features = torch.stack([torch.log1p(values), torch.zeros_like(values)], -1)  # no distances given
+        tokens = one_hot @ module.codebook.weight + module.value_proj(features)
     x = torch.cat([module.slot_queries.expand(2, -1, -1), tokens], 1)
     keep = torch.cat([torch.ones(2, k, dtype=torch.bool), mask], 1)
     for layer in module.layers:
@@ -104,6 +105,46 @@ def test_activation_values_reach_the_concept_slots_only_with_the_log_embedding(v
         ones, _ = module(indices, torch.ones(1, 4), mask)
     change = float((slots - ones).norm() / slots.norm())
     assert (change > 1e-2) if moves else (change < 1e-4), change
+
+
+def test_last_activation_distance_counts_back_from_the_last_valid_token():
+    from segcompass.modules.concept_interface import last_activation_distance
+
+    acts = torch.zeros(2, 6, 3)  # (B, T, N)
+    acts[0, 1, 0] = acts[0, 4, 0] = 1.0  # feature 0 of sample 0 last fires at t = 4
+    acts[0, 5, 1] = 2.0  # on the last token
+    acts[1, 2, 0] = 1.0  # sample 1 is left-padded: valid tokens 2..4
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0]])
+    distances = last_activation_distance(acts, mask)
+    assert distances.tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
+
+
+def test_concept_window_pools_over_the_last_tokens_only():
+    model = build(concept_window=3, concept_selection="pooled")
+    ids, mask = tiny_text_inputs(model.config, [9, 6])  # left-padded rows of 9 and 6 valid tokens
+    out = model(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(2))
+    active = (out.concept_token_activations != 0).any(-1)  # (B, T): tokens any kept concept came from
+    for b in range(2):
+        width = ids.shape[1]
+        assert not active[b, : width - 3].any() and active[b, width - 3:].any()
+    with pytest.raises(ValueError, match="concept_window"):
+        tiny_segcompass_config(concept_window=0)
+
+
+def test_slot_embedding_dropout_only_in_training():
+    model = build(slot_embedding_dropout=0.5, concept_selection="pooled")  # nothing else varies between calls
+    ids, mask = tiny_text_inputs(model.config, [8, 6])
+    pixels = sam_pixels(2)
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels).heatmap_logits
+        b = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels).heatmap_logits
+        assert torch.equal(a, b)
+        model.train()
+        torch.manual_seed(1)
+        outs = [model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels).heatmap_logits for _ in range(4)]
+    assert any(not torch.allclose(o, outs[0]) for o in outs[1:])
+    with pytest.raises(ValueError, match="slot_embedding_dropout"):
+        tiny_segcompass_config(slot_embedding_dropout=1.0)
 
 
 def test_centered_selection_keeps_features_that_tell_samples_apart():

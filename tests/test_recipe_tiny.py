@@ -6,6 +6,8 @@ import time
 import pytest
 import torch
 
+from segcompass.training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
+
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.recipes import DEFAULT_MODEL_DIR, TinyRecipeConfig, evaluate_tiny, train_tiny
 
@@ -136,26 +138,29 @@ def test_train_tiny_command_line(tmp_path, capsys):
 def test_joint_training_leaves_the_sae_input_unchanged():
     """Everything below the SAE's hook layer is frozen before joint training, so the pretrained SAE stays faithful;
     the layers above it, and the mask path, still train."""
-    from segcompass.recipes import tiny
+    from segcompass.recipes.tiny import build, data, stages
 
     config = TinyRecipeConfig.smoke(num_train=8, joint_steps=3, batch_size=4, probe_weight=0.0)
-    model, processor = tiny.build_tiny_model_and_processor(config)
-    train = tiny._make_split("train", config.num_train, config, "train")
-    batch = tiny._batch_inputs(processor, train[:4], completions=True, append_slots=True)
+    model, processor = build.build_tiny_model_and_processor(config)
+    train = data.make_split("train", config.num_train, config, "train")
+    batch = data.batch_inputs(processor, train[:4], completions=True, append_slots=True)
 
     def states():
         model.eval()
         with torch.no_grad():
             out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 output_hidden_states=True, **tiny._backbone_kwargs(batch))
+                                 output_hidden_states=True, **data.backbone_kwargs(batch))
         return out.hidden_states[config.hook_layer].clone(), out.hidden_states[-1].clone()
 
     hook_before, top_before = states()
     decoder_before = [p.detach().clone() for p in model.mask_decoder.parameters()]
-    assert tiny._freeze_below_hook(model, config.hook_layer) > 0
-    tiny._joint(model, processor, train, config, torch.Generator().manual_seed(0))
+    assert freeze_backbone_through_hook_layer(model) > 0
+    train_token_embedding_rows(model)
+    stages.joint_training(model, processor, train, config, torch.Generator().manual_seed(0))
     hook_after, top_after = states()
-    torch.testing.assert_close(hook_after, hook_before, rtol=0, atol=0)
+    k = config.num_slots  # the slot tokens' own rows train, so only their positions may move
+    torch.testing.assert_close(hook_after[:, :-k], hook_before[:, :-k], rtol=0, atol=0)
+    assert not torch.equal(hook_after[:, -k:], hook_before[:, -k:])
     assert not torch.allclose(top_after, top_before)
     assert any(not torch.equal(p, q) for p, q in zip(model.mask_decoder.parameters(), decoder_before))
 

@@ -35,7 +35,14 @@ class SegCompassConfig(PreTrainedConfig):
             template's) do not crowd out the ones that tell samples apart. Measured on the tiny model with
             ``"pooled"``: the top-5 concepts of 51 test samples came from 32 features, four in almost every answer.
         concept_value_embedding (`str`): how h_j enters a concept token. ``"scale"``: h_j · C[j] (the paper's form;
-            the pre-norm encoder's LayerNorm then erases h_j); ``"log"`` (default): C[j] + MLP(log(1 + h_j)).
+            the pre-norm encoder's LayerNorm then erases h_j); ``"log"`` (default): C[j] + MLP([log(1 + h_j),
+            log(1 + d_j)]) with d_j the tokens between the feature's last activation and the end of the sequence.
+        concept_window (`int`, *optional*): pool the concepts over the last ``concept_window`` valid tokens only
+            (the end of the reasoning, where it states its answer, and the slot tokens); ``None`` (default): over
+            prompt + reasoning, as in the paper.
+        slot_embedding_dropout (`float`): in training mode, the probability of replacing a slot embedding e_k by
+            zeros before Q_k = MLP([e_k ; r_k]) (default 0: the paper). The last-layer e_k sees the whole sequence
+            and a slot mapper trained without it learns to ignore r_k; dropping e_k makes it use the concepts.
         codebook_dim (`int`): d_c, width of codebook entries and concept representations (paper: 512).
         concept_encoder_layers / concept_encoder_heads / concept_encoder_ffn_dim: the Transformer encoder blocks
             over [K slot queries ; N concept tokens].
@@ -65,6 +72,8 @@ class SegCompassConfig(PreTrainedConfig):
     concept_pooling: str = "max"
     concept_selection: str = "centered"
     concept_value_embedding: str = "log"
+    slot_embedding_dropout: float = 0.0
+    concept_window: int | None = None
     codebook_dim: int = 512
     concept_encoder_layers: int = 2
     concept_encoder_heads: int = 8
@@ -104,6 +113,10 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(f"`concept_threshold` (τ) must be >= 0, got {self.concept_threshold}.")
         if self.concept_pooling not in POOLINGS:
             raise ValueError(f"`concept_pooling` must be one of {list(POOLINGS)}, got {self.concept_pooling!r}.")
+        if self.concept_window is not None and self.concept_window < 1:
+            raise ValueError(f"`concept_window` must be None or >= 1 tokens, got {self.concept_window}.")
+        if not 0.0 <= self.slot_embedding_dropout < 1.0:
+            raise ValueError(f"`slot_embedding_dropout` must be in [0, 1), got {self.slot_embedding_dropout}.")
         if self.concept_selection not in CONCEPT_SELECTIONS:
             raise ValueError(
                 f"`concept_selection` must be one of {list(CONCEPT_SELECTIONS)}, got {self.concept_selection!r}."

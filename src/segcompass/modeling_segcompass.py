@@ -23,7 +23,7 @@ from transformers.models.sam.modeling_sam import SamPositionalEmbedding
 from transformers.utils import ModelOutput
 
 from .configuration_segcompass import SegCompassConfig
-from .modules.concept_interface import SparseConceptInterface
+from .modules.concept_interface import SparseConceptInterface, last_activation_distance
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.slot_mapper import SlotMapper
 from .postprocess import masks_to_original_size
@@ -271,14 +271,23 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
 
         interface = self.concept_interface
         centered = self.config.concept_selection == "centered"
+        concept_mask = attention_mask
+        if self.config.concept_window is not None:  # only the last W valid tokens: the end of the reasoning
+            from_end = attention_mask.flip(1).cumsum(1).flip(1)  # (B, T) valid tokens at or after t
+            concept_mask = attention_mask * (from_end <= self.config.concept_window)
         concepts = self.sae.pooled_concepts(
-            hook_states, attention_mask, threshold=self.config.concept_threshold, top_n=self.config.max_concepts,
+            hook_states, concept_mask, threshold=self.config.concept_threshold, top_n=self.config.max_concepts,
             pooling=self.config.concept_pooling,
             baseline=interface.baseline if centered and int(interface.baseline_batches) > 0 else None,
         )  # indices/values/mask (B, N), token_activations (B, T, N), pooled (B, d_sae)
         if centered and self.training:
             interface.update_baseline(concepts.pooled)
-        concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask)
+        distances = last_activation_distance(concepts.token_activations, attention_mask)  # (B, N)
+        concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask, distances)
+        if self.training and self.config.slot_embedding_dropout > 0:
+            # drop whole e_k vectors so the slot mapper cannot ignore the concept representations r_k
+            keep = torch.rand(slot_embeddings.shape[:2], device=slot_embeddings.device) >= self.config.slot_embedding_dropout
+            slot_embeddings = slot_embeddings * keep.unsqueeze(-1).to(slot_embeddings.dtype)  # (B, K, D)
         key_positions = None
         if self.config.slot_mapper_positional_keys:
             height, width = image_embeddings.shape[-2:]

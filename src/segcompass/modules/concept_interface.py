@@ -11,8 +11,10 @@ How h_j enters a concept token (``value_embedding``):
 - ``"scale"``: ``h_j · C[j]``, the paper's literal form. The encoder blocks are pre-norm and
   LayerNorm(h_j · C[j]) = LayerNorm(C[j]) for h_j > 0, so the activation values never reach r_k (measured: setting
   every h_j to 1 changes r_k by 2e-6 relative). Kept for converted checkpoints.
-- ``"log"`` (default): ``C[j] + MLP(log(1 + h_j))``: an additive value embedding that survives normalisation, so
-  how strongly a concept fired matters, not only which concepts fired.
+- ``"log"`` (default): ``C[j] + MLP([log(1 + h_j), log(1 + d_j)])``: an additive value embedding that survives
+  normalisation, so how strongly a concept fired matters, not only which concepts fired. ``d_j`` is how many tokens
+  before the end of the sequence the feature last fired (0 when not given): a reasoning chain ends with its answer,
+  so recency tells the answer's concepts from the candidates named on the way.
 
 Which features are kept (``baseline``): the SAE ranks features by pooled activation; with a per-feature baseline
 (the running mean of each feature's pooled activation over training batches, a buffer of this module) it ranks by
@@ -75,7 +77,7 @@ class SparseConceptInterface(nn.Module):
         self.codebook = nn.Embedding(d_sae, codebook_dim)  # C: (d_sae, d_c)
         self.value_embedding = value_embedding
         if value_embedding == "log":
-            self.value_proj = nn.Sequential(nn.Linear(1, codebook_dim), nn.GELU(), nn.Linear(codebook_dim, codebook_dim))
+            self.value_proj = nn.Sequential(nn.Linear(2, codebook_dim), nn.GELU(), nn.Linear(codebook_dim, codebook_dim))
         self.slot_queries = nn.Parameter(torch.zeros(num_slots, codebook_dim))  # (K, d_c)
         self.layers = nn.ModuleList(
             ConceptEncoderLayer(codebook_dim, num_heads, ffn_dim) for _ in range(num_layers)
@@ -93,29 +95,37 @@ class SparseConceptInterface(nn.Module):
         self.baseline.lerp_(pooled.float().mean(0).to(self.baseline), momentum)
         self.baseline_batches += 1
 
-    def concept_tokens(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Concept tokens of the kept features (sparse row gather): (B, N), (B, N) -> (B, N, d_c)."""
+    def concept_tokens(self, indices: torch.Tensor, values: torch.Tensor,
+                       distances: torch.Tensor | None = None) -> torch.Tensor:
+        """Concept tokens of the kept features (sparse row gather): (B, N), (B, N)[, (B, N)] -> (B, N, d_c)."""
         rows = self.codebook(indices)  # (B, N, d_c)
         values = values.unsqueeze(-1).to(rows.dtype)  # (B, N, 1)
         if self.value_embedding == "scale":
             return values * rows
-        return rows + self.value_proj(torch.log1p(values.clamp_min(0)))
+        if distances is None:
+            distances = torch.zeros_like(values)
+        else:
+            distances = distances.unsqueeze(-1).to(rows.dtype)  # (B, N, 1)
+        features = torch.cat([torch.log1p(values.clamp_min(0)), torch.log1p(distances.clamp_min(0))], -1)  # (B, N, 2)
+        return rows + self.value_proj(features)
 
     def forward(
-        self, indices: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, indices: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, distances: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             indices (`torch.LongTensor` of shape `(B, N)`): SAE feature indices j.
             values (`torch.FloatTensor` of shape `(B, N)`): pooled activations h_j.
             mask (`torch.BoolTensor` of shape `(B, N)`): False for padding entries.
+            distances (`torch.FloatTensor` of shape `(B, N)`, *optional*): tokens between each feature's last
+                activation and the end of the sequence (``"log"`` value embedding only).
 
         Returns:
             concept_slots (`(B, K, d_c)`): r_k; provenance (`(B, K, N)`): last block's attention of each slot over
             the concept tokens (0 on padding).
         """
         batch, num_slots = indices.shape[0], self.num_slots
-        tokens = self.concept_tokens(indices, values)  # (B, N, d_c)
+        tokens = self.concept_tokens(indices, values, distances)  # (B, N, d_c)
         slots = self.slot_queries.unsqueeze(0).expand(batch, -1, -1)  # (B, K, d_c)
         x = torch.cat([slots, tokens], dim=1)  # (B, K + N, d_c)
         padding = torch.cat([mask.new_zeros(batch, num_slots), ~mask.bool()], dim=1)  # (B, K + N)
@@ -124,3 +134,21 @@ class SparseConceptInterface(nn.Module):
             x, weights = layer(x, padding)
         provenance = weights[:, :num_slots, num_slots:]  # (B, K, N)
         return self.norm(x[:, :num_slots]), provenance
+
+
+def last_activation_distance(token_activations: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens between each kept feature's last activation and the sequence's last valid token.
+
+    Args:
+        token_activations (`(B, T, N)`): per-token activations of the kept features (0 where inactive).
+        attention_mask (`(B, T)`): 1 for valid tokens.
+
+    Returns:
+        `(B, N)` float distances (0 for a feature that last fired on the final token; padding entries 0).
+    """
+    num_tokens = token_activations.shape[1]
+    positions = torch.arange(num_tokens, device=token_activations.device)  # (T,)
+    active = token_activations.detach() > 0  # (B, T, N)
+    last = torch.where(active, positions[None, :, None], -1).amax(1)  # (B, N)
+    end = torch.where(attention_mask.bool(), positions[None], -1).amax(1, keepdim=True)  # (B, 1)
+    return torch.where(last >= 0, end - last, 0).float()

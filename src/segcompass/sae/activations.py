@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..utils.io import write_json_atomic
 from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -137,12 +138,6 @@ def read_manifest(directory) -> dict | None:
         raise ValueError(f"{path} is corrupt ({err}); delete the cache directory and cache again.") from err
 
 
-def _write_atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
-
 def _default_format(processor, text: str, has_image: bool) -> str:
     """The text to encode for one sample: the chat template with an image slot when images are used."""
     if has_image:
@@ -224,7 +219,7 @@ def cache_activations(
         os.replace(tmp, output / name)
         manifest["shards"].append(name)
         manifest["rows_done"] += rows_in_buffer
-        _write_atomic_json(output / MANIFEST, manifest)
+        write_json_atomic(output / MANIFEST, manifest)
         buffer_acts, buffer_lengths, rows_in_buffer = [], [], 0
 
     start = manifest["rows_done"]
@@ -254,7 +249,7 @@ def cache_activations(
     flush()
     progress.close()
     manifest["complete"] = True
-    _write_atomic_json(output / MANIFEST, manifest)
+    write_json_atomic(output / MANIFEST, manifest)
     logger.info("Cached %d rows of hidden_states[%d] into %s (%d shards).", manifest["rows_done"], hook_layer,
                 output, len(manifest["shards"]))
     return output

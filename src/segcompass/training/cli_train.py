@@ -52,6 +52,10 @@ class TrainArguments:
     instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
     sft_steps: int = field(default=0, metadata={"help": "Supervised warm-up steps before GRPO (format + seg losses)."})
     sft_batch_size: int = field(default=2, metadata={"help": "Rows per supervised warm-up step."})
+    sft_generated_share: float = field(
+        default=0.0, metadata={"help": "Share of each warm-up batch whose mask path sees the model's own generated "
+                                       "reasoning (no LM loss on those rows)."}
+    )
     sft_learning_rate: float | None = field(
         default=None, metadata={"help": "Warm-up base learning rate (default: --learning_rate); multipliers apply."}
     )
@@ -168,7 +172,8 @@ def train_command(argv: list[str]) -> int:
         history = trainer.supervised_warmup(
             raw, num_steps=cli.sft_steps, batch_size=cli.sft_batch_size,
             learning_rate=cli.sft_learning_rate if cli.sft_learning_rate is not None else args.learning_rate,
-            seed=args.seed,
+            seed=args.seed, generated_share=cli.sft_generated_share,
+            max_new_tokens=args.max_completion_length or 256,
         )
         first, last = history[0], history[-1]
         print(f"warm-up: {len(history)} steps, loss {first['loss']:.4g} -> {last['loss']:.4g} "

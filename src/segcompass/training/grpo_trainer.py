@@ -937,6 +937,7 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         kwargs.setdefault("lambda_dice", self.args.lambda_dice)
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         kwargs.setdefault("max_grad_norm", self.args.max_grad_norm)
+        kwargs.setdefault("train_vision_encoder", not self.args.freeze_vision_encoder)
         history = supervised_warmup(self.segcompass, self.processing_class,
                                     dataset if dataset is not None else self.train_dataset, num_steps=num_steps,
                                     **kwargs)

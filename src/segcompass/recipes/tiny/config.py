@@ -1,0 +1,135 @@
+"""The tiny recipe's settings: :class:`TinyRecipeConfig` (defaults = the shipped model) and where it ships."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+THINK_TOKENS = ("<think>", "</think>")
+
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "default_model"
+"""Where the shipped ``segcompass-tiny-synthetic`` checkpoint lives inside the package."""
+
+
+@dataclass
+class TinyRecipeConfig:
+    """Sizes, data and schedule of the tiny recipe (defaults: the shipped ``segcompass-tiny-synthetic`` model).
+
+    Architecture:
+        image_size: side S of the synthetic images (and of the SAM frame).
+        num_slots: K concentration tokens / heatmaps / masks per sample.
+        text_hidden_size, text_layers, text_heads, text_kv_heads, text_intermediate_size: the Qwen2 text model.
+        vision_hidden_size, vision_depth: the Qwen2.5-VL ViT; ``backbone_image_side`` is the side the backbone
+            image processor resizes to (``(side / 28) ** 2`` image tokens).
+        sam_hidden_size, sam_layers, sam_patch_size, sam_mlp_dim: the SAM ViT (``image_size / sam_patch_size``
+            grid, masks on a 4x finer grid); the mask decoder has the same width.
+        sae_expansion: d_sae = sae_expansion * text_hidden_size; hook_layer: L (index into hidden_states).
+        codebook_dim, max_concepts, concept_layers: concept interface width, N and encoder depth.
+        slot_embedding_dropout, concept_window: ``SegCompassConfig`` options of the concept path.
+    Data:
+        num_train, num_validation, num_test: synthetic samples per split (base seed ``data_seed``).
+    Schedule:
+        batch_size, lm_warmup_steps, sae_sequences, sae_epochs, joint_steps, grpo_steps, learning_rate.
+        vision_pretrain_steps: steps (batch ``2 * batch_size``) of dense colour / kind / size classification from
+            the SAM image embedding before anything else (the from-scratch SAM encoder learns what the slot queries
+            ask for); probe_weight: weight of the same auxiliary loss during joint training (the probe is
+            discarded, never saved). probe_kind_weight, probe_pos_weight: the backbone token probe's weight on its
+            kind outputs and on positives (see ``TokenProbe``); scene_probe_kind_weight: the SAM probe's weight on its
+            kind map (see ``SceneProbe``). Measured on 500-step probe runs: kind F1 of the ViT's tokens 0.05 -> 0.40
+            with 8 / 8; per-pixel kind accuracy of the SAM encoder after 200 steps 0.22 -> 0.29 with 4.
+        lambda_conf: λ_c of :func:`~segcompass.training.losses.segmentation_losses` (paper 0.2; higher calibrates
+            the slot confidences faster in a short run).
+        generated_share, generated_pool: during joint training, each sample among the first ``generated_pool``
+            training samples is, with probability ``generated_share``, fed to the mask path with the model's own
+            greedy reasoning (generated once after the LM warm-up, no LM loss on it) instead of the reference, so
+            the mask path learns from what it sees at inference.
+        sae_l1_ratio: the SAE's L1 coefficient as a fraction of the RMS norm of the centred activations.
+    Evaluation:
+        eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation).
+    """
+
+    image_size: int = 96
+    num_slots: int = 4
+    text_hidden_size: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate_size: int = 384
+    vision_hidden_size: int = 96
+    vision_depth: int = 2
+    backbone_image_side: int = 168
+    sam_hidden_size: int = 64
+    sam_layers: int = 3
+    sam_patch_size: int = 8
+    sam_mlp_dim: int = 128
+    sae_expansion: int = 8
+    hook_layer: int = 2
+    codebook_dim: int = 64
+    max_concepts: int = 64
+    concept_layers: int = 2
+    slot_embedding_dropout: float = 0.0
+    concept_window: int | None = None
+    num_train: int = 16000
+    num_validation: int = 96
+    num_test: int = 200
+    data_seed: int = 0
+    batch_size: int = 16
+    lm_warmup_steps: int = 6000
+    sae_sequences: int = 768
+    sae_epochs: int = 6
+    sae_l1_ratio: float = 0.08
+    joint_steps: int = 3000
+    vision_pretrain_steps: int = 1000
+    backbone_vision_pretrain_steps: int = 2000
+    probe_weight: float = 0.5
+    probe_kind_weight: float = 8.0
+    probe_pos_weight: float = 8.0
+    scene_probe_kind_weight: float = 4.0
+    lambda_conf: float = 0.5
+    grpo_steps: int = 16
+    learning_rate: float = 1e-3
+    lm_loss_weight: float = 1.0
+    generated_share: float = 0.2
+    generated_pool: int = 2048
+    eval_batch_size: int = 32
+    max_new_tokens: int = 100
+    thresholds: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
+
+    def __post_init__(self):
+        if self.image_size % self.sam_patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} must be a multiple of sam_patch_size={self.sam_patch_size} "
+                "(the SAM grid must be whole); e.g. image_size=96 with sam_patch_size=8."
+            )
+        if self.backbone_image_side % 28:
+            raise ValueError(
+                f"backbone_image_side={self.backbone_image_side} must be a multiple of 28 (Qwen2.5-VL patch 14 x "
+                "merge 2); e.g. 112."
+            )
+        if (self.text_hidden_size // self.text_heads) % 4:
+            raise ValueError(
+                f"text head dim {self.text_hidden_size // self.text_heads} must be a multiple of 4 for M-RoPE; "
+                "change text_hidden_size or text_heads."
+            )
+        if not 1 <= self.hook_layer <= self.text_layers:
+            raise ValueError(f"hook_layer={self.hook_layer} must be in 1..text_layers={self.text_layers}.")
+        if self.num_slots < 1:
+            raise ValueError(f"num_slots={self.num_slots} must be >= 1.")
+        for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+
+    @classmethod
+    def smoke(cls, **overrides) -> TinyRecipeConfig:
+        """Tiny sizes and a handful of steps: exercises every stage in well under 3 minutes on 2 CPU cores."""
+        kwargs = dict(
+            image_size=64, num_slots=3, text_hidden_size=64, text_layers=2, text_intermediate_size=128,
+            vision_hidden_size=32, vision_depth=1, backbone_image_side=56, sam_hidden_size=32, sam_layers=1,
+            sam_mlp_dim=64, hook_layer=1, codebook_dim=32, max_concepts=32, num_train=48, num_validation=8,
+            num_test=8, batch_size=8, lm_warmup_steps=6, sae_sequences=32, sae_epochs=1, joint_steps=6,
+            grpo_steps=2, vision_pretrain_steps=4, backbone_vision_pretrain_steps=4, eval_batch_size=8,
+            max_new_tokens=24, thresholds=(0.3, 0.5), concept_layers=1, generated_pool=8, generated_share=0.5,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)

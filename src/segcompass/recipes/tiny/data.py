@@ -1,0 +1,230 @@
+"""The recipe's samples (synthetic scenes with dense labels), the auxiliary vision probes, batching and schedules.
+
+Dimension glossary: B batch, T tokens, K slots, m mask grid side, S synthetic image side, D text hidden size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import TinyRecipeConfig
+from .distributed import quiet_rank
+
+
+@dataclass
+class Sample:
+    image: Any  # PIL image (S, S)
+    instruction: str
+    completion: str
+    masks: np.ndarray  # (G, S, S) bool
+    family: str
+    sample_id: str
+    labels: np.ndarray | None = None  # (3, S, S) int64: colour / kind / size class of every pixel (0 = background)
+    centres: list | None = None  # per shape: (x, y, colour, kind, size) of its visible centroid, classes from 0
+
+    @property
+    def no_target(self) -> bool:
+        return self.masks.shape[0] == 0
+
+
+def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str) -> list[Sample]:
+    from ...data.synthetic import SyntheticConfig, generate_example, reference_completion, sample_seed
+    from ...utils.masks import decode_rle
+
+    synth = SyntheticConfig(image_size=config.image_size)
+    samples = []
+    for index in tqdm(range(num), desc=desc, unit="sample", leave=False, disable=quiet_rank()):
+        example = generate_example(sample_seed(split, index, config.data_seed, synth), synth, split=split)
+        row = example.row
+        masks = [decode_rle(rle).astype(bool) for rle in row["masks"]]
+        stacked = np.stack(masks) if masks else np.zeros((0, config.image_size, config.image_size), dtype=bool)
+        samples.append(Sample(row["image"], row["instruction"], reference_completion(row), stacked,
+                               example.task.family, row["sample_id"], scene_labels(example.scene, config.image_size),
+                               scene_centres(example.scene)))
+    return samples
+
+
+def scene_labels(scene, size: int) -> np.ndarray:
+    """Dense colour / kind / size class maps of every shape in a scene: (3, S, S) int64, 0 = background."""
+    from ...data.synthetic import COLOURS, KINDS, SIZES
+
+    labels = np.zeros((3, size, size), dtype=np.int64)
+    for shape in scene.shapes:  # instance masks are the visible pixels and pairwise disjoint
+        labels[0][shape.mask] = list(COLOURS).index(shape.colour) + 1
+        labels[1][shape.mask] = list(KINDS).index(shape.kind) + 1
+        labels[2][shape.mask] = list(SIZES).index(shape.size) + 1
+    return labels
+
+
+def scene_centres(scene) -> list[tuple[float, float, int, int, int]]:
+    """(x, y, colour, kind, size) of every visible shape: its visible centroid and class indices (from 0)."""
+    from ...data.synthetic import COLOURS, KINDS, SIZES
+
+    return [(float(shape.centroid[0]), float(shape.centroid[1]), list(COLOURS).index(shape.colour),
+             list(KINDS).index(shape.kind), list(SIZES).index(shape.size)) for shape in scene.shapes if shape.area > 0]
+
+
+class SceneProbe(torch.nn.Module):
+    """Auxiliary dense head on the SAM image embedding (training only, not saved): per-pixel colour, kind and size
+    classes on the m × m mask grid. It gives the from-scratch SAM encoder a dense signal so its image keys encode
+    what the slot queries ask for."""
+
+    def __init__(self, channels: int, upscale: int = 4, kind_weight: float = 1.0):
+        """``kind_weight`` multiplies the kind map's loss (kinds are learnt last; colours first)."""
+        super().__init__()
+        from ...data.synthetic import COLOURS, KINDS, SIZES
+
+        self.sizes = (len(COLOURS) + 1, len(KINDS) + 1, len(SIZES) + 1)
+        self.weights = (1.0, float(kind_weight), 1.0)
+        self.upscale = upscale
+        self.head = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 3, padding=1), torch.nn.GELU(),
+            torch.nn.Conv2d(channels, sum(self.sizes), 1),
+        )
+
+    def loss(self, image_embeddings: torch.Tensor, samples: list[Sample], letterbox_size: int) -> torch.Tensor:
+        """image_embeddings (B, C, h, w) -> mean cross-entropy of the three class maps on the (4h, 4w) grid."""
+        up = torch.nn.functional.interpolate(image_embeddings, scale_factor=self.upscale, mode="bilinear",
+                                             align_corners=False)
+        logits = self.head(up)  # (B, sum(sizes), m, m)
+        grid = logits.shape[-1]
+        targets = torch.from_numpy(np.stack([labels_on_grid(s.labels, grid, letterbox_size) for s in samples]))
+        total = logits.new_zeros(())
+        for part, target, weight in zip(logits.split(self.sizes, dim=1), targets.unbind(1), self.weights):
+            total = total + weight * torch.nn.functional.cross_entropy(part, target)
+        return total / sum(self.weights)
+
+
+class TokenProbe(torch.nn.Module):
+    """Auxiliary multi-label head on the backbone's merged image tokens (training only, not saved): which colours,
+    kinds, sizes and colour-kind pairs are visible in each token's image cell, and which third of the image (row and
+    column, the synthetic instructions' "top" / "left" / ...) the cell is in; and, for the cell holding a shape's
+    visible centroid, that shape's colour, kind, size and pair (one token per shape must say what the shape is as a
+    whole: a cell that sees only part of an outline cannot tell a circle from a diamond). It gives the from-scratch ViT a dense
+    signal, so the image tokens the LM reads already say what is where: Qwen2.5-VL's ViT and LM only have relative
+    (rotary) positions, and a tiny LM does not learn absolute image positions from those in a short run."""
+
+    def __init__(self, dim: int, kind_weight: float = 1.0, pos_weight: float = 1.0):
+        """``kind_weight`` multiplies the loss of the kind and colour-kind outputs; ``pos_weight`` the positives of
+        every output (BCE ``pos_weight``: labels are sparse, an all-negative probe is otherwise a cheap optimum)."""
+        super().__init__()
+        from ...data.synthetic import COLOURS, KINDS, SIZES
+
+        self.counts = (len(COLOURS), len(KINDS), len(SIZES))
+        self.attributes = sum(self.counts) + len(COLOURS) * len(KINDS)
+        outputs = 2 * self.attributes + 6  # visible attributes, row third, column third, centred shape
+        self.head = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, outputs))
+        colours, kinds, _ = self.counts
+        weight = torch.ones(outputs)  # kinds are what a small ViT learns last: weigh them up
+        for offset in (0, self.attributes + 6):
+            weight[offset + colours:offset + colours + kinds] = kind_weight
+            weight[offset + sum(self.counts):offset + self.attributes] = kind_weight  # colour-kind pairs
+        self.register_buffer("output_weight", weight, persistent=False)
+        self.register_buffer("pos_weight", torch.full((outputs,), float(pos_weight)), persistent=False)
+
+    def targets(self, labels: np.ndarray, grid: int, centres: list | None = None) -> torch.Tensor:
+        """(3, S, S) class maps (+ shape centres) -> (grid * grid, outputs) multi-hot, cells in raster order (as
+        Qwen's tokens)."""
+        colours, kinds, sizes = self.counts
+        size = labels.shape[-1]
+        edges = np.linspace(0, size, grid + 1).round().astype(int)
+        rows = []
+        for r in range(grid):
+            for c in range(grid):
+                cell = labels[:, edges[r]:edges[r + 1], edges[c]:edges[c + 1]].reshape(3, -1)
+                target = np.zeros(2 * self.attributes + 6, dtype=np.float32)
+                target[self.attributes + min(2, 3 * r // grid)] = 1.0  # the cell's row third (from its index)
+                target[self.attributes + 3 + min(2, 3 * c // grid)] = 1.0  # the cell's column third
+                on = cell[0] > 0
+                if on.sum() >= 3:
+                    for value, offset in ((cell[0], 0), (cell[1], colours), (cell[2], colours + kinds)):
+                        ids, n = np.unique(value[on], return_counts=True)
+                        target[offset + ids[n >= 3] - 1] = 1.0
+                    pairs, n = np.unique((cell[0][on] - 1) * kinds + cell[1][on] - 1, return_counts=True)
+                    target[sum(self.counts) + pairs[n >= 3]] = 1.0
+                rows.append(target)
+        centre = self.attributes + 6
+        for x, y, colour, kind, shape_size in centres or []:
+            cell = min(grid - 1, int(y * grid / size)) * grid + min(grid - 1, int(x * grid / size))
+            for index in (colour, colours + kind, colours + kinds + shape_size,
+                          sum(self.counts) + colour * kinds + kind):
+                rows[cell][centre + index] = 1.0
+        return torch.from_numpy(np.stack(rows))
+
+    def loss(self, features: list[torch.Tensor], samples: list[Sample]) -> torch.Tensor:
+        """BCE of the probe on the merged image tokens of one image per sample: B × (g*g, D)."""
+        logits = self.head(torch.cat(features))  # (B*g*g, outputs)
+        grids = [int(math.isqrt(int(f.shape[0]))) for f in features]
+        targets = torch.cat([self.targets(s.labels, g, s.centres) for s, g in zip(samples, grids)])
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, weight=self.output_weight, pos_weight=self.pos_weight)
+
+
+def labels_on_grid(labels: np.ndarray, grid: int, frame: int) -> np.ndarray:
+    """(3, S, S) class maps -> (3, grid, grid) by nearest sampling in SAM's letterboxed frame (square images)."""
+    size = labels.shape[-1]
+    scale = size / frame  # the image fills the square frame (longest side = frame)
+    centres = ((np.arange(grid) + 0.5) * frame / grid * scale).astype(np.int64).clip(0, size - 1)
+    return labels[:, centres][:, :, centres]
+
+
+def batch_inputs(processor, samples: list[Sample], *, completions: bool, append_slots: bool,
+                  generated: list[str | None] | None = None) -> dict:
+    """Processor inputs for a list of samples (left-padded), with LM labels on the completion tokens.
+    ``generated[b]`` (when not None) replaces sample b's reference completion and gets no LM labels."""
+    generated = generated or [None] * len(samples)
+    texts = [s.completion if g is None else g for s, g in zip(samples, generated)]
+    enc = processor(
+        [s.image for s in samples], [s.instruction for s in samples],
+        completions=texts if completions else None, append_slots=append_slots,
+    )
+    batch = dict(enc)
+    batch.pop("missing_ref_pos", None)
+    if completions:
+        tokenizer, num_slots = processor.tokenizer, processor.num_slots if append_slots else 0
+        labels = torch.full_like(batch["input_ids"], -100)
+        width = batch["input_ids"].shape[1]
+        for b, sample in enumerate(samples):
+            if generated[b] is not None:
+                continue
+            n = len(tokenizer(sample.completion, add_special_tokens=False).input_ids)
+            end = width - num_slots
+            labels[b, end - n:end] = batch["input_ids"][b, end - n:end]
+        batch["labels"] = labels
+    return batch
+
+
+def backbone_kwargs(batch: dict) -> dict:
+    return {k: batch[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in batch}
+
+
+def gt_on_grid(samples: list[Sample], mask_size: int) -> list[torch.Tensor]:
+    """Ground-truth instances resized into SAM's letterboxed m × m frame: B × (G_b, m, m) floats."""
+    from ...training.losses import resize_masks
+
+    return [resize_masks(torch.from_numpy(s.masks), (mask_size, mask_size), letterbox=True) for s in samples]
+
+
+def index_batches(num: int, batch_size: int, steps: int, generator: torch.Generator):
+    """``steps`` index batches drawn epoch by epoch from a seeded permutation."""
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(num, generator=generator).tolist()
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def cosine_schedule(optimizer, steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,192 @@
+"""Scoring a tiny synthetic-domain checkpoint: in-recipe evaluation (generated and teacher-forced reasoning,
+ablations, per family), threshold tuning, and the evaluation runner on the saved checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...interpret.ablations import ablate
+from ...utils.logging import get_logger
+from .config import TinyRecipeConfig
+from .data import Sample, backbone_kwargs, batch_inputs, make_split
+from .stages import collect_activations
+
+logger = get_logger(__name__)
+
+
+def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor) -> tuple[list, list]:
+    """Per-slot probabilities at the original size: B × (K, S, S) mask booleans and (K,) confidences."""
+    from ...postprocess import masks_to_original_size
+
+    input_size = model.config.sam_config.vision_config.image_size
+    masks, confs = [], []
+    for b in range(len(samples)):
+        m = masks_to_original_size(outputs.mask_logits[b], batch["reshaped_input_sizes"][b],
+                                   batch["original_sizes"][b], input_size) > 0  # (K, S, S)
+        masks.append(m.cpu().numpy())
+        confs.append(outputs.confidence_logits[b].sigmoid().cpu().numpy())
+    return masks, confs
+
+
+def score_records(records: list[tuple[np.ndarray, np.ndarray, Sample]], threshold: float) -> dict:
+    """cIoU / gIoU / N-acc / T-acc of the union of slots with confidence >= threshold (overall + per family)."""
+    from ...metrics import SegmentationMetricAccumulator
+
+    overall = SegmentationMetricAccumulator()
+    families: dict[str, Any] = {}
+    for masks, confs, sample in records:
+        keep = confs >= threshold
+        size = sample.masks.shape[-2:] if sample.masks.size else masks.shape[-2:]
+        prediction = masks[keep].any(0) if keep.any() else np.zeros(size, dtype=bool)
+        reference = list(sample.masks) if not sample.no_target else []
+        for acc in (overall, families.setdefault(sample.family, SegmentationMetricAccumulator())):
+            acc.add(prediction, reference, no_target_prediction=not bool(keep.any()))
+    result = _clean(overall.compute())
+    result["per_family"] = {name: _clean(acc.compute()) for name, acc in sorted(families.items())}
+    return result
+
+
+def _clean(metrics: dict) -> dict:
+    keep = ("ciou", "giou", "n_acc", "t_acc", "pr@0.5", "num_samples", "num_no_target")
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items() if k in keep}
+
+
+@torch.no_grad()
+def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipeConfig, *, seed: int,
+              ablations: bool, desc: str) -> dict:
+    """Generated-reasoning and teacher-forced predictions for every sample (and the ablations)."""
+    model.eval()
+    variants = ["full", "no_concepts", "random_sae"] if ablations else ["full"]
+    records: dict[str, list] = {f"{mode}/{v}": [] for mode in ("generated", "teacher_forced") for v in variants}
+    exact, target_ok, malformed = 0, 0, 0
+    tokenizer = processor.tokenizer
+    for start in tqdm(range(0, len(samples), config.eval_batch_size), desc=desc, unit="batch"):
+        chunk = samples[start:start + config.eval_batch_size]
+        prompts = batch_inputs(processor, chunk, completions=False, append_slots=False)
+        result = model.segment(
+            prompts["input_ids"], prompts["attention_mask"], sam_pixel_values=prompts["sam_pixel_values"],
+            reshaped_input_sizes=prompts["reshaped_input_sizes"], max_new_tokens=config.max_new_tokens,
+            return_heatmaps=False, **backbone_kwargs(prompts),
+        )
+        image_embeddings = result.outputs.image_embeddings
+        malformed += int(result.malformed.sum())
+        for b, sample in enumerate(chunk):
+            reference = tokenizer(sample.completion, add_special_tokens=False).input_ids
+            generated = result.completion_ids[b].tolist()
+            exact += int(generated == reference)
+            target_ok += int(target_part(tokenizer, generated) == target_part(tokenizer, reference))
+        pad = processor.tokenizer.pad_token_id
+        completions = torch.nn.utils.rnn.pad_sequence(result.completion_ids, batch_first=True, padding_value=pad)
+        scoring = model.build_scoring_inputs(  # the same inputs segment() scored, rebuilt for the ablations
+            prompts["input_ids"], prompts["attention_mask"], completions, pad,
+            mm_token_type_ids=prompts.get("mm_token_type_ids"),
+        )
+        teacher = batch_inputs(processor, chunk, completions=True, append_slots=True)
+        for variant in variants:
+            with ablate(model, None if variant == "full" else variant, seed=seed + 12345):
+                if variant == "full":
+                    gen_out = result.outputs
+                else:
+                    gen_out = model(input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"],
+                                    image_embeddings=image_embeddings,
+                                    valid_mask_sizes=processor.valid_mask_sizes(prompts["reshaped_input_sizes"],
+                                                                                model.config.mask_size),
+                                    **backbone_kwargs(prompts | {"mm_token_type_ids": scoring["mm_token_type_ids"]}))
+                tf_out = model(input_ids=teacher["input_ids"], attention_mask=teacher["attention_mask"],
+                               image_embeddings=image_embeddings,
+                               valid_mask_sizes=processor.valid_mask_sizes(teacher["reshaped_input_sizes"],
+                                                                           model.config.mask_size),
+                               **backbone_kwargs(teacher))
+            for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):
+                masks, confs = slot_predictions(out, chunk, prompts, model, processor)
+                records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk))
+    reasoning = {"exact_match": exact / len(samples), "target_match": target_ok / len(samples),
+                 "malformed": malformed / len(samples)}
+    return {"records": records, "reasoning": reasoning}
+
+
+def target_part(tokenizer, ids: list[int]) -> str:
+    """The ``target : ... .`` sentence of a completion (what the mask path must find)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    index = text.rfind("target :")
+    return text[index:].split("</think>")[0].strip() if index >= 0 else ""
+
+
+def tune_threshold(records: list, thresholds) -> tuple[float, dict]:
+    scores = {}
+    for t in thresholds:
+        m = score_records(records, t)
+        scores[t] = (m["ciou"] or 0.0) + (m["giou"] or 0.0)
+    best = max(thresholds, key=lambda t: (scores[t], -abs(t - 0.5)))
+    return float(best), {str(t): round(v / 2, 4) for t, v in scores.items()}
+
+
+def evaluate_tiny(model, processor, *, split: str = "test", num_samples: int = 24, data_seed: int = 0,
+                  threshold: float | None = None, batch_size: int = 24, max_new_tokens: int = 100) -> dict:
+    """Score a synthetic-domain checkpoint on the first ``num_samples`` of a synthetic split with generated reasoning.
+
+    The synthetic image size is the model's SAM input size; the prediction is the union of the slots with
+    confidence >= ``threshold`` (default ``model.config.confidence_threshold``).
+
+    Returns:
+        ``{"ciou", "giou", "n_acc", "t_acc", "pr@0.5", "num_samples", "num_no_target", "per_family", "reasoning"}``.
+    """
+    image_size = model.config.sam_config.vision_config.image_size
+    config = TinyRecipeConfig(image_size=image_size, num_slots=model.config.num_slots, data_seed=data_seed,
+                              eval_batch_size=batch_size, max_new_tokens=max_new_tokens)
+    samples = make_split(split, num_samples, config, f"{split} split")
+    result = evaluate_samples(model, processor, samples, config, seed=0, ablations=False, desc=split)
+    threshold = model.config.confidence_threshold if threshold is None else threshold
+    metrics = score_records(result["records"]["generated/full"], threshold)
+    metrics["reasoning"] = result["reasoning"]
+    return metrics
+
+
+EVALUATE_COMMAND = ("segcompass evaluate --model {model} --dataset synthetic --split test --num-samples {n} "
+                    "--batch-size {batch} --max-new-tokens {tokens} --output-dir {out}")
+
+
+def evaluate_with_runner(checkpoint, config: TinyRecipeConfig, work_dir=None) -> dict:
+    """Score a saved checkpoint with :func:`segcompass.evaluation.evaluate_model` - exactly what
+    ``segcompass evaluate`` runs - on the first ``config.num_test`` synthetic test samples, as is and under the two
+    ablations, so the model card's headline numbers are the evaluation command's output.
+
+    Returns ``{"command": str, "none" | "no_concepts" | "random_sae": {ciou, giou, n_acc, t_acc, pr@0.5,
+    num_samples, num_no_target, num_malformed}}``.
+    """
+    import tempfile
+
+    from ...evaluation import evaluate_model
+
+    checkpoint = Path(checkpoint)
+    keep = ("ciou", "giou", "n_acc", "t_acc", "pr@0.5")
+    results: dict[str, Any] = {"command": EVALUATE_COMMAND.format(
+        model="MODEL", n=config.num_test, batch=config.eval_batch_size, tokens=config.max_new_tokens, out="OUT")
+        + (f" --loader-option seed={config.data_seed}" if config.data_seed else "")}
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        for ablation in ("none", "no_concepts", "random_sae"):
+            loader = {"seed": config.data_seed} if config.data_seed else {}
+            report = evaluate_model(
+                str(checkpoint), "synthetic", "test", output_dir=Path(scratch) / ablation,
+                num_samples=config.num_test, batch_size=config.eval_batch_size,
+                max_new_tokens=config.max_new_tokens, device="cpu", ablation=ablation, **loader,
+            )
+            results[ablation] = {k: report["metrics"][k] for k in keep} | {
+                k: report[k] for k in ("num_samples", "num_no_target", "num_malformed")}
+    logger.info("evaluation runner on %s: %s", checkpoint, results["none"])
+    return results
+
+
+@torch.no_grad()
+def final_sae_fve(model, processor, samples, config) -> float | None:
+    """Held-out FVE of the frozen SAE on the *final* backbone's hidden_states[L] (it drifts during joint training)."""
+    from ...sae.training import evaluate_sae
+
+    acts, _ = collect_activations(model, processor, samples, config)
+    return float(evaluate_sae(model.sae, [acts])["fve"])

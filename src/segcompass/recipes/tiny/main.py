@@ -1,0 +1,224 @@
+"""``train_tiny``: build, train, evaluate and save the tiny model; ``segcompass train-tiny``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
+from ...utils.io import write_json_atomic, write_text_atomic
+from ...utils.logging import get_logger
+from .build import build_tiny_model_and_processor
+from .card import format_metric, render_model_card
+from .config import TinyRecipeConfig
+from .data import SceneProbe, TokenProbe, make_split
+from .distributed import broadcast_from_rank0, rank_and_world
+from .evaluation import evaluate_samples, evaluate_with_runner, final_sae_fve, score_records, tune_threshold
+from .stages import (
+    backbone_vit_pretrain,
+    generate_reasoning_pool,
+    grpo_stage,
+    joint_training,
+    lm_warmup,
+    sam_encoder_pretrain,
+    train_sae,
+)
+
+logger = get_logger(__name__)
+
+
+def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config, overrides) -> None:
+    """One data-parallel process of :func:`train_tiny` (started by ``torch.multiprocessing.spawn``)."""
+    import torch.distributed as dist
+
+    logging.basicConfig(format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("segcompass").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1, **overrides)
+
+
+def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRecipeConfig | None = None,
+               processes: int = 1, **overrides) -> dict:
+    """Train the tiny synthetic-domain SegCompass end to end and write it to ``output_dir``.
+
+    Args:
+        output_dir: where ``config.json``, ``model.safetensors``, the processor files, ``metrics.json`` and the
+            model card ``README.md`` are written (created if needed).
+        smoke: tiny sizes and a few steps (:meth:`TinyRecipeConfig.smoke`), for CI; < 3 min on 2 CPU cores.
+        seed: seeds initialisation, batch order and the random-SAE ablation (the data has its own ``data_seed``).
+        config: a full :class:`TinyRecipeConfig`; ``overrides`` replace its fields (e.g. ``joint_steps=100``).
+        processes: data-parallel processes (one thread each) for the training stages; every rank draws the same
+            batch and takes its share, gradients are averaged (gloo). After joint training rank 0 carries on alone
+            (GRPO, threshold tuning, evaluation, saving). Two processes on two cores beat one process with two
+            threads for a model this small.
+
+    Returns:
+        The metrics dict also written to ``metrics.json``.
+    """
+    if processes > 1:
+        import socket
+
+        import torch.multiprocessing as mp
+
+        with socket.socket() as probe_socket:
+            probe_socket.bind(("127.0.0.1", 0))
+            port = probe_socket.getsockname()[1]
+        mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config, overrides),
+                 nprocs=processes, join=True)
+        return json.loads((Path(output_dir) / "metrics.json").read_text())
+    start = time.perf_counter()
+    base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
+    known = {f.name for f in fields(TinyRecipeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"Unknown recipe option(s) {unknown}; TinyRecipeConfig fields are {sorted(known)}.")
+    config = replace(base, **overrides)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - since, 1)
+        logger.info("stage %s done in %.1f s", name, now - since)
+        return now
+
+    t = time.perf_counter()
+    train = make_split("train", config.num_train, config, "train split")
+    validation = make_split("validation", config.num_validation, config, "validation split")
+    test = make_split("test", config.num_test, config, "test split")
+    t = lap("data", t)
+    model, processor = build_tiny_model_and_processor(config, seed=seed)
+    num_params = sum(p.numel() for p in model.parameters())
+    logger.info("built a %.2f M-parameter model (vocabulary %d)", num_params / 1e6, len(processor.tokenizer))
+    probe = SceneProbe(model.config.sam_config.vision_config.output_channels,
+                       kind_weight=config.scene_probe_kind_weight)
+    vision = sam_encoder_pretrain(model, processor, train, config, probe, generator)
+    t = lap("sam_pretrain", t)
+    token_probe = TokenProbe(model.config.get_text_config().hidden_size, kind_weight=config.probe_kind_weight,
+                             pos_weight=config.probe_pos_weight)
+    backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
+    t = lap("backbone_vit_pretrain", t)
+    lm = lm_warmup(model, processor, train, config, generator, token_probe)
+    t = lap("lm_warmup", t)
+    sae = train_sae(model, processor, train, config, output_dir, seed)
+    broadcast_from_rank0(model, token_probe, probe)  # every rank ran the SAE stage; keep rank 0's
+    freeze_backbone_through_hook_layer(model)
+    train_token_embedding_rows(model)
+    t = lap("sae", t)
+    pool = generate_reasoning_pool(model, processor, train, config)
+    pool_summary = {"samples": len(pool), "exact_match": (
+        sum(text.replace(" ", "") == train[i].completion.replace(" ", "") for i, text in pool.items()) / len(pool)
+        if pool else None)}
+    t = lap("generated_pool", t)
+    joint = joint_training(model, processor, train, config, generator, probe, pool)
+    t = lap("joint", t)
+    rank, world = rank_and_world()
+    processes = world
+    if world > 1:  # the data-parallel part ends here; rank 0 carries on alone
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return {}
+        for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            os.environ.pop(name, None)
+        torch.set_num_threads(world)
+    grpo = grpo_stage(model, processor, train, config, output_dir, seed)
+    t = lap("grpo", t)
+
+    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
+    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds)
+    model.config.confidence_threshold = threshold
+    logger.info("confidence threshold %.2f (validation mean of cIoU and gIoU per threshold: %s)", threshold, sweep)
+    t = lap("validation", t)
+    evaluation = evaluate_samples(model, processor, test, config, seed=seed, ablations=True, desc="test")
+    test_metrics = {name: score_records(recs, threshold) for name, recs in evaluation["records"].items()}
+    t = lap("test", t)
+    sae_fve_final = final_sae_fve(model, processor, validation, config)
+
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    runner = evaluate_with_runner(output_dir, config)
+    t = lap("evaluate_runner", t)
+    metrics = {
+        "recipe": "segcompass.recipes.tiny.train_tiny", "smoke": smoke, "seed": seed,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
+        "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
+        "joint": joint, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "validation_reasoning": val["reasoning"], "test_reasoning": evaluation["reasoning"], "test": test_metrics,
+        "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
+        "model_config": {k: getattr(model.config, k) for k in (
+            "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
+            "confidence_threshold")},
+        "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
+    }
+    write_json_atomic(output_dir / "metrics.json", metrics)
+    write_text_atomic(output_dir / "README.md", render_model_card(metrics))
+    logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
+                time.perf_counter() - start)
+    return metrics
+
+
+def train_tiny_command(argv: list[str] | None = None) -> int:
+    """``segcompass train-tiny OUTPUT_DIR [--smoke] [--seed N] [--set field=value ...]``."""
+    parser = argparse.ArgumentParser(prog="segcompass train-tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", help="where the checkpoint, metrics.json and README.md are written")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CI, < 3 min)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="data-parallel training processes, one thread each (2 on a 2-core machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: these tiny ops are dispatch-bound, and on a shared "
+                             "machine one thread was ~10x faster per step than two)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TinyRecipeConfig field, e.g. --set joint_steps=200")
+    args = parser.parse_args(argv)
+    overrides = {}
+    types = {f.name: f.type for f in fields(TinyRecipeConfig)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in types or not value:
+            parser.error(f"--set {item!r}: use FIELD=VALUE with a TinyRecipeConfig field ({sorted(types)}).")
+        default = getattr(TinyRecipeConfig(), name)
+        try:
+            if isinstance(default, tuple):
+                overrides[name] = tuple(float(v) for v in value.split(","))
+            elif default is None or value.lower() == "none":  # optional ints (e.g. concept_window)
+                overrides[name] = None if value.lower() == "none" else int(value)
+            else:
+                overrides[name] = type(default)(value)
+        except ValueError:
+            parser.error(f"--set {item!r}: {value!r} is not a valid {type(default).__name__} for {name}.")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("segcompass").setLevel(logging.INFO)
+    torch.set_num_threads(max(1, args.threads))
+    metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes, **overrides)
+    full = metrics["test"]["generated/full"]
+    print(f"wrote {args.output_dir}: test cIoU {format_metric(full['ciou'])}, gIoU {format_metric(full['giou'])}, "
+          f"N-acc {format_metric(full['n_acc'])}, T-acc {format_metric(full['t_acc'])} "
+          f"({metrics['timings_s']['total'] / 60:.1f} min)", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_tiny_command())

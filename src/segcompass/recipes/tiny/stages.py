@@ -1,0 +1,311 @@
+"""The recipe's training stages: vision probes, LM warm-up, SAE, generated-reasoning pool, joint training, GRPO."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...utils.logging import get_logger
+from .config import TinyRecipeConfig
+from .data import Sample, TokenProbe, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches
+from .distributed import average_gradients, quiet_rank, rank_and_world, shard
+
+logger = get_logger(__name__)
+
+
+def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
+               token_probe: TokenProbe | None = None) -> dict:
+    """Stage c: next-token loss on the reference completions (backbone only), plus ``probe_weight`` x the token
+    probe's loss on the merged image tokens of the same forward (captured with a hook; no second ViT pass)."""
+    steps = config.lm_warmup_steps
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    captured: list[torch.Tensor] = []
+    handle = None
+    if token_probe is not None and config.probe_weight > 0:
+        params += list(token_probe.parameters())
+        handle = model.backbone.model.visual.register_forward_hook(
+            lambda module, inputs, output: captured.append(output.pooler_output))  # (B*g*g, D) merged tokens
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
+    model.train()
+    losses = []
+    bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc="LM warm-up", unit="step",
+               disable=quiet_rank())
+    for step, indices in enumerate(bar):
+        indices = shard(indices)
+        batch = batch_inputs(processor, [train[i] for i in indices], completions=True, append_slots=False)
+        captured.clear()
+        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"], **backbone_kwargs(batch))
+        loss = out.loss
+        if handle is not None:
+            merge = model.backbone.model.visual.spatial_merge_size
+            sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
+            features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
+            loss = loss + config.probe_weight * token_probe.loss(features, [train[i] for i in indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(out.loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if (step + 1) % 100 == 0:
+            logger.info("LM warm-up step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-100:]))
+    if handle is not None:
+        handle.remove()
+    return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps}
+
+
+@torch.no_grad()
+def collect_activations(model, processor, samples: list[Sample], config: TinyRecipeConfig):
+    """hidden_states[L] of teacher-forced prompt + completion + slots: (n_tokens, D) and per-sequence lengths."""
+    model.eval()
+    acts, lengths = [], []
+    for start in tqdm(range(0, len(samples), config.eval_batch_size), desc="Caching activations", unit="batch",
+                      disable=quiet_rank()):
+        chunk = samples[start:start + config.eval_batch_size]
+        batch = batch_inputs(processor, chunk, completions=True, append_slots=True)
+        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True, return_dict=True, **backbone_kwargs(batch))
+        states = out.hidden_states[config.hook_layer]  # (B, T, D)
+        for b in range(states.shape[0]):
+            valid = batch["attention_mask"][b].bool()
+            acts.append(states[b][valid].float())
+            lengths.append(int(valid.sum()))
+    return torch.cat(acts), torch.tensor(lengths)
+
+
+def train_sae(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
+    """Stage d: ReLU SAE on hidden_states[L]; copies the result into ``model.sae`` (frozen)."""
+    from ...sae import SparseAutoencoder
+    from ...sae.activations import ActivationStore
+    from ...sae.training import SAETrainer, SAETrainingArguments
+
+    acts, lengths = collect_activations(model, processor, train[: config.sae_sequences], config)
+    centred = acts - acts.mean(0)
+    rms = float(centred.pow(2).sum(-1).mean().sqrt())
+    sae_config = copy.deepcopy(model.config.sae_config)
+    sae_config.l1_coefficient = config.sae_l1_ratio * rms
+    torch.manual_seed(seed)
+    sae = SparseAutoencoder(sae_config)
+    sae_dir = work_dir / ("sae" if rank_and_world()[0] == 0 else f"sae-rank{rank_and_world()[0]}")
+    args = SAETrainingArguments(
+        output_dir=str(sae_dir), learning_rate=2e-3, batch_size=16, num_epochs=config.sae_epochs,
+        eval_fraction=0.1, logging_steps=50, seed=seed, resume=False, save_total_limit=1,
+    )
+    metrics = SAETrainer(sae, args, ActivationStore.from_tensor(acts, lengths)).train()
+    model.sae.load_state_dict(sae.state_dict())
+    model.config.sae_config.l1_coefficient = sae_config.l1_coefficient
+    model.sae.config.l1_coefficient = sae_config.l1_coefficient
+    model.sae.requires_grad_(False)
+    shutil.rmtree(sae_dir, ignore_errors=True)
+    result = {k: float(metrics[k]) for k in ("fve", "l0", "mse", "dead_fraction") if k in metrics}
+    result.update(tokens=int(acts.shape[0]), sequences=int(lengths.numel()), d_sae=sae_config.d_sae,
+                  hook_layer=sae_config.hook_layer, l1_coefficient=sae_config.l1_coefficient)
+    logger.info("SAE: FVE %.3f, L0 %.1f (held-out)", result.get("fve", float("nan")), result.get("l0", float("nan")))
+    return result
+
+
+def probe_pretrain(params: list, loss_fn, train: list[Sample], config: TinyRecipeConfig, generator, steps: int,
+                    desc: str) -> dict:
+    """``steps`` AdamW steps (batch ``2 * batch_size``, cosine schedule) on ``loss_fn(samples) -> scalar``."""
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
+    losses = []
+    bar = tqdm(index_batches(len(train), 2 * config.batch_size, steps, generator), total=steps, desc=desc, unit="step",
+               disable=quiet_rank())
+    for indices in bar:
+        loss = loss_fn([train[i] for i in shard(indices)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    logger.info("%s: probe loss %.4f -> %.4f", desc, np.mean(losses[:20]), np.mean(losses[-20:]))
+    return {"steps": steps, "probe_loss": float(np.mean(losses[-20:]))}
+
+
+def sam_encoder_pretrain(model, processor, train: list[Sample], config: TinyRecipeConfig, probe, generator) -> dict:
+    """Stage b': dense colour / kind / size classification from the SAM image embedding (SAM encoder + probe)."""
+    if config.vision_pretrain_steps <= 0:
+        return {"steps": 0}
+    model.vision_encoder.train()
+
+    def loss_fn(chunk: list[Sample]) -> torch.Tensor:
+        pixels = processor.sam_image_processor([s.image for s in chunk], return_tensors="pt")["pixel_values"]
+        return probe.loss(model.get_image_embeddings(pixels), chunk, config.image_size)
+
+    params = list(model.vision_encoder.parameters()) + list(probe.parameters())
+    return probe_pretrain(params, loss_fn, train, config, generator, config.vision_pretrain_steps,
+                           "SAM encoder pretraining")
+
+
+def backbone_vit_pretrain(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
+                              probe: TokenProbe) -> dict:
+    """Stage b'': multi-label probe of the backbone ViT's merged image tokens (what is in each token's cell)."""
+    if config.backbone_vision_pretrain_steps <= 0:
+        return {"steps": 0}
+    model.backbone.train()
+
+    def loss_fn(chunk: list[Sample]) -> torch.Tensor:
+        images = processor.image_processor([s.image for s in chunk], return_tensors="pt")
+        features = model.backbone.get_image_features(images["pixel_values"], images["image_grid_thw"]).pooler_output
+        return probe.loss(features, chunk)  # features: B × (g*g, D)
+
+    params = list(model.backbone.model.visual.parameters()) + list(probe.parameters())
+    return probe_pretrain(params, loss_fn, train, config, generator, config.backbone_vision_pretrain_steps,
+                           "Backbone ViT pretraining")
+
+
+def generate_reasoning_pool(model, processor, train: list[Sample], config: TinyRecipeConfig) -> dict[int, str]:
+    """The model's own greedy reasoning for the first ``generated_pool`` training samples: index -> completion.
+    Each rank generates its share; the pool is gathered on every rank."""
+    from ...training.sft import generate_completions
+
+    count = min(config.generated_pool, len(train)) if config.generated_share > 0 else 0
+    rank, world = rank_and_world()
+    mine: dict[int, str] = {}
+    indices = list(range(rank, count, world))
+    for start in tqdm(range(0, len(indices), config.eval_batch_size), desc="Generating reasoning", unit="batch",
+                      disable=quiet_rank()):
+        chunk = indices[start:start + config.eval_batch_size]
+        rows = [{"image": train[i].image, "instruction": train[i].instruction} for i in chunk]
+        texts = generate_completions(model, processor, rows, max_new_tokens=config.max_new_tokens)
+        mine.update(zip(chunk, texts))
+    if world > 1:
+        import torch.distributed as dist
+
+        parts: list = [None] * world
+        dist.all_gather_object(parts, mine)
+        mine = {k: v for part in parts for k, v in part.items()}
+    exact = sum(mine[i].replace(" ", "") == train[i].completion.replace(" ", "") for i in mine)
+    logger.info("generated reasoning for %d training samples (%.1f %% equal to the reference)", len(mine),
+                100 * exact / max(1, len(mine)))
+    return mine
+
+
+def joint_training(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, probe=None,
+           pool: dict[int, str] | None = None) -> dict:
+    """Stage e: segmentation + confidence losses on teacher-forced completions + slots, plus the LM loss (and the
+    dense probe loss on the SAM embedding when ``probe`` is given). Samples in ``pool`` are fed, with probability
+    ``generated_share``, with the model's own reasoning instead (mask path only)."""
+    from ...training.freezing import row_masked_parameters
+    from ...training.losses import segmentation_losses
+
+    steps, mask_size = config.joint_steps, model.config.mask_size
+    pool = pool or {}
+    row_masked = {f"backbone.{n}" for n in row_masked_parameters(model.backbone)}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone_params = [p for n, p in trainable if n.startswith("backbone.") and n not in row_masked]
+    rows_params = [p for n, p in trainable if n in row_masked]  # slot-token rows: no weight decay on the rest
+    head_params = [p for n, p in trainable if not n.startswith("backbone.")]
+    if probe is not None:
+        head_params += list(probe.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": config.learning_rate * 0.5}, {"params": head_params},
+         {"params": rows_params, "weight_decay": 0.0}],
+        lr=config.learning_rate, weight_decay=0.01,
+    )
+    coin = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
+    model.train()
+    history: list[dict] = []
+    bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc="Joint training",
+               unit="step", disable=quiet_rank())
+    for step, indices in enumerate(bar):
+        draws = torch.rand(len(indices), generator=coin).tolist()  # same draws on every rank
+        generated = [pool.get(i) if u < config.generated_share else None for i, u in zip(indices, draws)]
+        generated, indices = shard(generated), shard(indices)
+        chunk = [train[i] for i in indices]
+        batch = batch_inputs(processor, chunk, completions=True, append_slots=True, generated=generated)
+        valid = processor.valid_mask_sizes(batch["reshaped_input_sizes"], mask_size)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    sam_pixel_values=batch["sam_pixel_values"], valid_mask_sizes=valid, labels=batch["labels"],
+                    **backbone_kwargs(batch))
+        seg = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits,
+                                  gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf)
+        lm = out.loss if bool((batch["labels"] != -100).any()) else out.heatmap_logits.new_zeros(())
+        loss = seg.loss + config.lm_loss_weight * lm
+        probe_loss = None
+        if probe is not None and config.probe_weight > 0:
+            probe_loss = probe.loss(out.image_embeddings, chunk, config.image_size)
+            loss = loss + config.probe_weight * probe_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(backbone_params + rows_params + head_params)
+        torch.nn.utils.clip_grad_norm_(backbone_params + rows_params + head_params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        record = seg.metrics()
+        record["lm"] = lm.item()
+        if probe_loss is not None:
+            record["probe"] = probe_loss.item()
+        history.append(record)
+        recent = history[-20:]
+        bar.set_postfix(seg=f"{np.mean([r['seg'] for r in recent]):.3f}",
+                        lm=f"{np.mean([r['lm'] for r in recent]):.3f}")
+        if (step + 1) % 100 == 0:
+            tail = history[-100:]
+            logger.info("joint step %d/%d: %s", step + 1, steps,
+                        {k: round(float(np.mean([r[k] for r in tail if k in r])), 4) for k in ("seg", "conf", "lm",
+                                                                                               "matched_iou", "probe")
+                         if any(k in r for r in tail)})
+    tail = history[-50:]
+    return {k: float(np.mean([r[k] for r in tail if k in r])) for k in ("seg", "conf", "lm", "matched_iou", "probe")
+            if any(k in r for r in tail)} | {"steps": steps}
+
+
+def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
+    """Stage e': a short GRPO + segmentation-supervision run with :class:`SegCompassGRPOTrainer` (the backbone
+    below the SAE's layer stays frozen, the slot-token rows train). A failure propagates: the recipe never ships a
+    model whose stage silently did not run."""
+    if config.grpo_steps <= 0:
+        return {"status": "skipped", "reason": "grpo_steps=0"}
+    import datasets
+
+    from ...training.grpo_config import SegCompassGRPOConfig
+    from ...training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+    from ...utils.masks import encode_rle
+
+    saved_generation = copy.deepcopy(model.backbone.generation_config)
+    saved_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    batch = 4
+    rows = [{"image": s.image, "instruction": s.instruction, "masks": [encode_rle(m) for m in s.masks],
+             "no_target": s.no_target} for s in train[: max(batch * config.grpo_steps, 8)]]
+    try:
+        dataset = prepare_grpo_dataset(datasets.Dataset.from_list(rows), processor)
+        args = SegCompassGRPOConfig(
+            output_dir=str(work_dir / "grpo"), max_steps=config.grpo_steps, per_device_train_batch_size=batch,
+            num_generations=4, max_completion_length=config.max_new_tokens, learning_rate=1e-5, beta=0.0,
+            report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
+            seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False, gradient_checkpointing=False,
+            freeze_backbone_through_hook_layer=True, train_slot_token_embeddings=True,
+        )
+        trainer = SegCompassGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+        result = trainer.train()
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry]
+        keys = ("loss", "reward", "seg/loss", "seg/rollout_iou", "seg/malformed_ratio")
+        summary = {k: logs[-1][k] for k in keys if logs and k in logs[-1]}
+        report = {"status": "done", "steps": int(result.global_step), "last_log": summary,
+                  "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
+        logger.info("GRPO stage: %s", report)
+    finally:
+        model.backbone.generation_config = saved_generation
+        if getattr(model.backbone, "is_gradient_checkpointing", False):
+            model.backbone.gradient_checkpointing_disable()
+        model.backbone.config.get_text_config().use_cache = True
+        for name, param in model.named_parameters():
+            param.requires_grad_(saved_requires_grad[name])
+        shutil.rmtree(work_dir / "grpo", ignore_errors=True)
+    model.sae.requires_grad_(False)
+    return report
