@@ -75,13 +75,13 @@ class TinyRecipeConfig:
     num_test: int = 200
     data_seed: int = 0
     batch_size: int = 16
-    lm_warmup_steps: int = 6000
+    lm_warmup_steps: int = 4000
     sae_sequences: int = 768
     sae_epochs: int = 6
     sae_l1_ratio: float = 0.08
-    joint_steps: int = 3000
-    vision_pretrain_steps: int = 1000
-    backbone_vision_pretrain_steps: int = 2000
+    joint_steps: int = 2000
+    vision_pretrain_steps: int = 600
+    backbone_vision_pretrain_steps: int = 1500
     probe_weight: float = 0.5
     probe_kind_weight: float = 8.0
     probe_pos_weight: float = 8.0
