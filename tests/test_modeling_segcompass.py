@@ -171,6 +171,32 @@ def test_centered_selection_keeps_features_that_tell_samples_apart():
     assert int(pooled_model.concept_interface.baseline_batches) == 0
 
 
+def test_class_defaults_are_the_papers_concept_path_and_presets_opt_in():
+    """A config.json saved before the concept-path options existed must load as the same model."""
+    from segcompass.presets import CONCEPT_PATH
+
+    plain = SegCompassConfig.from_dict({k: v for k, v in tiny_segcompass_config().to_dict().items()
+                                        if k not in CONCEPT_PATH})
+    assert (plain.concept_selection, plain.concept_value_embedding, plain.slot_mapper_positional_keys) == (
+        "pooled", "scale", False)
+    for name in ("tiny", "qwen2.5-vl-7b", "llava-1.5-7b"):
+        config = SegCompassConfig.from_preset(name)
+        assert {k: getattr(config, k) for k in CONCEPT_PATH} == CONCEPT_PATH, name
+
+
+def test_baseline_ignores_empty_batches_and_random_sae_ablation_restores_it():
+    from segcompass.interpret.ablations import ablate
+
+    model = build(concept_selection="centered")
+    interface = model.concept_interface
+    interface.update_baseline(torch.zeros(0, model.config.sae_config.d_sae))
+    assert int(interface.baseline_batches) == 0 and torch.isfinite(interface.baseline).all()
+    interface.update_baseline(torch.ones(2, model.config.sae_config.d_sae))
+    with ablate(model, "random_sae"):
+        assert int(interface.baseline_batches) == 0  # a random SAE's features have no trained baseline
+    assert int(interface.baseline_batches) == 1 and interface.baseline.eq(1).all()
+
+
 def test_save_reload_and_automodel_give_identical_outputs(tmp_path):
     model = build()
     model.save_pretrained(tmp_path)

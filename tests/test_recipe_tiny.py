@@ -135,6 +135,19 @@ def test_train_tiny_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train-tiny", str(out), "--set", "no_such_field=1"])
     assert "no_such_field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train-tiny", str(out), "--set", "concept_window=many"])
+    assert "concept_window" in capsys.readouterr().err
+    # --evaluate-only re-scores the saved checkpoint with this code and keeps the training record
+    before = metrics
+    (out / "README.md").unlink()
+    assert main(["train-tiny", str(out), "--evaluate-only"]) == 0
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["timings_s"] == before["timings_s"] and after["joint"] == before["joint"]
+    assert after["test"]["generated/full"]["ciou"] == pytest.approx(before["test"]["generated/full"]["ciou"])
+    assert (out / "README.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["train-tiny", str(tmp_path / "nothing"), "--evaluate-only"])
 
 
 def test_joint_training_leaves_the_sae_input_unchanged():

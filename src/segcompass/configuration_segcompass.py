@@ -29,13 +29,13 @@ class SegCompassConfig(PreTrainedConfig):
             (paper eq. 4 uses h != 0, i.e. τ = 0).
         max_concepts (`int`): N, concept tokens kept per sample (top-N by pooled activation).
         concept_pooling (`str`): how a feature's activation is pooled over tokens (``max``, ``mean``, ``sum``).
-        concept_selection (`str`): how the top-N concepts are ranked. ``"pooled"``: by pooled activation (paper
-            eq. 4 as written); ``"centered"`` (default): by pooled activation minus the feature's running mean over
+        concept_selection (`str`): how the top-N concepts are ranked. ``"pooled"`` (class default): by pooled
+            activation (paper eq. 4 as written); ``"centered"`` (every preset): by pooled activation minus the feature's running mean over
             training batches (a buffer updated in training mode), so features that fire in every sample (the prompt
             template's) do not crowd out the ones that tell samples apart. Measured on the tiny model with
             ``"pooled"``: the top-5 concepts of 51 test samples came from 32 features, four in almost every answer.
         concept_value_embedding (`str`): how h_j enters a concept token. ``"scale"``: h_j · C[j] (the paper's form;
-            the pre-norm encoder's LayerNorm then erases h_j); ``"log"`` (default): C[j] + MLP([log(1 + h_j),
+            the pre-norm encoder's LayerNorm then erases h_j; class default); ``"log"`` (every preset): C[j] + MLP([log(1 + h_j),
             log(1 + d_j)]) with d_j the tokens between the feature's last activation and the end of the sequence.
         concept_window (`int`, *optional*): pool the concepts over the last ``concept_window`` valid tokens only
             (the end of the reasoning, where it states its answer, and the slot tokens); ``None`` (default): over
@@ -48,8 +48,11 @@ class SegCompassConfig(PreTrainedConfig):
             over [K slot queries ; N concept tokens].
         slot_mapper_heads / slot_mapper_head_dim: N_h and d_h of the slot mapper's per-head scores (eq. 5).
         slot_mapper_positional_keys (`bool`): add SAM's dense positional embedding to the image keys before W^K
-            (default True), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
-            paper's keys are the SAM image embedding alone (False).
+            (every preset), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
+            paper's keys are the SAM image embedding alone (False, the class default).
+
+    The class defaults are the paper's literal concept path, so a ``config.json`` saved before these options existed
+    loads as the same model; :meth:`from_preset` (and the recipes) use :data:`segcompass.presets.CONCEPT_PATH`.
         confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
@@ -70,8 +73,8 @@ class SegCompassConfig(PreTrainedConfig):
     concept_threshold: float = 0.0
     max_concepts: int = 256
     concept_pooling: str = "max"
-    concept_selection: str = "centered"
-    concept_value_embedding: str = "log"
+    concept_selection: str = "pooled"
+    concept_value_embedding: str = "scale"
     slot_embedding_dropout: float = 0.0
     concept_window: int | None = None
     codebook_dim: int = 512
@@ -80,7 +83,7 @@ class SegCompassConfig(PreTrainedConfig):
     concept_encoder_ffn_dim: int = 2048
     slot_mapper_heads: int = 4
     slot_mapper_head_dim: int = 64
-    slot_mapper_positional_keys: bool = True
+    slot_mapper_positional_keys: bool = False
     confidence_threshold: float = 0.5
     ref_token: str = "<REF_POS>"
     slot_token_template: str = "<SLOT_{}>"

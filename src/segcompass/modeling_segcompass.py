@@ -280,11 +280,11 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             pooling=self.config.concept_pooling,
             baseline=interface.baseline if centered and int(interface.baseline_batches) > 0 else None,
         )  # indices/values/mask (B, N), token_activations (B, T, N), pooled (B, d_sae)
-        if centered and self.training:
+        if centered and interface.training:  # the heads' mode (GRPO switches the heads, not this module)
             interface.update_baseline(concepts.pooled)
-        distances = last_activation_distance(concepts.token_activations, attention_mask)  # (B, N)
+        distances = last_activation_distance(concepts.active, attention_mask)  # (B, N)
         concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask, distances)
-        if self.training and self.config.slot_embedding_dropout > 0:
+        if self.slot_mapper.training and self.config.slot_embedding_dropout > 0:
             # drop whole e_k vectors so the slot mapper cannot ignore the concept representations r_k
             keep = torch.rand(slot_embeddings.shape[:2], device=slot_embeddings.device) >= self.config.slot_embedding_dropout
             slot_embeddings = slot_embeddings * keep.unsqueeze(-1).to(slot_embeddings.dtype)  # (B, K, D)

@@ -17,6 +17,11 @@ SAM_VIT_H = dict(
 )
 
 
+CONCEPT_PATH = dict(concept_selection="centered", concept_value_embedding="log", slot_mapper_positional_keys=True)
+"""The concept-path options every preset uses (``SegCompassConfig``'s class defaults are the paper's literal form,
+whose activation values and selection carry no signal: DESIGN decision 3)."""
+
+
 def _qwen25_vl_7b() -> dict:
     backbone = dict(
         model_type="qwen2_5_vl",
@@ -28,7 +33,7 @@ def _qwen25_vl_7b() -> dict:
                            window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
     )
     return dict(backbone_config=backbone, sae_config=dict(d_in=3584, d_sae=65536, hook_layer=13),
-                sam_config=SAM_VIT_H)
+                sam_config=SAM_VIT_H, **CONCEPT_PATH)
 
 
 def _llava(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
@@ -43,7 +48,7 @@ def _llava(hidden: int, layers: int, heads: int, intermediate: int) -> dict:
         image_seq_length=576,
     )
     return dict(backbone_config=backbone, sae_config=dict(d_in=hidden, d_sae=65536, hook_layer=16),
-                sam_config=SAM_VIT_H)
+                sam_config=SAM_VIT_H, **CONCEPT_PATH)
 
 
 def _tiny() -> dict:
@@ -68,7 +73,7 @@ def _tiny() -> dict:
     )
     return dict(backbone_config=backbone, sae_config=dict(d_in=64, d_sae=256, hook_layer=1), sam_config=sam,
                 num_slots=3, max_concepts=32, codebook_dim=32, concept_encoder_layers=1, concept_encoder_heads=2,
-                concept_encoder_ffn_dim=64, slot_mapper_heads=2, slot_mapper_head_dim=16)
+                concept_encoder_ffn_dim=64, slot_mapper_heads=2, slot_mapper_head_dim=16, **CONCEPT_PATH)
 
 
 def _tiny_llava() -> dict:

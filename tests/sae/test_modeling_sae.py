@@ -105,6 +105,8 @@ def test_pooled_concepts_equal_dense_reference(pooling, activation, k):
         assert set(out.indices[b][valid].tolist()) == set(ref_indices[b][valid].tolist())
         torch.testing.assert_close(out.values[b][valid], ref_values[b][valid], rtol=1e-5, atol=1e-5)
         assert (out.values[b][~valid] == 0).all()
+    torch.testing.assert_close(out.pooled, pooled)  # the ranking (and any baseline) sees what is returned
+    assert torch.equal(out.active, out.token_activations != 0)
     # token provenance: the per-token activations of each kept feature
     torch.testing.assert_close(
         out.token_activations, torch.gather(dense, 2, out.indices[:, None, :].expand(-1, 10, -1)) * out.mask[:, None, :]
@@ -161,6 +163,14 @@ def test_pooled_concepts_baseline_reorders_the_ranking_only():
     torch.testing.assert_close(shifted.values, torch.gather(dense, 1, shifted.indices))  # values unshifted
     with pytest.raises(ValueError, match="baseline"):
         sae.pooled_concepts(x, baseline=torch.zeros(3))
+
+
+def test_pooled_concepts_of_empty_sequences():
+    sae = make_sae()
+    out = sae.pooled_concepts(torch.randn(2, 0, 32), top_n=4)
+    assert out.indices.shape == (2, 4) and not out.mask.any() and out.token_activations.shape == (2, 0, 4)
+    masked = sae.pooled_concepts(torch.randn(1, 3, 32), torch.zeros(1, 3), top_n=4)
+    assert not masked.mask.any() and (masked.values == 0).all()
 
 
 def test_pooled_concepts_fewer_active_than_top_n_and_gradients():

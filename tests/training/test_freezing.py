@@ -3,6 +3,8 @@ the mask path on the model's own reasoning (supervised loop and GRPO trainer).""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -54,10 +56,18 @@ def test_freeze_through_hook_keeps_the_sae_input_and_trains_only_slot_rows(tiny)
     assert any(not torch.equal(above[n], p) for n, p in layers[hook].named_parameters())  # above the hook trains
 
 
-def test_train_token_rows_rejects_unknown_ids(tiny):
+def test_train_token_rows_rejects_unknown_ids_and_replaces_its_hook(tiny):
     model = SegCompassForReasoningSegmentation.from_pretrained(tiny[0])
     with pytest.raises(ValueError, match="inside the embedding matrix"):
         train_token_embedding_rows(model, [10**9])
+    weight = model.get_input_embeddings().weight
+    first = train_token_embedding_rows(model, [3])
+    second = train_token_embedding_rows(model, [4])  # replaces the first mask, does not stack on it
+    assert len(weight._backward_hooks) == 1 and first.id not in weight._backward_hooks
+    weight.grad = None
+    (weight.double().sum()).backward()
+    assert weight.grad.abs().sum(-1).nonzero().flatten().tolist() == [4]
+    second.remove()
     assert freeze_backbone_through_hook_layer(model) > 0
     assert freeze_backbone_through_hook_layer(model) == 0  # idempotent
 
@@ -74,6 +84,10 @@ def test_generated_share_trains_the_mask_path_on_generated_reasoning(tiny):
     history = supervised_warmup(model, processor, dataset, num_steps=2, batch_size=2, learning_rate=1e-3,
                                 generated_share=0.5, max_new_tokens=6)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["seg"])) for h in history)
+    # a batch of generated rows only has no LM target: the step trains the mask path, it does not fail
+    history = supervised_warmup(model, processor, dataset, num_steps=1, batch_size=2, generated_share=1.0,
+                                max_new_tokens=4)
+    assert history[0]["lm"] == 0.0 and math.isfinite(history[0]["loss"])
     with pytest.raises(ValueError, match="generated_share"):
         supervised_warmup(model, processor, dataset, num_steps=1, generated_share=1.5)
 

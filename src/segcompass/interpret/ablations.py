@@ -38,15 +38,19 @@ def _random_sae(model, seed: int):
     from ..sae import SparseAutoencoder
 
     saved = {k: v.detach().clone() for k, v in model.sae.state_dict().items()}
+    interface = model.concept_interface
+    saved_batches = interface.baseline_batches.clone()
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)
         fresh = SparseAutoencoder(copy.deepcopy(model.sae.config))
     model.sae.load_state_dict(fresh.state_dict())
+    interface.baseline_batches.zero_()  # the trained SAE's feature baseline means nothing for random features
     try:
         yield
     finally:
         model.sae.load_state_dict(saved)
+        interface.baseline_batches.copy_(saved_batches)
 
 
 def check_ablation(ablation: str | None) -> str | None:

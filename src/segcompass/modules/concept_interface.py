@@ -90,9 +90,21 @@ class SparseConceptInterface(nn.Module):
 
     @torch.no_grad()
     def update_baseline(self, pooled: torch.Tensor) -> None:
-        """Fold a batch of pooled activations (B, d_sae) into the running per-feature baseline."""
+        """Fold a batch of pooled activations (B, d_sae) into the running per-feature baseline.
+
+        Under ``torch.distributed`` the batch mean is averaged over the ranks first (as synchronised batch norm
+        does), so every rank keeps the same baseline and selects the same concepts; every rank must then call this in
+        the same order (every training-mode forward does)."""
+        import torch.distributed as dist
+
+        if pooled.shape[0] == 0:
+            return
+        batch_mean = pooled.float().mean(0).to(self.baseline)  # (d_sae,)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_mean)
+            batch_mean /= dist.get_world_size()
         momentum = max(self.baseline_momentum, 1.0 / float(self.baseline_batches + 1))
-        self.baseline.lerp_(pooled.float().mean(0).to(self.baseline), momentum)
+        self.baseline.lerp_(batch_mean, momentum)
         self.baseline_batches += 1
 
     def concept_tokens(self, indices: torch.Tensor, values: torch.Tensor,
@@ -136,19 +148,21 @@ class SparseConceptInterface(nn.Module):
         return self.norm(x[:, :num_slots]), provenance
 
 
-def last_activation_distance(token_activations: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def last_activation_distance(active: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Tokens between each kept feature's last activation and the sequence's last valid token.
 
     Args:
-        token_activations (`(B, T, N)`): per-token activations of the kept features (0 where inactive).
+        active (`(B, T, N)` bool): where each kept feature is active (``PooledConcepts.active``: the selection's own
+            decision; a float tensor is read as ``> 0``).
         attention_mask (`(B, T)`): 1 for valid tokens.
 
     Returns:
         `(B, N)` float distances (0 for a feature that last fired on the final token; padding entries 0).
     """
-    num_tokens = token_activations.shape[1]
-    positions = torch.arange(num_tokens, device=token_activations.device)  # (T,)
-    active = token_activations.detach() > 0  # (B, T, N)
+    num_tokens = active.shape[1]
+    positions = torch.arange(num_tokens, device=active.device)  # (T,)
+    if active.dtype != torch.bool:
+        active = active.detach() > 0  # (B, T, N)
     last = torch.where(active, positions[None, :, None], -1).amax(1)  # (B, N)
     end = torch.where(attention_mask.bool(), positions[None], -1).amax(1, keepdim=True)  # (B, 1)
     return torch.where(last >= 0, end - last, 0).float()

@@ -84,7 +84,8 @@ class PooledConcepts:
     """Top-N SAE concepts of each sample, pooled over its valid tokens.
 
     Args:
-        indices (`torch.LongTensor` of shape `(B, N)`): feature indices, by decreasing pooled activation.
+        indices (`torch.LongTensor` of shape `(B, N)`): feature indices, by decreasing pooled activation (minus the
+            ranking baseline when one is given).
         values (`torch.FloatTensor` of shape `(B, N)`): pooled activations (differentiable w.r.t. the input
             and the encoder weights); 0 where ``mask`` is False.
         mask (`torch.BoolTensor` of shape `(B, N)`): False for padding entries when fewer than N features
@@ -93,6 +94,8 @@ class PooledConcepts:
             every token (0 at padding), i.e. which tokens a concept came from.
         pooled (`torch.FloatTensor` of shape `(B, d_sae)`, *optional*): every feature's pooled activation from the
             selection pass (no gradient; used to calibrate a ranking baseline).
+        active (`torch.BoolTensor` of shape `(B, T, N)`, *optional*): where each kept feature is active, as the
+            selection pass decided.
     """
 
     indices: torch.LongTensor
@@ -100,6 +103,7 @@ class PooledConcepts:
     mask: torch.BoolTensor
     token_activations: torch.FloatTensor
     pooled: torch.FloatTensor | None = None
+    active: torch.BoolTensor | None = None
 
 
 class SparseAutoencoder(PreTrainedModel):
@@ -261,7 +265,7 @@ class SparseAutoencoder(PreTrainedModel):
     ) -> SparseFeatures:
         """Active features of every token as (indices, values), computed in token chunks.
 
-        A feature is active at a token when ``h != 0`` and ``|h| >= threshold``. Only one chunk of
+        A feature is active at a token when its gate is open and ``h >= threshold``. Only one chunk of
         (chunk_size, d_sae) is ever dense; the result holds ``nnz`` entries. Not differentiable (inspection
         API); use [`pooled_concepts`] inside models.
 
@@ -364,6 +368,8 @@ class SparseAutoencoder(PreTrainedModel):
                     pooled = torch.maximum(pooled, acts.amax(dim=1).float())
                 else:
                     pooled += acts.sum(dim=1).float()
+            if pooling == "mean":
+                pooled /= valid.sum(dim=1, keepdim=True).clamp_min(1)  # rank (and centre) by the mean, as returned
             score = pooled if baseline is None else pooled - baseline.to(pooled)
             score = score.masked_fill(pooled <= 0, float("-inf"))  # only features of S(z) can be kept
             _, indices = score.topk(n, dim=-1)  # (B, N)
@@ -371,7 +377,7 @@ class SparseAutoencoder(PreTrainedModel):
             # the selection pass's gate at the kept features: (B, T, N)
             slot_of = torch.full((batch, d_sae), -1, dtype=torch.long, device=hidden_states.device)
             slot_of.scatter_(1, indices, torch.where(mask, torch.arange(n, device=indices.device), -1))
-            pairs = torch.cat(active_pairs)  # (nnz,)
+            pairs = torch.cat(active_pairs) if active_pairs else indices.new_zeros(0)  # (nnz,)
             pair_b, pair_tj = pairs // (num_tokens * d_sae), pairs % (num_tokens * d_sae)
             pair_t, pair_j = pair_tj // d_sae, pair_tj % d_sae
             pair_slot = slot_of[pair_b, pair_j]  # (nnz,)
@@ -387,13 +393,13 @@ class SparseAutoencoder(PreTrainedModel):
         pre = torch.einsum("btd,bnd->btn", x, enc_rows) + self.b_enc[indices][:, None, :]  # (B, T, N)
         token_acts = torch.where(gate, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))  # (B, T, N)
         if pooling == "max":
-            values = token_acts.amax(dim=1)  # (B, N)
+            values = token_acts.amax(dim=1) if num_tokens else token_acts.new_zeros(batch, n)  # (B, N)
         elif pooling == "sum":
             values = token_acts.sum(dim=1)
         else:
             values = token_acts.sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp_min(1)
         return PooledConcepts(indices=indices, values=values, mask=mask, token_activations=token_acts,
-                              pooled=pooled)
+                              pooled=pooled, active=gate)
 
     # ------------------------------------------------------------------ training helpers
     @torch.no_grad()

@@ -21,6 +21,7 @@ logger = get_logger(__name__)
 __all__ = ["freeze_backbone_through_hook_layer", "train_token_embedding_rows", "row_masked_parameters"]
 
 _ROW_MASK = "_segcompass_trainable_rows"
+_HANDLE = "_segcompass_row_mask_hook"
 
 
 def _language_model(backbone: nn.Module) -> nn.Module:
@@ -57,6 +58,8 @@ def freeze_backbone_through_hook_layer(model) -> int:
     hook_layer = model.config.sae_config.hook_layer
     language_model = _language_model(model.backbone)
     modules = [language_model.embed_tokens, *language_model.layers[:hook_layer]]
+    if hook_layer >= len(language_model.layers) and getattr(language_model, "norm", None) is not None:
+        modules.append(language_model.norm)  # the last hidden_states entry is taken after the final norm
     vision = _vision_tower(model.backbone)
     if vision is not None:
         modules.append(vision)
@@ -89,11 +92,16 @@ def train_token_embedding_rows(model, token_ids: Iterable[int] | None = None) ->
             f"token ids {ids} must be non-empty and inside the embedding matrix (0..{weight.shape[0] - 1}); set "
             "config.slot_token_ids with the processor helpers first."
         )
-    rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)  # (vocab, 1)
+    rows = torch.zeros(weight.shape[0], 1)  # (vocab, 1)
     rows[ids] = 1.0
+    previous = getattr(weight, _HANDLE, None)
+    if previous is not None:  # one mask per parameter: calling again replaces it
+        previous.remove()
     weight.requires_grad_(True)
     setattr(weight, _ROW_MASK, ids)
-    handle = weight.register_hook(lambda grad: grad * rows.to(grad.dtype))
+    # the mask follows the gradient's device and dtype (the model may move after this call)
+    handle = weight.register_hook(lambda grad: grad * rows.to(grad.device, grad.dtype))
+    setattr(weight, _HANDLE, handle)
     logger.info("training embedding rows %s only", ids)
     return handle
 

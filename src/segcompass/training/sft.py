@@ -395,7 +395,8 @@ def supervised_warmup(
         losses = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits, data["gt_masks"],
                                      lambda_seg=lambda_seg, lambda_conf=lambda_conf, lambda_dice=lambda_dice,
                                      valid_mask=_valid_grid_mask(data["valid_mask_sizes"], grid))
-        lm = out.loss if (lambda_lm and out.loss is not None) else torch.zeros((), device=device)
+        has_labels = bool((data["labels"] != -100).any())  # a batch of generated rows only has no LM target
+        lm = out.loss if (lambda_lm and out.loss is not None and has_labels) else torch.zeros((), device=device)
         loss = lambda_lm * lm + losses.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"supervised warm-up step {step}: non-finite loss {float(loss)}; lower the lr.")

@@ -28,14 +28,16 @@ def average_gradients(params: list) -> None:
         return
     import torch.distributed as dist
 
+    has_grad = torch.tensor([float(p.grad is not None) for p in params])
+    dist.all_reduce(has_grad)  # a parameter no rank used keeps grad None (AdamW then skips it, as with one rank)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g, used in zip(params, grads, has_grad.tolist()):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if used else None
         offset += n
 
 

@@ -69,6 +69,10 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         The metrics dict also written to ``metrics.json``.
     """
     if processes > 1:
+        batch = (config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())).batch_size
+        batch = overrides.get("batch_size", batch)
+        if processes > batch:
+            raise ValueError(f"processes={processes} exceeds batch_size={batch}: every rank needs a share of a batch.")
         import socket
 
         import torch.multiprocessing as mp
@@ -179,11 +183,44 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     return metrics
 
 
+def reevaluate(output_dir) -> dict:
+    """Re-run the evaluation stages of a finished :func:`train_tiny` run on its saved checkpoint with the current
+    code (in-recipe test evaluation with ablations, the evaluation runner, the SAE's FVE on the final backbone) and
+    rewrite ``metrics.json`` and the model card. Training metrics and timings are kept; the threshold is the saved
+    model's. Returns the updated metrics."""
+    from transformers import AutoModel, AutoProcessor
+
+    output_dir = Path(output_dir)
+    metrics_path = output_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise ValueError(f"{output_dir} holds no metrics.json; point --evaluate-only at a finished train-tiny run.")
+    metrics = json.loads(metrics_path.read_text())
+    known = {f.name for f in fields(TinyRecipeConfig)}
+    config = TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["config"].items()
+                                 if k in known})
+    model = AutoModel.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    threshold = model.config.confidence_threshold
+    validation = make_split("validation", config.num_validation, config, "validation split")
+    test = make_split("test", config.num_test, config, "test split")
+    evaluation = evaluate_samples(model, processor, test, config, seed=metrics["seed"], ablations=True, desc="test")
+    metrics["test"] = {name: score_records(recs, threshold) for name, recs in evaluation["records"].items()}
+    metrics["test_reasoning"] = evaluation["reasoning"]
+    metrics["sae"]["fve_after_joint"] = final_sae_fve(model, processor, validation, config)
+    metrics["evaluate_command"] = evaluate_with_runner(output_dir, config)
+    write_json_atomic(metrics_path, metrics)
+    write_text_atomic(output_dir / "README.md", render_model_card(metrics))
+    return metrics
+
+
 def train_tiny_command(argv: list[str] | None = None) -> int:
     """``segcompass train-tiny OUTPUT_DIR [--smoke] [--seed N] [--set field=value ...]``."""
     parser = argparse.ArgumentParser(prog="segcompass train-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="where the checkpoint, metrics.json and README.md are written")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CI, < 3 min)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="re-run the evaluation stages of a finished run in OUTPUT_DIR with this code and rewrite "
+                             "its metrics.json and model card (no training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", type=int, default=1,
                         help="data-parallel training processes, one thread each (2 on a 2-core machine)")
@@ -212,7 +249,14 @@ def train_tiny_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("segcompass").setLevel(logging.INFO)
     torch.set_num_threads(max(1, args.threads))
-    metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes, **overrides)
+    if args.evaluate_only:
+        try:
+            metrics = reevaluate(args.output_dir)
+        except ValueError as error:
+            parser.error(str(error))
+    else:
+        metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes,
+                             **overrides)
     full = metrics["test"]["generated/full"]
     print(f"wrote {args.output_dir}: test cIoU {format_metric(full['ciou'])}, gIoU {format_metric(full['giou'])}, "
           f"N-acc {format_metric(full['n_acc'])}, T-acc {format_metric(full['t_acc'])} "
