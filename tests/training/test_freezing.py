@@ -9,19 +9,10 @@ import pytest
 import torch
 
 import segcompass  # noqa: F401  (registers the Auto classes)
-from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
 from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
-from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
+from segcompass.testing import tiny_grpo_config
 from segcompass.training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
 from segcompass.training.sft import build_supervised_batch, generate_completions, supervised_warmup
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_ckpt")
-    _, processor = make_tiny_checkpoint(directory)
-    dataset = build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64))
-    return directory, processor, dataset
 
 
 def _hook_states(model, data):

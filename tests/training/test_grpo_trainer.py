@@ -29,14 +29,6 @@ def _args(output_dir, **overrides):
     return tiny_grpo_config(output_dir, **overrides)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_ckpt")
-    model, processor = make_tiny_checkpoint(directory)
-    dataset = build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64))
-    return directory, processor, dataset
-
-
 class RecordingReward:
     """Mask reward stand-in that records the keyword arguments TRL passes."""
 

@@ -18,6 +18,16 @@ from .distributed import average_gradients, quiet_rank, rank_and_world, shard
 logger = get_logger(__name__)
 
 
+def optimizer_step(optimizer, scheduler, loss: torch.Tensor, params: list, max_grad_norm: float = 1.0) -> None:
+    """One step of every training loop here: backward, gradients averaged over the ranks, clipped, AdamW, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
                token_probe: TokenProbe | None = None) -> dict:
     """Stage c: next-token loss on the reference completions (backbone only), plus ``probe_weight`` x the token
@@ -48,12 +58,7 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
             sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
             features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
             loss = loss + config.probe_weight * token_probe.loss(features, [train[i] for i in indices])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(optimizer, scheduler, loss, params)
         losses.append(out.loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if (step + 1) % 100 == 0:
@@ -123,12 +128,7 @@ def probe_pretrain(params: list, loss_fn, train: list[Sample], config: TinyRecip
                disable=quiet_rank())
     for indices in bar:
         loss = loss_fn([train[i] for i in shard(indices)])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(optimizer, scheduler, loss, params)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     logger.info("%s: probe loss %.4f -> %.4f", desc, np.mean(losses[:20]), np.mean(losses[-20:]))
@@ -240,12 +240,7 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
         if probe is not None and config.probe_weight > 0:
             probe_loss = probe.loss(out.image_embeddings, chunk, config.image_size)
             loss = loss + config.probe_weight * probe_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(backbone_params + rows_params + head_params)
-        torch.nn.utils.clip_grad_norm_(backbone_params + rows_params + head_params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(optimizer, scheduler, loss, backbone_params + rows_params + head_params)
         record = seg.metrics()
         record["lm"] = lm.item()
         if probe_loss is not None:
