@@ -125,7 +125,10 @@ def test_saved_model_is_merged_and_matches_the_trained_model(lora_run):
         base = model.eval()(**inputs)
     model.train(was_training)
     assert (base.logits - expected.logits).abs().max() > 1e-4
-    assert (base.mask_logits - expected.mask_logits).abs().max() > 1e-6
+    # ... and they reach the mask path: its input from the backbone (e_k) moves, so do the masks (how far the masks
+    # move depends on the random heads' sensitivity, so only "they move" is asserted for them)
+    assert (base.slot_embeddings - expected.slot_embeddings).abs().max() > 1e-4
+    assert not torch.equal(base.mask_logits, expected.mask_logits)
 
     adapted = peft.PeftModel.from_pretrained(loaded.backbone.__class__(loaded.backbone.config),
                                              os.path.join(output_dir, "adapter"))

@@ -83,11 +83,22 @@ def _limitations(metrics: dict) -> str:
     teacher = test.get("teacher_forced/full", {}).get("ciou")
     lines.append(
         "Most errors are perception errors of the tiny from-scratch vision-language backbone: the reasoning names the "
-        f"wrong shape kind or size for some shapes, so only {reasoning['target_match']:.0%} of test answers name exactly "
+        f"wrong kind, size or position for some shapes, so only {reasoning['target_match']:.0%} of test answers name exactly "
         f"the right targets; given the reference reasoning, cIoU is {format_metric(teacher)} instead of "
         f"{format_metric(full.get('ciou'))}. Expect wrong answers on a good share of scenes; the model is a working "
         "end-to-end example, not a solved task."
     )
+    if "random_sae" in runner and "no_concepts" in runner and full.get("ciou"):
+        drop = (full["ciou"] - runner["random_sae"]["ciou"]) / full["ciou"]
+        zeroed = (full["ciou"] - runner["no_concepts"]["ciou"]) / full["ciou"]
+        if drop < TARGETS["random_sae_drop"]:
+            lines.append(
+                f"The concept path is used (zeroing r_k costs {zeroed:.0%} of cIoU) but the SAE's concepts carry "
+                f"little of what it uses: a random SAE costs {drop:.0%}. The slot embeddings e_k, read from the last "
+                "layer at the slot tokens, already see the whole reasoning; the concepts differ from sample to "
+                "sample, and the per-slot concept lists are an explanation of what the slots attended to, not "
+                "(yet) the reason for the mask."
+            )
     return "\n\n".join(lines)
 
 
