@@ -115,7 +115,7 @@ def test_last_activation_distance_counts_back_from_the_last_valid_token():
     acts[0, 5, 1] = 2.0  # on the last token
     acts[1, 2, 0] = 1.0  # sample 1 is left-padded: valid tokens 2..4
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0]])
-    distances = last_activation_distance(acts, mask)
+    distances = last_activation_distance(acts > 0, mask)
     assert distances.tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
 
 

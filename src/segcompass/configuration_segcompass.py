@@ -50,13 +50,13 @@ class SegCompassConfig(PreTrainedConfig):
         slot_mapper_positional_keys (`bool`): add SAM's dense positional embedding to the image keys before W^K
             (every preset), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
             paper's keys are the SAM image embedding alone (False, the class default).
-
-    The class defaults are the paper's literal concept path, so a ``config.json`` saved before these options existed
-    loads as the same model; :meth:`from_preset` (and the recipes) use :data:`segcompass.presets.CONCEPT_PATH`.
         confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
         ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
+
+    The class defaults are the paper's literal concept path, so a ``config.json`` saved before these options existed
+    loads as the same model; :meth:`from_preset` (and the recipes) use :data:`segcompass.presets.CONCEPT_PATH`.
     """
 
     model_type = "segcompass"

@@ -55,6 +55,7 @@ import numpy as np
 from .data import available_datasets, load_segmentation_dataset, register_dataset
 from .data.synthetic import load_synthetic
 from .metrics import DEFAULT_PR_THRESHOLDS, EMPTY_POLICIES, PROTOCOLS, SegmentationMetricAccumulator
+from .utils.io import write_text_atomic
 from .utils.logging import get_logger
 from .utils.masks import decode_rle, encode_rle, union_masks
 
@@ -129,9 +130,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
 
 
 def _normalize_metric_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -294,7 +294,8 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             key_positions = self.mask_decoder.get_dense_positional_embeddings(height, width)  # (1, C, h, w)
         heatmap_logits, confidence_logits, _ = self.slot_mapper(slot_embeddings, concept_slots, image_embeddings,
                                                                 key_positions)
-        mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes)
+        mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes,
+                                                    image_positional_embeddings=key_positions)  # one dense PE for both
         return SegCompassOutput(
             loss=out.loss,
             logits=out.logits,
@@ -362,6 +363,46 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         return result
 
     @torch.no_grad()
+    def generate_reasoning(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        pad_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        **backbone_inputs,
+    ) -> dict:
+        """Generate each prompt's answer (never sampling the slot tokens or image placeholders) and build the scoring
+        sequences: :meth:`build_scoring_inputs` of the generated tokens. ``pad_token_id`` / ``eos_token_id`` default to
+        the backbone's generation config (pad falls back to the first end-of-sequence id).
+
+        Args:
+            input_ids, attention_mask (`(B, Tp)`): left-padded prompts; backbone_inputs: the processor's image inputs.
+
+        Returns:
+            the dict of :meth:`build_scoring_inputs` (``input_ids``, ``attention_mask`` ``(B, T')``,
+            ``completion_ids``, ``malformed`` and, for Qwen2.5-VL, ``mm_token_type_ids``).
+        """
+        generation_config = self.backbone.generation_config
+        pad_token_id = pad_token_id if pad_token_id is not None else generation_config.pad_token_id
+        eos_token_id = eos_token_id if eos_token_id is not None else generation_config.eos_token_id
+        eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        if pad_token_id is None:
+            pad_token_id = eos_ids[0] if eos_ids else 0
+        generate_kwargs = dict(backbone_inputs)
+        generate_kwargs.setdefault("suppress_tokens", self.never_generated_token_ids())
+        generated = self.backbone.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,
+        )  # (B, Tp + Tn)
+        return self.build_scoring_inputs(
+            input_ids, attention_mask, generated[:, input_ids.shape[1]:], pad_token_id, eos_ids,
+            backbone_inputs.get("mm_token_type_ids"),
+        )
+
+    @torch.no_grad()
     def segment(
         self,
         input_ids: torch.LongTensor,
@@ -387,29 +428,15 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
                 returned at each original size.
             backbone_inputs: ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids`` … as the processor gave them.
         """
-        generation_config = self.backbone.generation_config
-        pad_token_id = pad_token_id if pad_token_id is not None else generation_config.pad_token_id
-        eos_token_id = eos_token_id if eos_token_id is not None else generation_config.eos_token_id
-        eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-        if pad_token_id is None:
-            pad_token_id = eos_ids[0] if eos_ids else 0
         if image_embeddings is None:
             if sam_pixel_values is None:
                 raise ValueError("Pass `sam_pixel_values` or `image_embeddings` to `segment`.")
             image_embeddings = self.get_image_embeddings(sam_pixel_values)
-        mm_token_type_ids = backbone_inputs.pop("mm_token_type_ids", None)
-        generate_kwargs = dict(backbone_inputs)
-        if mm_token_type_ids is not None:
-            generate_kwargs["mm_token_type_ids"] = mm_token_type_ids
-        generate_kwargs.setdefault("suppress_tokens", self.never_generated_token_ids())
-        generated = self.backbone.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,
-        )  # (B, Tp + Tn)
-        scoring = self.build_scoring_inputs(
-            input_ids, attention_mask, generated[:, input_ids.shape[1]:], pad_token_id, eos_ids, mm_token_type_ids
+        scoring = self.generate_reasoning(
+            input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id, **backbone_inputs,
         )
-        forward_kwargs = dict(backbone_inputs)
+        forward_kwargs = {k: v for k, v in backbone_inputs.items() if k != "mm_token_type_ids"}
         if "mm_token_type_ids" in scoring:
             forward_kwargs["mm_token_type_ids"] = scoring["mm_token_type_ids"]
         valid_sizes = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VALUE_EMBEDDINGS = ("scale", "log")
+from ..configuration_segcompass import CONCEPT_VALUE_EMBEDDINGS as VALUE_EMBEDDINGS
 
 
 class ConceptEncoderLayer(nn.Module):
@@ -153,7 +153,7 @@ def last_activation_distance(active: torch.Tensor, attention_mask: torch.Tensor)
 
     Args:
         active (`(B, T, N)` bool): where each kept feature is active (``PooledConcepts.active``: the selection's own
-            decision; a float tensor is read as ``> 0``).
+            decision).
         attention_mask (`(B, T)`): 1 for valid tokens.
 
     Returns:
@@ -161,8 +161,6 @@ def last_activation_distance(active: torch.Tensor, attention_mask: torch.Tensor)
     """
     num_tokens = active.shape[1]
     positions = torch.arange(num_tokens, device=active.device)  # (T,)
-    if active.dtype != torch.bool:
-        active = active.detach() > 0  # (B, T, N)
     last = torch.where(active, positions[None, :, None], -1).amax(1)  # (B, N)
     end = torch.where(attention_mask.bool(), positions[None], -1).amax(1, keepdim=True)  # (B, 1)
     return torch.where(last >= 0, end - last, 0).float()

@@ -267,16 +267,8 @@ def generate_completions(model, processor, rows: Sequence[dict], *, max_new_toke
     backbone = {k: prompts[k].to(device) for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids")
                 if k in prompts}
     tokenizer = processor.tokenizer
-    eos = model.backbone.generation_config.eos_token_id
-    generated = model.backbone.generate(
-        input_ids=prompts["input_ids"].to(device), attention_mask=prompts["attention_mask"].to(device),
-        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=model.never_generated_token_ids(), **backbone,
-    )  # (B, Tp + Tn)
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    scoring = model.build_scoring_inputs(prompts["input_ids"].to(device), prompts["attention_mask"].to(device),
-                                         generated[:, prompts["input_ids"].shape[1]:], tokenizer.pad_token_id,
-                                         eos_ids)
+    scoring = model.generate_reasoning(prompts["input_ids"].to(device), prompts["attention_mask"].to(device),
+                                       max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **backbone)
     model.train(was_training)
     return [tokenizer.decode(ids.tolist(), skip_special_tokens=False) for ids in scoring["completion_ids"]]
 

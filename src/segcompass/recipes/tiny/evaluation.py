@@ -127,6 +127,15 @@ def tune_threshold(records: list, thresholds) -> tuple[float, dict]:
     return float(best), {str(t): round(v / 2, 4) for t, v in scores.items()}
 
 
+def evaluate_test_split(model, processor, samples: list[Sample], config: TinyRecipeConfig, seed: int,
+                        threshold: float) -> tuple[dict, dict]:
+    """The recipe's test evaluation: generated and teacher-forced reasoning, as is and under both ablations,
+    scored at ``threshold``. Returns ``({"generated/full": metrics, ...}, reasoning accuracy)``."""
+    evaluation = evaluate_samples(model, processor, samples, config, seed=seed, ablations=True, desc="test")
+    scores = {name: score_records(records, threshold) for name, records in evaluation["records"].items()}
+    return scores, evaluation["reasoning"]
+
+
 def evaluate_tiny(model, processor, *, split: str = "test", num_samples: int = 24, data_seed: int = 0,
                   threshold: float | None = None, batch_size: int = 24, max_new_tokens: int = 100) -> dict:
     """Score a synthetic-domain checkpoint on the first ``num_samples`` of a synthetic split with generated reasoning.

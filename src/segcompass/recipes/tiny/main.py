@@ -23,7 +23,13 @@ from .card import format_metric, render_model_card
 from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
-from .evaluation import evaluate_samples, evaluate_with_runner, final_sae_fve, score_records, tune_threshold
+from .evaluation import (
+    evaluate_samples,
+    evaluate_test_split,
+    evaluate_with_runner,
+    final_sae_fve,
+    tune_threshold,
+)
 from .stages import (
     backbone_vit_pretrain,
     generate_reasoning_pool,
@@ -37,7 +43,7 @@ from .stages import (
 logger = get_logger(__name__)
 
 
-def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config, overrides) -> None:
+def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config) -> None:
     """One data-parallel process of :func:`train_tiny` (started by ``torch.multiprocessing.spawn``)."""
     import torch.distributed as dist
 
@@ -47,7 +53,7 @@ def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: 
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1, **overrides)
+    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1)
 
 
 def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRecipeConfig | None = None,
@@ -68,11 +74,16 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     Returns:
         The metrics dict also written to ``metrics.json``.
     """
+    base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
+    known = {f.name for f in fields(TinyRecipeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"Unknown recipe option(s) {unknown}; TinyRecipeConfig fields are {sorted(known)}.")
+    config = replace(base, **overrides)
     if processes > 1:
-        batch = (config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())).batch_size
-        batch = overrides.get("batch_size", batch)
-        if processes > batch:
-            raise ValueError(f"processes={processes} exceeds batch_size={batch}: every rank needs a share of a batch.")
+        if processes > config.batch_size:
+            raise ValueError(f"processes={processes} exceeds batch_size={config.batch_size}: every rank needs a share "
+                             "of a batch.")
         import socket
 
         import torch.multiprocessing as mp
@@ -80,16 +91,10 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         with socket.socket() as probe_socket:
             probe_socket.bind(("127.0.0.1", 0))
             port = probe_socket.getsockname()[1]
-        mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config, overrides),
+        mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config),
                  nprocs=processes, join=True)
         return json.loads((Path(output_dir) / "metrics.json").read_text())
     start = time.perf_counter()
-    base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
-    known = {f.name for f in fields(TinyRecipeConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"Unknown recipe option(s) {unknown}; TinyRecipeConfig fields are {sorted(known)}.")
-    config = replace(base, **overrides)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     random.seed(seed)
@@ -127,10 +132,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     freeze_backbone_through_hook_layer(model)
     train_token_embedding_rows(model)
     t = lap("sae", t)
-    pool = generate_reasoning_pool(model, processor, train, config)
-    pool_summary = {"samples": len(pool), "exact_match": (
-        sum(text.replace(" ", "") == train[i].completion.replace(" ", "") for i, text in pool.items()) / len(pool)
-        if pool else None)}
+    pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
     t = lap("generated_pool", t)
     joint = joint_training(model, processor, train, config, generator, probe, pool)
     t = lap("joint", t)
@@ -154,8 +156,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     model.config.confidence_threshold = threshold
     logger.info("confidence threshold %.2f (validation mean of cIoU and gIoU per threshold: %s)", threshold, sweep)
     t = lap("validation", t)
-    evaluation = evaluate_samples(model, processor, test, config, seed=seed, ablations=True, desc="test")
-    test_metrics = {name: score_records(recs, threshold) for name, recs in evaluation["records"].items()}
+    test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
     sae_fve_final = final_sae_fve(model, processor, validation, config)
 
@@ -169,7 +170,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
         "joint": joint, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
-        "validation_reasoning": val["reasoning"], "test_reasoning": evaluation["reasoning"], "test": test_metrics,
+        "validation_reasoning": val["reasoning"], "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
@@ -203,9 +204,8 @@ def reevaluate(output_dir) -> dict:
     threshold = model.config.confidence_threshold
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
-    evaluation = evaluate_samples(model, processor, test, config, seed=metrics["seed"], ablations=True, desc="test")
-    metrics["test"] = {name: score_records(recs, threshold) for name, recs in evaluation["records"].items()}
-    metrics["test_reasoning"] = evaluation["reasoning"]
+    metrics["test"], metrics["test_reasoning"] = evaluate_test_split(model, processor, test, config, metrics["seed"],
+                                                                     threshold)
     metrics["sae"]["fve_after_joint"] = final_sae_fve(model, processor, validation, config)
     metrics["evaluate_command"] = evaluate_with_runner(output_dir, config)
     write_json_atomic(metrics_path, metrics)

@@ -167,9 +167,10 @@ def backbone_vit_pretrain(model, processor, train: list[Sample], config: TinyRec
                            "Backbone ViT pretraining")
 
 
-def generate_reasoning_pool(model, processor, train: list[Sample], config: TinyRecipeConfig) -> dict[int, str]:
-    """The model's own greedy reasoning for the first ``generated_pool`` training samples: index -> completion.
-    Each rank generates its share; the pool is gathered on every rank."""
+def generate_reasoning_pool(model, processor, train: list[Sample],
+                            config: TinyRecipeConfig) -> tuple[dict[int, str], dict]:
+    """The model's own greedy reasoning for the first ``generated_pool`` training samples: ``(index -> completion,
+    {"samples", "exact_match"})``. Each rank generates its share; the pool is gathered on every rank."""
     from ...training.sft import generate_completions
 
     count = min(config.generated_pool, len(train)) if config.generated_share > 0 else 0
@@ -189,9 +190,10 @@ def generate_reasoning_pool(model, processor, train: list[Sample], config: TinyR
         dist.all_gather_object(parts, mine)
         mine = {k: v for part in parts for k, v in part.items()}
     exact = sum(mine[i].replace(" ", "") == train[i].completion.replace(" ", "") for i in mine)
+    summary = {"samples": len(mine), "exact_match": exact / len(mine) if mine else None}
     logger.info("generated reasoning for %d training samples (%.1f %% equal to the reference)", len(mine),
                 100 * exact / max(1, len(mine)))
-    return mine
+    return mine, summary
 
 
 def joint_training(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, probe=None,
