@@ -1,0 +1,66 @@
+"""The prediction rule of SegCompass, in one place: keep the slots whose confidence passes the threshold, take the
+union of their masks; no slot kept means "no target" (the LISA / gRefCOCO protocol's empty prediction).
+
+Every consumer calls these two functions: the pipeline, the evaluation runner (records and re-scoring), the recipe's
+scoring, the GRPO trainer's logged rollout IoU, the mask reward (which keeps slots, then matches instead of taking the
+union) and the interpretability analyses. The comparison is ``float64(confidence) >= float64(threshold)``, so a
+float32 tensor, a numpy array and a list of Python floats all give the same decision.
+
+A leaf module (numpy and torch only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["kept_slots", "keep_and_union"]
+
+
+def kept_slots(confidences: Any, threshold: float) -> list[int]:
+    """Indices ``k`` (ascending) of the slots with ``confidence_k >= threshold``.
+
+    Args:
+        confidences: ``(K,)`` slot confidence *probabilities* (σ(c_k)): a tensor, array or sequence of floats.
+        threshold: probability in [0, 1].
+    """
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"The confidence threshold is a probability in [0, 1], got {threshold}.")
+    if isinstance(confidences, torch.Tensor):
+        values = confidences.detach().to("cpu", torch.float64).reshape(-1).tolist()
+    else:
+        values = np.asarray(confidences, dtype=np.float64).reshape(-1).tolist()
+    return [k for k, value in enumerate(values) if value >= threshold]
+
+
+def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[int, int] | None = None
+                   ) -> tuple[Any, list[int]]:
+    """The prediction of one sample: the union of the kept slots' masks, and the kept slot indices.
+
+    Args:
+        masks: ``(K, H, W)`` bool masks (a numpy array or a torch tensor; threshold logits or probabilities before).
+        confidences: ``(K,)`` confidence probabilities (see :func:`kept_slots`).
+        threshold: keep threshold.
+        shape: ``(H, W)`` of the empty prediction when ``K == 0`` (default ``masks.shape[1:]``).
+
+    Returns:
+        ``(mask, kept)``: ``mask`` ``(H, W)`` bool of the same array type as ``masks`` (all False when no slot is
+        kept), ``kept`` the list of kept slot indices.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (slots, H, W), got shape {tuple(masks.shape)}.")
+    if len(confidences) != masks.shape[0]:
+        raise ValueError(f"Got {masks.shape[0]} slot masks but {len(confidences)} confidences; pass one per slot.")
+    kept = kept_slots(confidences, threshold)
+    size = tuple(shape) if shape is not None else tuple(masks.shape[1:])
+    if isinstance(masks, torch.Tensor):
+        if kept:
+            return masks[kept].bool().any(0), kept  # (H, W)
+        return torch.zeros(size, dtype=torch.bool, device=masks.device), kept
+    masks = np.asarray(masks)
+    if kept:
+        return masks[kept].astype(bool).any(0), kept  # (H, W)
+    return np.zeros(size, dtype=bool), kept

@@ -1,0 +1,45 @@
+"""The prediction rule (segcompass.prediction): keep the confident slots, take the union."""
+
+import numpy as np
+import pytest
+import torch
+
+from segcompass.prediction import keep_and_union, kept_slots
+
+
+def masks():
+    m = np.zeros((3, 4, 5), dtype=bool)
+    m[0, 0, 0] = m[1, 1, 1] = m[2, 2, 2] = True
+    return m
+
+
+def test_kept_slots_is_inclusive_and_type_independent():
+    scores = [0.2, 0.5, 0.9]
+    assert kept_slots(scores, 0.5) == [1, 2]  # >= threshold
+    assert kept_slots(np.asarray(scores, dtype=np.float32), 0.5) == [1, 2]
+    assert kept_slots(torch.tensor(scores), 0.5) == [1, 2]
+    # float32 0.3 is 0.30000001: the comparison is done in float64, the same for every input type
+    assert kept_slots(torch.tensor([0.3]), 0.3) == kept_slots(np.float32([0.3]), 0.3) == [0]
+    assert kept_slots(scores, 1.0) == [] and kept_slots(scores, 0.0) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        kept_slots(scores, 1.5)
+
+
+def test_keep_and_union_numpy_and_torch_agree():
+    scores = [0.9, 0.1, 0.7]
+    union, kept = keep_and_union(masks(), scores, 0.5)
+    assert kept == [0, 2] and union.dtype == bool and union.shape == (4, 5)
+    assert union.sum() == 2 and union[0, 0] and union[2, 2] and not union[1, 1]
+    t_union, t_kept = keep_and_union(torch.from_numpy(masks()), torch.tensor(scores), 0.5)
+    assert t_kept == kept and isinstance(t_union, torch.Tensor) and np.array_equal(t_union.numpy(), union)
+
+
+def test_nothing_kept_is_an_empty_prediction():
+    union, kept = keep_and_union(masks(), [0.1, 0.2, 0.3], 0.5)
+    assert kept == [] and union.shape == (4, 5) and not union.any()
+    empty, kept = keep_and_union(np.zeros((0, 4, 5), bool), [], 0.5, shape=(7, 8))
+    assert kept == [] and empty.shape == (7, 8)
+    with pytest.raises(ValueError, match="one per slot"):
+        keep_and_union(masks(), [0.9], 0.5)
+    with pytest.raises(ValueError, match=r"\(slots, H, W\)"):
+        keep_and_union(masks()[0], [0.9], 0.5)
