@@ -5,7 +5,7 @@ rewards and the segmentation losses in the same backward.
     python examples/train_grpo.py --model path/to/segcompass --output_dir runs/grpo --num_samples 2000
 
 The command-line equivalent (every GRPO / TrainingArguments option, YAML or flags) is ``segcompass train``
-(see ``segcompass.training.cli_train``).
+(see ``segcompass.commands.train`` and ``segcompass.training.launch``).
 """
 
 import argparse
@@ -15,7 +15,8 @@ from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
 from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
 from segcompass.processing_segcompass import SegCompassProcessor
 from segcompass.training.grpo_config import SegCompassGRPOConfig
-from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+from segcompass.training.grpo_data import prepare_grpo_dataset
+from segcompass.training.grpo_trainer import SegCompassGRPOTrainer
 from segcompass.training.rewards import format_reward, mask_reward
 
 

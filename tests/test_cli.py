@@ -15,7 +15,9 @@ def test_help_lists_commands(capsys):
 
 
 def test_unknown_command(capsys):
-    assert main(["frobnicate"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["frobnicate"])
+    assert exited.value.code == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 

@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 
 from segcompass import SegCompassForReasoningSegmentation
+from segcompass.commands.evaluate import evaluate_command
 from segcompass.data import available_datasets, load_segmentation_dataset, loaders, register_dataset
 from segcompass.evaluation import (
     PREDICTIONS_FILE,
     REPORT_FILE,
     RUN_FILE,
-    evaluate_command,
     evaluate_model,
     load_predictions,
     register_synthetic_dataset,
     rescore,
 )
-from segcompass.testing import make_tiny_checkpoint
 from segcompass.utils.masks import decode_rle, encode_rle
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
@@ -40,11 +39,10 @@ def _private_registry(monkeypatch):
     monkeypatch.setattr(loaders, "_REGISTRY", dict(loaders._REGISTRY))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny-segcompass")
-    make_tiny_checkpoint(path)
-    return str(path)
+@pytest.fixture
+def checkpoint(tiny_checkpoint) -> str:
+    """The session's tiny checkpoint (tests/conftest.py) as the string a user passes to ``--model``."""
+    return str(tiny_checkpoint)
 
 
 @pytest.fixture
@@ -174,20 +172,26 @@ def test_command_evaluate_and_errors(checkpoint, tmp_path, capsys, monkeypatch):
     assert evaluate_command(["--output-dir", str(out), "--rescore"]) == 0
     assert "synthetic val: 3 samples" in capsys.readouterr().out
 
-    assert evaluate_command(["--model", str(tmp_path / "missing"), "--dataset", "synthetic",
-                             "--output-dir", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit) as exited:  # one "error: ..." line on stderr, exit status 2
+        evaluate_command(["--model", str(tmp_path / "missing"), "--dataset", "synthetic",
+                          "--output-dir", str(tmp_path / "x")])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "missing" in err
-    assert evaluate_command(["--model", checkpoint, "--dataset", "imagenet", "--output-dir", str(tmp_path / "y")]) == 2
+    with pytest.raises(SystemExit) as exited:
+        evaluate_command(["--model", checkpoint, "--dataset", "imagenet", "--output-dir", str(tmp_path / "y")])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'imagenet'" in err and "grefcoco" in err and "synthetic" in err
-    import segcompass.pipelines
+    import segcompass.presets
 
-    monkeypatch.setattr(segcompass.pipelines, "default_model_path", lambda: None)  # an install without the default
-    assert evaluate_command(["--dataset", "synthetic", "--output-dir", str(tmp_path / "z")]) == 2
-    assert "--model is required" in capsys.readouterr().err
-    assert evaluate_command(["--output-dir", str(tmp_path / "empty"), "--rescore"]) == 2
-    assert "no predictions.jsonl" in capsys.readouterr().err
+    monkeypatch.setattr(segcompass.presets, "default_model_path", lambda: None)  # an install without the default
+    with pytest.raises(SystemExit) as exited:
+        evaluate_command(["--dataset", "synthetic", "--output-dir", str(tmp_path / "z")])
+    assert exited.value.code == 2 and "--model is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        evaluate_command(["--output-dir", str(tmp_path / "empty"), "--rescore"])
+    assert exited.value.code == 2 and "no predictions.jsonl" in capsys.readouterr().err
 
 
 def test_evaluate_model_argument_errors(checkpoint, tmp_path):
@@ -307,7 +311,7 @@ def test_ablations_change_the_model_only_inside_the_block(checkpoint):
         with ablate(model, "random_sae"):
             assert any(not torch.equal(v, sae_before[k]) for k, v in model.sae.state_dict().items())
             random_sae = model(**inputs).heatmap_logits
-        with pytest.raises(RuntimeError), ablate(model, "random_sae"):
+        with pytest.raises(RuntimeError, match="body failed"), ablate(model, "random_sae"):
             raise RuntimeError("body failed")
     assert not torch.allclose(zeroed, full)
     torch.testing.assert_close(zeroed_other_sae, zeroed)

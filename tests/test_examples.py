@@ -3,17 +3,14 @@
 import subprocess
 import sys
 
-from segcompass.testing import make_tiny_checkpoint
-
 
 def run(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_segment_example(tmp_path):
-    make_tiny_checkpoint(tmp_path / "ckpt")
+def test_segment_example(tiny_checkpoint, tmp_path):
     result = run("examples/segment.py", "examples/images/shapes.png", "every red shape", "--model",
-                 str(tmp_path / "ckpt"), "--output", str(tmp_path / "o.png"))
+                 str(tiny_checkpoint), "--output", str(tmp_path / "o.png"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reasoning:" in result.stdout and (tmp_path / "o.png").is_file()
 

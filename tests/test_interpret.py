@@ -19,16 +19,9 @@ from segcompass.interpret import (
     token_mask_overlap,
     token_types,
 )
-from segcompass.interpret.analysis import _pearson_and_fit
-from segcompass.testing import make_tiny_checkpoint
+from segcompass.interpret.agreement import _pearson_and_fit
 from segcompass.testing_processor import tiny_segcompass_processor
 from segcompass.utils.masks import union_masks
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    model, processor = make_tiny_checkpoint(tmp_path_factory.mktemp("interpret-ckpt"))
-    return model, processor
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +58,8 @@ def test_image_token_grid_checks_inputs():
         image_token_grid([1, 7, 6], 2)
 
 
-def test_constructed_image_and_mask_by_hand(tiny):
-    _, processor = tiny
+def test_constructed_image_and_mask_by_hand(tiny_processor):
+    processor = tiny_processor
     # 60 x 90 image -> Qwen smart resize to 56 x 84 -> image_grid_thw (1, 4, 6) -> 2 x 3 merged tokens, each covering
     # a 30 x 30 block of the original image.
     image = Image.new("RGB", (90, 60), (200, 200, 200))
@@ -103,8 +96,8 @@ def test_constructed_image_and_mask_by_hand(tiny):
 
 
 # ------------------------------------------------------------------------------------------------ token types
-def test_token_types_cover_the_sequence(tiny, samples):
-    _, processor = tiny
+def test_token_types_cover_the_sequence(tiny_processor, samples):
+    processor = tiny_processor
     sample = samples[0]
     completion = _spaced_completion(sample)
     batch = processor(sample["image"], sample["instruction"], completions=completion, append_slots=True)
@@ -129,8 +122,8 @@ def test_token_types_cover_the_sequence(tiny, samples):
     assert np.flatnonzero(types == "cot").min() > np.flatnonzero(types == "question").max()
 
 
-def test_token_types_batched_left_padding_matches_single_rows(tiny, samples):
-    _, processor = tiny
+def test_token_types_batched_left_padding_matches_single_rows(tiny_processor, samples):
+    processor = tiny_processor
     rows = samples[:2]
     completions = [_spaced_completion(s) for s in rows]
     instructions = [s["instruction"] for s in rows]
@@ -148,8 +141,8 @@ def test_token_types_batched_left_padding_matches_single_rows(tiny, samples):
         assert (types[b][~valid] == "other").all()
 
 
-def test_token_types_errors(tiny, samples):
-    _, processor = tiny
+def test_token_types_errors(tiny_processor, samples):
+    processor = tiny_processor
     sample = samples[0]
     completion = _spaced_completion(sample)
     batch = processor(sample["image"], sample["instruction"], completions=completion, append_slots=True)
@@ -166,8 +159,8 @@ def test_token_types_errors(tiny, samples):
 
 
 # ------------------------------------------------------------------------------------------------ Figure 4
-def test_activation_patterns(tiny, samples):
-    model, processor = tiny
+def test_activation_patterns(tiny_model, tiny_processor, samples):
+    model, processor = tiny_model, tiny_processor
     thresholds = (0.0, 0.01, 0.05, 0.1, 0.5)
     result = activation_patterns(model, processor, samples, thresholds=thresholds)
     assert result["thresholds"] == list(thresholds) and result["num_samples"] == 3
@@ -201,8 +194,8 @@ def test_activation_patterns(tiny, samples):
         activation_patterns(model, processor, samples, thresholds=(-0.1,))
 
 
-def test_activation_patterns_needs_reasoning_or_completions(tiny, samples):
-    model, processor = tiny
+def test_activation_patterns_needs_reasoning_or_completions(tiny_model, tiny_processor, samples):
+    model, processor = tiny_model, tiny_processor
     sample = dict(samples[0], reasoning="")
     with pytest.raises(ValueError, match="completions="):
         activation_patterns(model, processor, [sample])
@@ -211,8 +204,8 @@ def test_activation_patterns_needs_reasoning_or_completions(tiny, samples):
 
 
 # ------------------------------------------------------------------------------------------------ Figure 5
-def test_instance_coverage(tiny, samples):
-    model, processor = tiny
+def test_instance_coverage(tiny_model, tiny_processor, samples):
+    model, processor = tiny_model, tiny_processor
     fractions = (0.05, 0.1, 0.2, 0.4, 1.0)
     result = instance_coverage(model, processor, samples, fractions=fractions, seed=3)
     num_instances = sum(len(s["masks"]) for s in samples)
@@ -237,8 +230,8 @@ def test_instance_coverage(tiny, samples):
 
 
 # ------------------------------------------------------------------------------------------------ Figure 8 (right)
-def test_heatmap_mask_agreement(tiny, samples):
-    model, processor = tiny
+def test_heatmap_mask_agreement(tiny_model, tiny_processor, samples):
+    model, processor = tiny_model, tiny_processor
     keys = {"heatmap_iou", "mask_iou", "heatmap_ciou", "mask_ciou", "pearson_r", "ols_slope", "ols_intercept",
             "num_kept_slots", "sample_ids", "num_samples"}
     everything = heatmap_mask_agreement(model, processor, samples, confidence_threshold=0.0, heatmap_threshold=0.0)

@@ -8,32 +8,24 @@ from transformers import AutoModel, AutoProcessor, pipeline
 
 import segcompass
 from segcompass.cli import main
-from segcompass.testing import make_tiny_checkpoint
 
 EXAMPLE = "examples/images/shapes.png"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-segcompass")
-    make_tiny_checkpoint(directory)
-    return directory
 
 
 def image(h=48, w=80, seed=0):
     return Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype("uint8"))
 
 
-def test_auto_classes_round_trip(checkpoint):
-    model = AutoModel.from_pretrained(checkpoint)
-    processor = AutoProcessor.from_pretrained(checkpoint)
+def test_auto_classes_round_trip(tiny_checkpoint):
+    model = AutoModel.from_pretrained(tiny_checkpoint)
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
     assert isinstance(model, segcompass.SegCompassForReasoningSegmentation)
     assert isinstance(processor, segcompass.SegCompassProcessor)
     assert processor.slot_token_ids == model.config.slot_token_ids
 
 
-def test_pipeline_output_schema(checkpoint):
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+def test_pipeline_output_schema(tiny_checkpoint):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     assert isinstance(pipe, segcompass.ReasoningSegmentationPipeline)
     out = pipe(image(), "the red circle", max_new_tokens=6, threshold=0.0, top_concepts=3)
     assert set(out) == {"reasoning", "completion", "instances", "mask", "malformed"}
@@ -56,14 +48,30 @@ def test_pipeline_output_schema(checkpoint):
     assert np.array_equal(union, out["mask"])
 
 
-def test_no_target_gives_empty_instances(checkpoint):
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+def test_no_target_gives_empty_instances(tiny_checkpoint):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     out = pipe(image(), "the red circle", max_new_tokens=4, threshold=1.0)
     assert out["instances"] == [] and not out["mask"].any()
 
 
-def test_lists_and_shared_image_embeddings(checkpoint, monkeypatch):
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+def test_return_all_slots_flags_the_kept_ones(tiny_checkpoint):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
+    out = pipe(image(), "the red circle", max_new_tokens=4, return_all_slots=True)
+    threshold = pipe.model.config.confidence_threshold
+    assert sorted(i["slot"] for i in out["instances"]) == [0, 1, 2]  # every slot, kept or not
+    assert all(i["kept"] == (i["score"] >= threshold) for i in out["instances"])
+    union = np.zeros(out["mask"].shape, bool)
+    for instance in out["instances"]:
+        if instance["kept"]:
+            union |= instance["mask"]
+    assert np.array_equal(union, out["mask"])  # the mask is still the union of the kept slots only
+    nothing = pipe(image(), "the red circle", max_new_tokens=4, threshold=1.0, return_all_slots=True)
+    assert len(nothing["instances"]) == 3 and not any(i["kept"] for i in nothing["instances"])
+    assert not nothing["mask"].any()
+
+
+def test_lists_and_shared_image_embeddings(tiny_checkpoint, monkeypatch):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     calls = []
     original = pipe.model.get_image_embeddings
     monkeypatch.setattr(pipe.model, "get_image_embeddings", lambda x: calls.append(1) or original(x))
@@ -75,9 +83,9 @@ def test_lists_and_shared_image_embeddings(checkpoint, monkeypatch):
     assert len(dicts) == 1
 
 
-def test_pipeline_equals_model_segment(checkpoint):
+def test_pipeline_equals_model_segment(tiny_checkpoint):
     """The pipeline adds no hidden behaviour: its masks equal model.segment's at the original size."""
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     processor = pipe.processor
     img = image()
     inputs = processor(images=[img], instructions=["the red circle"], return_tensors="pt")
@@ -88,9 +96,9 @@ def test_pipeline_equals_model_segment(checkpoint):
         assert np.array_equal(instance["mask"], result.masks[0][instance["slot"]].numpy())
 
 
-def test_batch_of_three_images_equals_single_calls(checkpoint):
-    model = AutoModel.from_pretrained(checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
+def test_batch_of_three_images_equals_single_calls(tiny_checkpoint):
+    model = AutoModel.from_pretrained(tiny_checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
     images = [image(48, 80, 0), image(64, 40, 1), image(30, 30, 2)]
     texts = ["the red circle", "every green shape that is left", "a"]
     kwargs = dict(max_new_tokens=5, pad_token_id=processor.tokenizer.pad_token_id,
@@ -104,15 +112,14 @@ def test_batch_of_three_images_equals_single_calls(checkpoint):
         torch.testing.assert_close(single.confidences[0], batched.confidences[b], atol=1e-4, rtol=1e-4)
 
 
-def test_llava_backbone_checkpoint(tmp_path):
-    make_tiny_checkpoint(tmp_path, backbone_type="llava")
-    pipe = pipeline("reasoning-segmentation", model=str(tmp_path))
+def test_llava_backbone_checkpoint(tiny_checkpoint_factory):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint_factory(backbone_type="llava")))
     out = pipe(image(), "the red circle", max_new_tokens=4, threshold=0.0)
     assert out["mask"].shape == (48, 80) and len(out["instances"]) == 3
 
 
-def test_save_reload_full_pipeline_identical(checkpoint, tmp_path):
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+def test_save_reload_full_pipeline_identical(tiny_checkpoint, tmp_path):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     pipe.model.save_pretrained(tmp_path)
     pipe.processor.save_pretrained(tmp_path)
     again = pipeline("reasoning-segmentation", model=str(tmp_path))
@@ -123,8 +130,8 @@ def test_save_reload_full_pipeline_identical(checkpoint, tmp_path):
         assert np.array_equal(x["mask"], y["mask"]) and x["score"] == y["score"]
 
 
-def test_bad_inputs(checkpoint, tmp_path):
-    pipe = pipeline("reasoning-segmentation", model=str(checkpoint))
+def test_bad_inputs(tiny_checkpoint, tmp_path):
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     with pytest.raises(ValueError, match="Instruction 0 is empty"):
         pipe(image(), "   ")
     with pytest.raises(ValueError, match="2 images and 3 instructions"):
@@ -141,9 +148,9 @@ def test_bad_inputs(checkpoint, tmp_path):
         assert pipe(img, "the red circle", max_new_tokens=3)["mask"].shape == (30, 20)
 
 
-def test_segment_cli_writes_overlay(checkpoint, tmp_path, capsys):
+def test_segment_cli_writes_overlay(tiny_checkpoint, tmp_path, capsys):
     overlay = tmp_path / "overlay.png"
-    code = main(["segment", EXAMPLE, "every red shape", "--model", str(checkpoint), "--output", str(overlay),
+    code = main(["segment", EXAMPLE, "every red shape", "--model", str(tiny_checkpoint), "--output", str(overlay),
                  "--threshold", "0.0", "--max_new_tokens", "6"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -152,17 +159,17 @@ def test_segment_cli_writes_overlay(checkpoint, tmp_path, capsys):
     assert written.size == Image.open(EXAMPLE).size and written.mode == "RGB"
 
 
-def test_demo_writes_gallery(checkpoint, tmp_path, capsys):
-    assert main(["demo", "--model", str(checkpoint), "--output_dir", str(tmp_path), "--num_examples", "2"]) == 0
+def test_demo_writes_gallery(tiny_checkpoint, tmp_path, capsys):
+    assert main(["demo", "--model", str(tiny_checkpoint), "--output_dir", str(tmp_path), "--num_examples", "2"]) == 0
     page = (tmp_path / "index.html").read_text()
     assert page.count("class='card'") == 2 and "reasoning:" in page and "slot 0" in page
     assert (tmp_path / "example0.png").is_file() and (tmp_path / "example1_slot2.png").is_file()
     assert "demo written to" in capsys.readouterr().out
 
 
-def test_segment_never_samples_slot_or_image_placeholder_tokens(checkpoint):
-    model = AutoModel.from_pretrained(checkpoint).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
+def test_segment_never_samples_slot_or_image_placeholder_tokens(tiny_checkpoint):
+    model = AutoModel.from_pretrained(tiny_checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
     banned = set(model.never_generated_token_ids())
     tok = processor.tokenizer
     assert set(processor.slot_token_ids) <= banned and tok.convert_tokens_to_ids("<|image_pad|>") in banned
@@ -185,15 +192,20 @@ def test_demo_marks_kept_and_dropped_slots(tmp_path, monkeypatch):
     def instance(slot, score):
         mask = np.zeros((64, 64), dtype=bool)
         mask[8 * slot:8 * slot + 8, 8:16] = True
-        return {"mask": mask, "score": score, "box": [8.0, 8.0 * slot, 8.0, 8.0], "slot": slot,  # pipeline's order
+        return {"mask": mask, "score": score, "box": [8.0, 8.0 * slot, 8.0, 8.0], "slot": slot, "kept": score >= 0.5,
                 "heatmap": np.full((16, 16), score, dtype=np.float32),
                 "concepts": [{"feature": 3, "activation": 1.5, "weight": 0.5}]}
 
     config = SimpleNamespace(confidence_threshold=0.5, sam_config=SimpleNamespace(
         vision_config=SimpleNamespace(image_size=64)))
-    pipe = type("FakePipe", (), {"model": SimpleNamespace(config=config),
-                                 "__call__": lambda self, *a, **k: {"instances": [instance(0, 0.9), instance(1, 0.2)],
-                                                                   "reasoning": "r"}})()
+    calls = []
+
+    def call(self, *args, **kwargs):
+        calls.append(kwargs)
+        return {"instances": [instance(0, 0.9), instance(1, 0.2)], "reasoning": "r"}
+
+    pipe = type("FakePipe", (), {"model": SimpleNamespace(config=config), "__call__": call})()
     monkeypatch.setattr(transformers, "pipeline", lambda *a, **k: pipe)
     page = build_demo(tmp_path, model="unused", num_examples=1).read_text()
     assert "slot 0: 0.90 (kept)" in page and "slot 1: 0.20 (dropped)" in page
+    assert calls and all(kwargs.get("return_all_slots") is True and "threshold" not in kwargs for kwargs in calls)

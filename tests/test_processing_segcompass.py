@@ -205,98 +205,73 @@ def test_completions_are_appended_after_the_generation_prompt(qwen):
     assert torch.equal(full["pixel_values"], prompts["pixel_values"])
 
 
+def generated_layout(processor, instructions, answers):
+    """Left-padded prompts followed by right-padded answer tokens: the layout of ``generate`` / TRL."""
+    prompts = processor(images(), instructions)
+    tokens = processor.tokenizer(answers, add_special_tokens=False, padding=True, padding_side="right",
+                                 return_tensors="pt")
+    ids = torch.cat([prompts["input_ids"], tokens["input_ids"]], dim=1)
+    mask = torch.cat([prompts["attention_mask"], tokens["attention_mask"]], dim=1)
+    types = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(tokens["input_ids"])], dim=1)
+    return prompts, ids, mask, types
+
+
 def test_append_slots_in_call_matches_token_level_append(qwen):
-    full = qwen(images(), ["the red circle", "a mug"], completions=COMPLETIONS)
-    slotted = qwen(images(), ["the red circle", "a mug"], completions=COMPLETIONS, append_slots=True)
+    """The text-level append (``append_slots=True``) and the one token-level append give the same sequences."""
+    instructions = ["the red circle", "a mug"]
+    slotted = qwen(images(), instructions, completions=COMPLETIONS, append_slots=True)
     assert slotted["missing_ref_pos"].tolist() == [False, True]
-    appended = qwen.append_slot_tokens(
-        full["input_ids"], full["attention_mask"], mm_token_type_ids=full["mm_token_type_ids"]
-    )
+    prompts, ids, mask, types = generated_layout(qwen, instructions, COMPLETIONS)
+    appended = qwen.append_slot_tokens(ids, mask, prompt_length=prompts["input_ids"].shape[1], mm_token_type_ids=types)
     assert torch.equal(appended.input_ids, slotted["input_ids"])
     assert torch.equal(appended.attention_mask, slotted["attention_mask"])
     assert torch.equal(appended.mm_token_type_ids, slotted["mm_token_type_ids"])
-    assert torch.equal(appended.missing_ref_pos, slotted["missing_ref_pos"])
+    assert torch.equal(appended.malformed, slotted["missing_ref_pos"])
     assert torch.equal(appended.slot_positions, qwen.find_slot_positions(slotted["input_ids"]))
     for row in range(2):  # ... <REF_POS> <SLOT_0> ... <SLOT_K-1> at the end of every row
         assert valid_ids(slotted, row)[-(K + 1) :] == [qwen.ref_token_id, *qwen.slot_token_ids]
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# append_slot_tokens on token ids
+# append_slot_tokens on token ids (segcompass.answer_format.append_slot_ids)
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def check_slots_follow_last_valid_token(processor, ids, mask, out, lengths_added):
-    slot_ids = torch.tensor(processor.slot_token_ids)
-    for row in range(ids.shape[0]):
-        before = ids[row][mask[row].bool()].tolist()
-        after = out.input_ids[row][out.attention_mask[row].bool()].tolist()
-        added = lengths_added[row]
-        assert after[: len(before)] == before and len(after) == len(before) + added
-        assert after[-K:] == processor.slot_token_ids
-        positions = out.slot_positions[row]
-        assert torch.equal(out.input_ids[row, positions], slot_ids)
-        assert torch.equal(positions, torch.arange(positions[0], positions[0] + K))
-        assert out.attention_mask[row, positions].all()
-        # the token right before <SLOT_0> is the last valid original token (or the inserted <REF_POS>)
-        previous = int(out.input_ids[row, positions[0] - 1])
-        assert previous == (processor.ref_token_id if added == K + 1 else before[-1])
-    assert out.input_ids.shape == out.attention_mask.shape
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_append_slot_tokens_left_and_right_padding(qwen, side):
-    inputs = qwen(images(), ["the red circle", "a mug"], completions=COMPLETIONS, padding_side=side)
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    out = qwen.append_slot_tokens(ids, mask)
-    assert out.missing_ref_pos.tolist() == [False, True]  # the prompt's own <REF_POS> does not count
-    lengths = mask.sum(dim=1) + torch.tensor([K, K + 1])
-    assert out.input_ids.shape[1] == int(lengths.max())  # as tight as the tokenizer pads
-    check_slots_follow_last_valid_token(qwen, ids, mask, out, [K, K + 1])
-    if side == "left":  # stays right-aligned: every row ends with its last slot
-        assert out.attention_mask[:, -1].all() and (out.slot_positions[:, -1] == out.input_ids.shape[1] - 1).all()
-    else:  # stays left-aligned
-        assert out.attention_mask[:, 0].all()
-
-
 def test_append_slot_tokens_after_generate_layout(qwen):
-    """Left-padded prompt + right-padded completion (the layout of generate / TRL), with holes in the mask."""
-    prompts = qwen(images(), ["the red circle", "a mug"])
-    pad = qwen.tokenizer.pad_token_id
+    """Left-padded prompt + right-padded answers with end-of-sequence tokens: each answer is cut after its first
+    <REF_POS> (or at its end-of-sequence token, and <REF_POS> is added), the slots follow, rows are left-padded."""
     tokens = qwen.tokenizer.convert_tokens_to_ids
-    completion = torch.tensor(
-        [
-            [tokens("<think>"), tokens("red"), tokens("</think>"), qwen.ref_token_id, tokens("<|im_end|>")],
-            [tokens("<think>"), tokens("</think>"), tokens("<|im_end|>"), pad, pad],
-        ]
-    )
-    ids = torch.cat([prompts["input_ids"], completion], dim=1)
-    mask = torch.cat([prompts["attention_mask"], (completion != pad).long()], dim=1)
+    eos = qwen.tokenizer.eos_token
+    answers = [f"<think> red </think><REF_POS>{eos} left", f"<think> it </think>{eos} left {eos}"]
+    prompts, ids, mask, _ = generated_layout(qwen, ["the red circle", "a mug"], answers)
     prompt_length = prompts["input_ids"].shape[1]
     out = qwen.append_slot_tokens(ids, mask, prompt_length=prompt_length)
-    assert out.missing_ref_pos.tolist() == [False, True]
-    check_slots_follow_last_valid_token(qwen, ids, mask, out, [K, K + 1])
-    assert out.input_ids.shape[1] <= ids.shape[1] + K + 1
-    # Row 1's trailing padding stays after its slots (outer all-padding columns are trimmed).
-    tail = slice(int(out.slot_positions[1, -1]) + 1, None)
-    assert (out.input_ids[1, tail] == pad).all() and not out.attention_mask[1, tail].any()
-    assert out.attention_mask[:, -1].any() and out.attention_mask[:, 0].any()
-    # Without prompt_length the count rule gives the same answer (the prompt template holds one <REF_POS>).
-    default = qwen.append_slot_tokens(ids, mask)
-    assert torch.equal(default.input_ids, out.input_ids) and torch.equal(default.missing_ref_pos, out.missing_ref_pos)
+    assert out.malformed.tolist() == [False, True]
+    kept = [[tokens("<think>"), tokens("red"), tokens("</think>"), qwen.ref_token_id],
+            [tokens("<think>"), tokens("it"), tokens("</think>"), qwen.ref_token_id]]
+    for row in range(2):
+        expected = valid_ids(prompts, row) + kept[row] + qwen.slot_token_ids
+        assert out.input_ids[row][out.attention_mask[row].bool()].tolist() == expected
+        assert out.completion_ids[row].tolist() == kept[row]
+        assert torch.equal(out.input_ids[row, out.slot_positions[row]], torch.tensor(qwen.slot_token_ids))
+    assert out.attention_mask[:, -1].all()  # left-padded: every row ends with its last slot
+    assert out.input_ids.shape[1] == max(len(valid_ids(prompts, r)) + 4 + K for r in range(2))
     # The attention mask defaults to input_ids != pad.
-    assert torch.equal(qwen.append_slot_tokens(ids).input_ids, out.input_ids)
+    assert torch.equal(qwen.append_slot_tokens(ids, prompt_length=prompt_length).input_ids, out.input_ids)
 
 
-def test_append_slot_tokens_refuses_double_slots_and_empty_rows(qwen):
+def test_append_slot_tokens_refuses_bad_input(qwen):
     slotted = qwen(images(), ["a", "b"], completions=COMPLETIONS, append_slots=True)
+    length = slotted["input_ids"].shape[1]
     with pytest.raises(ValueError, match="already contain slot tokens"):
-        qwen.append_slot_tokens(slotted["input_ids"], slotted["attention_mask"])
+        qwen.append_slot_tokens(slotted["input_ids"], slotted["attention_mask"], prompt_length=length - 1)
     ids = torch.ones(2, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"Rows \[1\] have no valid token"):
-        qwen.append_slot_tokens(ids, torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match=r"Prompt rows \[1\] have no valid token"):
+        qwen.append_slot_tokens(ids, torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]), prompt_length=2)
     with pytest.raises(ValueError, match="shape"):
-        qwen.append_slot_tokens(ids, torch.ones(2, 3))
+        qwen.append_slot_tokens(ids, torch.ones(2, 3), prompt_length=2)
+    with pytest.raises(ValueError, match="prompt_length must be in"):
+        qwen.append_slot_tokens(ids)
 
 
 def test_extract_reasoning_and_batch_decode(qwen):

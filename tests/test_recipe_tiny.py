@@ -1,7 +1,6 @@
 """The tiny end-to-end recipe (smoke mode) and the shipped default checkpoint."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -37,9 +36,7 @@ def test_smoke_recipe_end_to_end(tmp_path):
     from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
     from segcompass.processing_segcompass import SegCompassProcessor
 
-    start = time.perf_counter()
     metrics = train_tiny(tmp_path / "ckpt", smoke=True, seed=0, processes=2)  # the card's data-parallel path
-    assert time.perf_counter() - start < 180
     assert metrics["processes"] == 2 and metrics["generated_pool"]["samples"] == 8
 
     out = tmp_path / "ckpt"
@@ -60,7 +57,11 @@ def test_smoke_recipe_end_to_end(tmp_path):
         for metric in ("ciou", "giou", "n_acc"):
             assert runner[ablation][metric] == pytest.approx(metrics["test"][f"generated/{key}"][metric], abs=1e-3)
     assert "## Results: `segcompass evaluate`" in (out / "README.md").read_text()
-    assert metrics["grpo"]["status"] in ("done", "skipped", "failed")
+    # the smoke config runs GRPO for 2 steps (grpo_steps=2, logging every step); a failure would have propagated
+    grpo = metrics["grpo"]
+    assert grpo["status"] == "done" and "reason" not in grpo, grpo
+    assert grpo["steps"] == metrics["config"]["grpo_steps"] == 2
+    assert {"loss", "seg/loss"} <= set(grpo["last_log"]), grpo
     card = (out / "README.md").read_text()
     assert "not a general" in card and "{" not in card.split("<think>")[0]  # every template field filled
     assert "does not reach the project's aims" in card  # a smoke model misses them, and the card says so
@@ -81,11 +82,9 @@ def test_smoke_recipe_end_to_end(tmp_path):
 def test_shipped_default_model_quality():
     from transformers import AutoModel, AutoProcessor
 
-    start = time.perf_counter()
     model = AutoModel.from_pretrained(DEFAULT_MODEL_DIR).eval()
     processor = AutoProcessor.from_pretrained(DEFAULT_MODEL_DIR)
     metrics = evaluate_tiny(model, processor, split="test", num_samples=SHIPPED_TEST_SUBSET)
-    assert time.perf_counter() - start < 60
     assert metrics["num_samples"] == SHIPPED_TEST_SUBSET
     assert metrics["ciou"] >= SHIPPED_CIOU_FLOOR, metrics
     assert metrics["giou"] >= 0.381 - 0.1, metrics
@@ -132,12 +131,16 @@ def test_train_tiny_command_line(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["joint_steps"] == 2 and metrics["config"]["thresholds"] == [0.4, 0.6]
     assert metrics["confidence_threshold"] in (0.4, 0.6)
-    with pytest.raises(SystemExit):
+    # the threshold is tuned over exactly the --set values and is the best one on validation
+    sweep = metrics["validation_threshold_sweep"]
+    assert set(sweep) == {"0.4", "0.6"}, sweep
+    assert sweep[str(metrics["confidence_threshold"])] == max(sweep.values()), (metrics["confidence_threshold"], sweep)
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error
         main(["train-tiny", str(out), "--set", "no_such_field=1"])
-    assert "no_such_field" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    assert exited.value.code == 2 and "no_such_field" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
         main(["train-tiny", str(out), "--set", "concept_window=many"])
-    assert "concept_window" in capsys.readouterr().err
+    assert exited.value.code == 2 and "concept_window" in capsys.readouterr().err
     # --evaluate-only re-scores the saved checkpoint with this code and keeps the training record
     before = metrics
     (out / "README.md").unlink()
@@ -146,8 +149,9 @@ def test_train_tiny_command_line(tmp_path, capsys):
     assert after["timings_s"] == before["timings_s"] and after["joint"] == before["joint"]
     assert after["test"]["generated/full"]["ciou"] == pytest.approx(before["test"]["generated/full"]["ciou"])
     assert (out / "README.md").is_file()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         main(["train-tiny", str(tmp_path / "nothing"), "--evaluate-only"])
+    assert exited.value.code == 2 and "holds no metrics.json" in capsys.readouterr().err
 
 
 def test_joint_training_leaves_the_sae_input_unchanged():

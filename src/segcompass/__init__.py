@@ -16,6 +16,7 @@ from .modeling_segcompass import (  # noqa: E402
     SegCompassForReasoningSegmentation,
     SegCompassOutput,
     SegCompassSegmentation,
+    SegCompassSegmentationOutput,
 )
 from .sae import (  # noqa: E402
     PooledConcepts,
@@ -35,6 +36,7 @@ __all__ = [
     "SegCompassForReasoningSegmentation",
     "SegCompassOutput",
     "SegCompassSegmentation",
+    "SegCompassSegmentationOutput",
     "SparseAutoencoder",
     "SparseAutoencoderConfig",
     "SparseAutoencoderOutput",

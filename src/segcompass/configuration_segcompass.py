@@ -5,12 +5,14 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig, SamConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .answer_format import DEFAULT_REF_TOKEN, DEFAULT_SLOT_TOKEN_TEMPLATE, slot_token_strings
+from .modules.concept_interface import VALUE_EMBEDDINGS
 from .sae import SparseAutoencoderConfig
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "llava")
 POOLINGS = ("max", "mean", "sum")
 CONCEPT_SELECTIONS = ("pooled", "centered")
-CONCEPT_VALUE_EMBEDDINGS = ("scale", "log")
+CONCEPT_VALUE_EMBEDDINGS = VALUE_EMBEDDINGS
 
 
 class SegCompassConfig(PreTrainedConfig):
@@ -85,8 +87,8 @@ class SegCompassConfig(PreTrainedConfig):
     slot_mapper_head_dim: int = 64
     slot_mapper_positional_keys: bool = False
     confidence_threshold: float = 0.5
-    ref_token: str = "<REF_POS>"
-    slot_token_template: str = "<SLOT_{}>"
+    ref_token: str = DEFAULT_REF_TOKEN
+    slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE
     ref_token_id: int | None = None
     slot_token_ids: list[int] | None = None
 
@@ -162,7 +164,7 @@ class SegCompassConfig(PreTrainedConfig):
 
     @property
     def slot_tokens(self) -> list[str]:
-        return [self.slot_token_template.format(i) for i in range(self.num_slots)]
+        return slot_token_strings(self.num_slots, self.slot_token_template)
 
     @property
     def image_embedding_size(self) -> int:

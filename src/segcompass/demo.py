@@ -36,7 +36,8 @@ def build_demo(output_dir, model: str | None = None, num_examples: int = 6, seed
     from transformers import pipeline
 
     from .data.synthetic import SyntheticConfig, generate_sample, sample_seed
-    from .pipelines import TASK, default_model_path
+    from .pipelines import TASK
+    from .presets import default_model_path
 
     model = model or default_model_path()
     if model is None:
@@ -48,15 +49,14 @@ def build_demo(output_dir, model: str | None = None, num_examples: int = 6, seed
     cards = []
     for i in tqdm(range(num_examples), desc="Demo", unit="example"):
         sample = generate_sample(sample_seed("test", i, seed), SyntheticConfig(image_size=size))
-        result = pipe(sample["image"], sample["instruction"], max_new_tokens=max_new_tokens, threshold=0.0)
-        kept = [inst for inst in result["instances"] if inst["score"] >= pipe.model.config.confidence_threshold]
-        kept_slots = {inst["slot"] for inst in kept}
-        overlay_instances(sample["image"], kept).save(out / f"example{i}.png")
+        result = pipe(sample["image"], sample["instruction"], max_new_tokens=max_new_tokens, return_all_slots=True)
+        overlay_instances(sample["image"], [inst for inst in result["instances"] if inst["kept"]]).save(
+            out / f"example{i}.png")
         slots = []
         for inst in sorted(result["instances"], key=lambda x: x["slot"]):
             _heatmap_image(inst["heatmap"]).save(out / f"example{i}_slot{inst['slot']}.png")
             concepts = ", ".join(f"f{c['feature']} ({c['activation']:.2f}, w {c['weight']:.2f})" for c in inst["concepts"])
-            state = "kept" if inst["slot"] in kept_slots else "dropped"
+            state = "kept" if inst["kept"] else "dropped"
             slots.append(
                 f"<div class='slot'><img src='example{i}_slot{inst['slot']}.png'><br>slot {inst['slot']}: "
                 f"{inst['score']:.2f} ({state})<br><small>{html.escape(concepts)}</small></div>"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageInput", "SUPPORTED_MODES", "load_image", "load_images"]
+__all__ = ["ImageInput", "SUPPORTED_MODES", "load_image", "load_image_batch", "load_images"]
 
 ImageInput = Any
 """Anything :func:`load_image` accepts: a PIL image, an array, or a path."""
@@ -85,6 +85,37 @@ def load_images(images: ImageInput | list[ImageInput], *, exif_transpose: bool =
     if isinstance(images, (list, tuple)):
         return [load_image(image, exif_transpose=exif_transpose) for image in images]
     return [load_image(images, exif_transpose=exif_transpose)]
+
+
+def load_image_batch(images: ImageInput | list[ImageInput], batch_size: int) -> list[Image.Image]:
+    """One RGB image per sample of a batch of ``batch_size``: a single image is shared by every sample (decoded once),
+    a list must hold one image per sample (``ProcessorMixin.apply_chat_template``'s one-element lists per
+    conversation are unwrapped)."""
+    if isinstance(images, (list, tuple)):
+        flat = []
+        for item in images:
+            if isinstance(item, (list, tuple)):
+                if len(item) != 1:
+                    raise ValueError(
+                        f"Each sample takes exactly one image, got a sample with {len(item)}; pass one image per "
+                        "sample."
+                    )
+                item = item[0]
+            flat.append(item)
+    else:
+        flat = [images]
+    if len(flat) == 1 and batch_size > 1:
+        flat = flat * batch_size  # one image, several instructions: the image is shared
+    elif len(flat) != batch_size:
+        raise ValueError(
+            f"Got {len(flat)} images for {batch_size} instructions; pass one image per instruction, or a single "
+            "image to share across all instructions."
+        )
+    loaded: dict[int, Image.Image] = {}  # a shared image is decoded once
+    for image in flat:
+        if id(image) not in loaded:
+            loaded[id(image)] = load_image(image)
+    return [loaded[id(image)] for image in flat]
 
 
 def _is_tensor(value: Any) -> bool:

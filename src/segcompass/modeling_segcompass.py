@@ -22,12 +22,13 @@ from transformers import initialization as init
 from transformers.models.sam.modeling_sam import SamPositionalEmbedding
 from transformers.utils import ModelOutput
 
+from .answer_format import append_slot_ids, find_slot_positions
 from .configuration_segcompass import SegCompassConfig
 from .modules.concept_interface import SparseConceptInterface, last_activation_distance
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.slot_mapper import SlotMapper
-from .postprocess import masks_to_original_size
 from .sae import SparseAutoencoder
+from .sam_frame import masks_to_original_sizes, valid_mask_sizes
 from .utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -68,7 +69,7 @@ class SegCompassOutput(ModelOutput):
 
 
 @dataclass
-class SegCompassSegmentation(ModelOutput):
+class SegCompassSegmentationOutput(ModelOutput):
     """Output of [`SegCompassForReasoningSegmentation.segment`] (batch-first tensors, lists per sample).
 
     Args:
@@ -88,6 +89,10 @@ class SegCompassSegmentation(ModelOutput):
     masks: list | None = None
     heatmaps: list | None = None
     outputs: SegCompassOutput | None = None
+
+
+SegCompassSegmentation = SegCompassSegmentationOutput
+"""Former name of :class:`SegCompassSegmentationOutput` (kept so existing imports keep working)."""
 
 
 class SegCompassPreTrainedModel(PreTrainedModel):
@@ -197,8 +202,6 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
     def slot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions of the K concentration tokens in each row: (B, T) -> (B, K); each must occur exactly once."""
         ref_id, slot_ids = self._special_ids()
-        matches = input_ids.unsqueeze(-1) == slot_ids.to(input_ids.device)  # (B, T, K)
-        counts = matches.sum(1)  # (B, K)
         has_ref = (input_ids == ref_id).any(1)  # (B,)
         if not bool(has_ref.all()):
             rows = (~has_ref).nonzero().flatten().tolist()
@@ -207,14 +210,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
                 "`SegCompassProcessor(..., append_slots=True)` or `processor.append_slot_tokens(...)`, which add "
                 f"`{self.config.ref_token}` and the {self.config.num_slots} concentration tokens."
             )
-        if not bool((counts == 1).all()):
-            bad = sorted(set((counts != 1).nonzero()[:, 0].tolist()))
-            raise ValueError(
-                f"Each row must contain each of the {self.config.num_slots} concentration tokens "
-                f"{self.config.slot_tokens} exactly once; rows {bad} do not (counts {counts[bad].tolist()}). "
-                "Use `processor.append_slot_tokens(input_ids, attention_mask)`."
-            )
-        return matches.to(torch.long).argmax(1)  # (B, K)
+        return find_slot_positions(input_ids, slot_ids, self.config.slot_tokens)  # (B, K)
 
     def _check_image_embeddings(self, image_embeddings: torch.Tensor, batch: int) -> None:
         size = self.config.image_embedding_size
@@ -224,6 +220,29 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
                 f"`image_embeddings` must have shape {expected} (B, C, h, w) for this model, got "
                 f"{tuple(image_embeddings.shape)}. Compute them with `model.get_image_embeddings(sam_pixel_values)`."
             )
+
+    @property
+    def sam_input_size(self) -> int:
+        """S: the side of SAM's padded square input frame."""
+        return int(self.config.sam_config.vision_config.image_size)
+
+    def valid_mask_sizes(self, reshaped_input_sizes) -> torch.LongTensor:
+        """``(B, 2)`` unpadded (h, w) on the m × m mask grid from the processor's ``reshaped_input_sizes`` ``(B, 2)``
+        (:func:`segcompass.sam_frame.valid_mask_sizes` with this model's m and S)."""
+        return valid_mask_sizes(reshaped_input_sizes, self.config.mask_size, self.sam_input_size)
+
+    def _hook_states(self, backbone_outputs) -> torch.Tensor:
+        """The SAE's input from a backbone output with hidden states: ``hidden_states[hook_layer]`` (B, T, D)."""
+        return backbone_outputs.hidden_states[self.config.sae_config.hook_layer]
+
+    def get_hook_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                        **backbone_inputs) -> torch.Tensor:
+        """The backbone's residual stream at the SAE's hook layer: ``(B, T, D)`` for ``input_ids`` ``(B, T)``
+        (``backbone_inputs``: the processor's image inputs). What the SAE was trained on and what the concept path
+        reads; use it to cache SAE training data or to inspect concepts token by token."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                            return_dict=True, **backbone_inputs)
+        return self._hook_states(out)
 
     def get_image_embeddings(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
         """SAM image keys: (B, 3, S, S) -> (B, C, h, w)."""
@@ -236,6 +255,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         sam_pixel_values: torch.FloatTensor | None = None,
         image_embeddings: torch.FloatTensor | None = None,
+        reshaped_input_sizes: torch.LongTensor | None = None,
         valid_mask_sizes: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         **backbone_kwargs,
@@ -246,7 +266,10 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             attention_mask (`(B, T)`).
             sam_pixel_values (`(B, 3, S, S)`) or image_embeddings (`(B, C, h, w)`): the SAM branch input; pass
                 precomputed embeddings to skip the image encoder.
-            valid_mask_sizes (`(B, 2)`, *optional*): unpadded (height, width) on the m × m mask grid.
+            reshaped_input_sizes (`(B, 2)`, *optional*): the processor's (h', w') of each image in the SAM frame;
+                the mask decoder then ignores the padding (:meth:`valid_mask_sizes`).
+            valid_mask_sizes (`(B, 2)`, *optional*): instead of ``reshaped_input_sizes``: the unpadded (height,
+                width) on the m × m mask grid, already computed.
             labels (`(B, T)`, *optional*): language-model labels (-100 to ignore).
             backbone_kwargs: the backbone's image inputs (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``
                 for Qwen2.5-VL; ``pixel_values`` for LLaVA).
@@ -260,10 +283,14 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
                 raise ValueError("Pass `sam_pixel_values` (B, 3, S, S) or precomputed `image_embeddings` (B, C, h, w).")
             image_embeddings = self.get_image_embeddings(sam_pixel_values)
         self._check_image_embeddings(image_embeddings, batch)
+        if reshaped_input_sizes is not None:
+            if valid_mask_sizes is not None:
+                raise ValueError("Pass `reshaped_input_sizes` or `valid_mask_sizes`, not both.")
+            valid_mask_sizes = self.valid_mask_sizes(reshaped_input_sizes).to(image_embeddings.device)  # (B, 2)
 
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                             output_hidden_states=True, return_dict=True, **backbone_kwargs)
-        hook_states = out.hidden_states[self.config.sae_config.hook_layer]  # (B, T, D)
+        hook_states = self._hook_states(out)  # (B, T, D)
         last_states = out.hidden_states[-1]  # (B, T, D)
         slot_embeddings = torch.gather(
             last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
@@ -318,7 +345,8 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, pad_token_id: int,
         eos_token_ids: list[int] | None = None, mm_token_type_ids: torch.Tensor | None = None,
     ) -> dict:
-        """Prompt + completion cut at its first <REF_POS> (appended when missing) + the K slot tokens, left-padded.
+        """Prompt + completion cut at its first <REF_POS> (appended when missing) + the K slot tokens, left-padded:
+        :func:`segcompass.answer_format.append_slot_ids` with this model's special token ids.
 
         Args:
             prompt_ids, prompt_mask (`(B, Tp)`): left-padded prompts; completion_ids (`(B, Tc)`): generated tokens.
@@ -328,38 +356,13 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             ``completion_ids`` (list of (t_b,)) and ``malformed`` (B,) bool.
         """
         ref_id, slot_ids = self._special_ids()
-        stop = set(eos_token_ids or []) | {pad_token_id}
-        rows, types, completions, malformed = [], [], [], []
-        for b in range(prompt_ids.shape[0]):
-            prompt = prompt_ids[b][prompt_mask[b].bool()]
-            slot_set = set(slot_ids.tolist())
-            completion = [t for t in completion_ids[b].tolist() if t not in slot_set]  # slots are never sampled
-            if ref_id in completion:
-                completion = completion[: completion.index(ref_id) + 1]
-                malformed.append(False)
-            else:
-                cut = next((i for i, t in enumerate(completion) if t in stop), len(completion))
-                completion = completion[:cut] + [ref_id]
-                malformed.append(True)
-            completion_t = torch.tensor(completion, dtype=prompt.dtype, device=prompt.device)
-            completions.append(completion_t)
-            rows.append(torch.cat([prompt, completion_t, slot_ids.to(prompt.device, prompt.dtype)]))
-            if mm_token_type_ids is not None:
-                prompt_types = mm_token_type_ids[b][prompt_mask[b].bool()]
-                types.append(torch.cat([prompt_types, prompt_types.new_zeros(len(completion) + len(slot_ids))]))
-        length = max(len(r) for r in rows)
-        input_ids = prompt_ids.new_full((len(rows), length), pad_token_id)
-        attention_mask = torch.zeros_like(input_ids)
-        for b, row in enumerate(rows):
-            input_ids[b, length - len(row):] = row
-            attention_mask[b, length - len(row):] = 1
-        result = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_ids": completions,
-                  "malformed": torch.tensor(malformed)}
+        slotted = append_slot_ids(prompt_ids, prompt_mask, completion_ids, ref_token_id=ref_id,
+                                  slot_token_ids=slot_ids, pad_token_id=pad_token_id,
+                                  stop_token_ids=list(eos_token_ids or []), mm_token_type_ids=mm_token_type_ids)
+        result = {"input_ids": slotted.input_ids, "attention_mask": slotted.attention_mask,
+                  "completion_ids": slotted.completion_ids, "malformed": slotted.malformed}
         if mm_token_type_ids is not None:
-            padded = mm_token_type_ids.new_zeros(input_ids.shape)
-            for b, row in enumerate(types):
-                padded[b, length - len(row):] = row
-            result["mm_token_type_ids"] = padded
+            result["mm_token_type_ids"] = slotted.mm_token_type_ids
         return result
 
     @torch.no_grad()
@@ -418,7 +421,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         eos_token_id: int | list[int] | None = None,
         return_heatmaps: bool = True,
         **backbone_inputs,
-    ) -> SegCompassSegmentation:
+    ) -> SegCompassSegmentationOutput:
         """Generate the reasoning, append the concentration tokens, run one scoring forward, resize the masks.
 
         Args:
@@ -439,30 +442,19 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         forward_kwargs = {k: v for k, v in backbone_inputs.items() if k != "mm_token_type_ids"}
         if "mm_token_type_ids" in scoring:
             forward_kwargs["mm_token_type_ids"] = scoring["mm_token_type_ids"]
-        valid_sizes = None
-        if reshaped_input_sizes is not None:
-            input_size = self.config.sam_config.vision_config.image_size
-            valid_sizes = torch.ceil(reshaped_input_sizes.float() * self.config.mask_size / input_size).long()
         outputs = self.forward(
             input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"], image_embeddings=image_embeddings,
-            valid_mask_sizes=valid_sizes, **forward_kwargs,
+            reshaped_input_sizes=reshaped_input_sizes, **forward_kwargs,
         )
-        result = SegCompassSegmentation(
+        result = SegCompassSegmentationOutput(
             sequences=scoring["input_ids"], completion_ids=scoring["completion_ids"], malformed=scoring["malformed"],
             confidences=outputs.confidence_logits.sigmoid(), outputs=outputs,
         )
         if original_sizes is not None and reshaped_input_sizes is not None:
-            input_size = self.config.sam_config.vision_config.image_size
-            result.masks = [
-                masks_to_original_size(outputs.mask_logits[b], reshaped_input_sizes[b], original_sizes[b], input_size) > 0
-                for b in range(input_ids.shape[0])
-            ]
+            sizes = (original_sizes, reshaped_input_sizes, self.sam_input_size)
+            result.masks = [m > 0 for m in masks_to_original_sizes(outputs.mask_logits, *sizes)]  # B x (K, H, W)
             if return_heatmaps:
-                result.heatmaps = [
-                    masks_to_original_size(outputs.heatmap_logits[b], reshaped_input_sizes[b], original_sizes[b],
-                                           input_size).sigmoid()
-                    for b in range(input_ids.shape[0])
-                ]
+                result.heatmaps = [h.sigmoid() for h in masks_to_original_sizes(outputs.heatmap_logits, *sizes)]
         return result
 
     # ------------------------------------------------------------------ assembly from parts

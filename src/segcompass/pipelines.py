@@ -4,8 +4,8 @@ Registered at ``import segcompass``. Output per input::
 
     {"reasoning": str,                 # the <think> text
      "completion": str,                # the whole generated answer
-     "instances": [                    # kept slots (σ(c_k) >= threshold), sorted by score
-        {"mask": bool (H, W), "score": float, "box": [x, y, w, h], "slot": int,
+     "instances": [                    # kept slots (σ(c_k) >= threshold; every slot with return_all_slots), by score
+        {"mask": bool (H, W), "score": float, "box": [x, y, w, h], "slot": int, "kept": bool,
          "heatmap": float (H, W) (when return_heatmaps), "concepts": [{"feature", "activation", "weight"}, ...]}],
      "mask": bool (H, W),              # union of the kept instances; all False when there is no target
      "malformed": bool}                # the answer lacked <REF_POS> (one was appended to score it)
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 from transformers import Pipeline
 
 from .image_utils import load_image
+from .prediction import keep_and_union
+from .presets import default_model_path
 from .utils.logging import get_logger
+from .utils.masks import mask_to_box
 
 logger = get_logger(__name__)
 TASK = "reasoning-segmentation"
@@ -31,14 +33,6 @@ def _image_key(image) -> str:
     return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
 
 
-def mask_to_box(mask: np.ndarray) -> list[float]:
-    """[x, y, w, h] of a bool (H, W) mask (zeros when empty)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-
-
 class ReasoningSegmentationPipeline(Pipeline):
     """Segment what an instruction refers to, with the model's reasoning and the SAE concepts behind each mask.
 
@@ -47,7 +41,8 @@ class ReasoningSegmentationPipeline(Pipeline):
 
     Keyword arguments: ``threshold`` (confidence to keep a slot; default ``model.config.confidence_threshold``),
     ``max_new_tokens`` (reasoning length, default 256), ``return_heatmaps`` (default True), ``top_concepts``
-    (concepts listed per instance, default 5).
+    (concepts listed per instance, default 5), ``return_all_slots`` (list every slot, kept or not, each with its
+    ``"kept"`` flag; default False: only the kept ones).
     """
 
     _load_processor = True
@@ -62,7 +57,7 @@ class ReasoningSegmentationPipeline(Pipeline):
         self._embedding_cache: dict[str, torch.Tensor] = {}
 
     def _sanitize_parameters(self, threshold=None, max_new_tokens=None, return_heatmaps=None, top_concepts=None,
-                             **kwargs):
+                             return_all_slots=None, **kwargs):
         forward, post = {}, {}
         if max_new_tokens is not None:
             forward["max_new_tokens"] = max_new_tokens
@@ -74,6 +69,8 @@ class ReasoningSegmentationPipeline(Pipeline):
             post["return_heatmaps"] = return_heatmaps
         if top_concepts is not None:
             post["top_concepts"] = top_concepts
+        if return_all_slots is not None:
+            post["return_all_slots"] = return_all_slots
         return {}, forward, post
 
     def __call__(self, images, instructions=None, **kwargs):
@@ -125,7 +122,7 @@ class ReasoningSegmentationPipeline(Pipeline):
         return {"result": result}
 
     def postprocess(self, model_outputs, threshold: float | None = None, return_heatmaps: bool = True,
-                    top_concepts: int = 5):
+                    top_concepts: int = 5, return_all_slots: bool = False):
         result = model_outputs["result"]
         threshold = self.model.config.confidence_threshold if threshold is None else threshold
         out = result.outputs
@@ -137,11 +134,10 @@ class ReasoningSegmentationPipeline(Pipeline):
         concept_idx = out.concept_indices[0].cpu()
         concept_val = out.concept_values[0].float().cpu()
         attention = out.slot_concept_attention[0].float().cpu()  # (K, N)
+        union, kept = keep_and_union(masks, scores, threshold)  # (H, W) bool, kept slot indices
         instances = []
-        for slot in range(masks.shape[0]):
+        for slot in range(masks.shape[0]) if return_all_slots else kept:
             score = float(scores[slot])
-            if score < threshold:
-                continue
             weights = attention[slot].masked_fill(~concept_mask, -1.0)
             order = weights.argsort(descending=True)[: min(top_concepts, int(concept_mask.sum()))]
             instance = {
@@ -149,6 +145,7 @@ class ReasoningSegmentationPipeline(Pipeline):
                 "score": score,
                 "box": mask_to_box(masks[slot]),
                 "slot": slot,
+                "kept": slot in kept,
                 "concepts": [
                     {"feature": int(concept_idx[j]), "activation": float(concept_val[j]),
                      "weight": float(attention[slot, j])}
@@ -159,9 +156,6 @@ class ReasoningSegmentationPipeline(Pipeline):
                 instance["heatmap"] = heatmaps[slot]
             instances.append(instance)
         instances.sort(key=lambda i: i["score"], reverse=True)
-        union = np.zeros(masks.shape[1:], dtype=bool)
-        for instance in instances:
-            union |= instance["mask"]
         return {
             "reasoning": self.processor.extract_reasoning(completion),
             "completion": completion,
@@ -169,14 +163,6 @@ class ReasoningSegmentationPipeline(Pipeline):
             "mask": union,
             "malformed": bool(result.malformed[0]),
         }
-
-
-def default_model_path() -> str | None:
-    """The embedded default checkpoint shipped inside the package, or None if this installation has none."""
-    from importlib.resources import files
-
-    path = files("segcompass") / "assets" / "default_model"
-    return str(path) if (path / "config.json").is_file() else None
 
 
 def register_pipeline() -> None:

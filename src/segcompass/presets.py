@@ -10,6 +10,8 @@ hidden_states[16]), SAM ViT-H image encoder (paper appendix A.2), d_sae = 65 536
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SAM_VIT_H = dict(
     vision_config=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
                        global_attn_indexes=[7, 15, 23, 31], mlp_dim=5120, output_channels=256,
@@ -98,3 +100,20 @@ PRESETS = {
     "tiny": _tiny,
     "tiny-llava": _tiny_llava,
 }
+
+
+DEFAULT_MODEL_NAME = "segcompass-tiny-synthetic"
+"""The name of the checkpoint embedded in the package (trained by ``segcompass train-tiny``)."""
+
+
+def default_model_dir() -> Path:
+    """Where the embedded ``segcompass-tiny-synthetic`` checkpoint lives inside the installed package (it may be
+    absent in a slimmed install: see :func:`default_model_path`)."""
+    return Path(__file__).resolve().parent / "assets" / "default_model"
+
+
+def default_model_path() -> str | None:
+    """The embedded default checkpoint's directory, or ``None`` if this installation ships none. The one way the
+    pipeline, the CLI, the demo, the evaluation runner and the recipe find the embedded model."""
+    path = default_model_dir()
+    return str(path) if (path / "config.json").is_file() else None

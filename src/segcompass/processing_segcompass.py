@@ -23,21 +23,45 @@ Generation uses **left padding**: the processor sets ``tokenizer.padding_side = 
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from transformers import (
     BatchFeature,
-    LlavaProcessor,
     ProcessorMixin,
-    Qwen2_5_VLProcessor,
     SamImageProcessorPil,
 )
 
-from .image_utils import load_image
+from .answer_format import (
+    DEFAULT_NUM_SLOTS,
+    DEFAULT_PROMPT_TEMPLATE,
+    DEFAULT_REF_TOKEN,
+    DEFAULT_SLOT_TOKEN_TEMPLATE,
+    INSTRUCTION_FIELD,
+    SlotSequences,
+    append_slots_to_text,
+    check_completions,
+    check_instructions,
+    check_num_slots,
+    extract_reasoning,
+    find_slot_positions,
+    slot_token_strings,
+    split_and_append_slot_ids,
+)
+from .backbone_processing import (
+    BACKBONE_TYPES,
+    ImageOnlyQwen2_5_VLProcessor,
+    add_special_tokens_to_tokenizer,
+    build_backbone_processor,
+    check_sam_image_processor,
+    load_backbone_tokenizer_and_image_processor,
+    pil_image_processor_from_dict,
+    processor_chat_template,
+    resolve_backbone_kwargs,
+)
+from .image_utils import load_image_batch
+from .sam_frame import masks_to_original_sizes, valid_mask_sizes
 from .utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -50,129 +74,11 @@ __all__ = [
     "DEFAULT_SLOT_TOKEN_TEMPLATE",
     "ImageOnlyQwen2_5_VLProcessor",
     "SegCompassProcessor",
-    "SlotAppendOutput",
+    "SlotSequences",
     "add_special_tokens_to_tokenizer",
     "extract_reasoning",
     "slot_token_strings",
 ]
-
-DEFAULT_REF_TOKEN = "<REF_POS>"
-DEFAULT_SLOT_TOKEN_TEMPLATE = "<SLOT_{}>"
-DEFAULT_NUM_SLOTS = 6
-BACKBONE_TYPES = ("qwen2_5_vl", "llava")
-
-DEFAULT_PROMPT_TEMPLATE = (
-    "Request: {instruction}\n"
-    "Find the object(s) in the image that the request refers to, comparing the candidates carefully. "
-    "Reason step by step inside <think> </think>, then output exactly one <REF_POS> right after </think> "
-    "and nothing else."
-)
-"""The instruction template (``{instruction}`` is replaced by the stripped instruction). One instruction, no
-contradictions: reasoning in ``<think> </think>``, then exactly one ``<REF_POS>`` (what the format reward checks).
-Used for both backbones."""
-
-LLAVA_DEFAULT_BACKBONE_KWARGS = {
-    "patch_size": 14,
-    "vision_feature_select_strategy": "default",
-    "num_additional_image_tokens": 1,
-    "image_token": "<image>",
-}
-"""``LlavaProcessor`` arguments of llava-1.5 (CLIP ViT-L/14 at 336 px, CLS dropped: 576 image tokens)."""
-
-_BACKBONE_KWARG_NAMES = {"qwen2_5_vl": (), "llava": tuple(LLAVA_DEFAULT_BACKBONE_KWARGS)}
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_INSTRUCTION_FIELD = "{instruction}"
-
-
-def slot_token_strings(num_slots: int = DEFAULT_NUM_SLOTS, template: str = DEFAULT_SLOT_TOKEN_TEMPLATE) -> list[str]:
-    """The K concentration-token strings, e.g. ``["<SLOT_0>", ..., "<SLOT_5>"]``."""
-    _check_num_slots(num_slots)
-    if template.count("{}") != 1:
-        raise ValueError(
-            f"slot_token_template must contain '{{}}' exactly once (e.g. '<SLOT_{{}}>'), got {template!r}."
-        )
-    return [template.format(k) for k in range(num_slots)]
-
-
-def add_special_tokens_to_tokenizer(
-    tokenizer,
-    num_slots: int = DEFAULT_NUM_SLOTS,
-    ref_token: str = DEFAULT_REF_TOKEN,
-    slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE,
-) -> int:
-    """Add ``<REF_POS>`` and ``<SLOT_0> ... <SLOT_{K-1}>`` to ``tokenizer`` as extra special tokens (in place).
-
-    Tokens already present are left alone, so the call is idempotent and ids never move; new tokens get consecutive
-    ids at the end of the vocabulary, ``<REF_POS>`` first.
-
-    Returns:
-        ``int``: how many new ids were added. When it is > 0 the model's embedding matrix needs at least
-        ``len(tokenizer)`` rows: grow it with ``model.resize_token_embeddings(len(tokenizer))`` when it is smaller
-        (Qwen2.5-VL and llava-1.5-hf have spare padded rows, so theirs already fit; resizing them *down* to
-        ``len(tokenizer)`` would drop rows). Either way the new rows hold no trained meaning yet.
-    """
-    wanted = [ref_token, *slot_token_strings(num_slots, slot_token_template)]
-    # A token may already be an ordinary vocabulary entry; registering it as a special token keeps its id and makes
-    # sure it is never split or merged with neighbouring text.
-    to_register = [token for token in wanted if token not in tokenizer.added_tokens_encoder]
-    if not to_register:
-        return 0
-    size_before = len(tokenizer)
-    tokenizer.add_special_tokens({"extra_special_tokens": to_register}, replace_extra_special_tokens=False)
-    added = len(tokenizer) - size_before
-    logger.info(
-        f"Registered {', '.join(to_register)} as special tokens ({added} new ids); the model's embedding matrix needs "
-        f"at least {len(tokenizer)} rows."
-    )
-    return added
-
-
-def extract_reasoning(text: str) -> str:
-    """The content of the last complete ``<think> ... </think>`` block of ``text``, stripped; ``""`` if there is none
-    (an unclosed ``<think>`` counts as none).
-
-    The last block, so that a decoded prompt + answer works too: the prompt template itself mentions
-    ``<think> </think>``. A well-formed answer has exactly one block (the format reward checks that)."""
-    blocks = _THINK_BLOCK.findall(text)
-    return blocks[-1].strip() if blocks else ""
-
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision); images and text only.
-
-    Its attributes are ``["image_processor", "tokenizer"]`` (derived from this ``__init__`` signature), so it saves and
-    loads without a video processor.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **kwargs,
-        )
-        # Image-only: no video placeholder exists, so none is counted or typed (a tokenizer without the video token
-        # would otherwise map it to the unknown-token id and mark every unknown word as video).
-        self.video_token = None
-        self.video_token_id = None
-
-
-class SlotAppendOutput(NamedTuple):
-    """Result of :meth:`SegCompassProcessor.append_slot_tokens` (unpacks like a tuple)."""
-
-    input_ids: torch.Tensor
-    """``(B, T')`` the sequences with ``[<REF_POS>] <SLOT_0> ... <SLOT_{K-1}>`` after each row's last valid token."""
-    attention_mask: torch.Tensor
-    """``(B, T')`` 1 on every original valid token and on the appended tokens, 0 on padding."""
-    slot_positions: torch.Tensor
-    """``(B, K)`` long: column of ``<SLOT_k>`` in each row of ``input_ids``."""
-    missing_ref_pos: torch.Tensor
-    """``(B,)`` bool: rows whose answer had no ``<REF_POS>`` (one was inserted before the slots): malformed answers."""
-    mm_token_type_ids: torch.Tensor | None = None
-    """``(B, T')`` the given ``mm_token_type_ids`` moved along, 0 (text) on the appended tokens; ``None`` if not
-    given."""
-
 
 class SegCompassProcessor(ProcessorMixin):
     r"""Processor of SegCompass models: backbone processor + SAM image processor + prompt template + special tokens.
@@ -195,8 +101,8 @@ class SegCompassProcessor(ProcessorMixin):
         max_length: the longest instruction, in tokens; ``None`` uses ``tokenizer.model_max_length`` when finite.
         backbone_kwargs: arguments of the inner backbone processor. Qwen2.5-VL: none. LLaVA: ``patch_size``,
             ``vision_feature_select_strategy``, ``num_additional_image_tokens``, ``image_token`` (defaults:
-            :data:`LLAVA_DEFAULT_BACKBONE_KWARGS`, the llava-1.5 values). A plain dict, so it survives
-            ``save_pretrained``.
+            :data:`segcompass.backbone_processing.LLAVA_DEFAULT_BACKBONE_KWARGS`, the llava-1.5 values). A plain dict,
+            so it survives ``save_pretrained``.
 
     Example:
 
@@ -208,7 +114,7 @@ class SegCompassProcessor(ProcessorMixin):
     answer = processor.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     reasoning = processor.extract_reasoning(answer)
     slotted = processor.append_slot_tokens(sequences, prompt_length=inputs["input_ids"].shape[1])
-    # slotted.input_ids / .attention_mask / .slot_positions (B, K) / .missing_ref_pos (B,) -> one forward pass
+    # slotted.input_ids / .attention_mask / .slot_positions (B, K) / .malformed (B,) -> one forward pass
     masks = processor.post_process_masks(mask_logits, inputs["original_sizes"], inputs["reshaped_input_sizes"])
     ```
 
@@ -239,10 +145,10 @@ class SegCompassProcessor(ProcessorMixin):
                 "SegCompassProcessor needs the backbone's image_processor and tokenizer (got None); build them from "
                 "the backbone checkpoint, or use SegCompassProcessor.from_backbone_pretrained(path, backbone_type)."
             )
-        _check_num_slots(num_slots)
-        if not isinstance(prompt_template, str) or prompt_template.count(_INSTRUCTION_FIELD) != 1:
+        check_num_slots(num_slots)
+        if not isinstance(prompt_template, str) or prompt_template.count(INSTRUCTION_FIELD) != 1:
             raise ValueError(
-                f"prompt_template must contain '{_INSTRUCTION_FIELD}' exactly once, got {prompt_template!r}."
+                f"prompt_template must contain '{INSTRUCTION_FIELD}' exactly once, got {prompt_template!r}."
             )
         if max_length is not None and (
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
@@ -253,9 +159,9 @@ class SegCompassProcessor(ProcessorMixin):
             raise ValueError(
                 f"ref_token {ref_token!r} collides with a slot token; choose a different slot_token_template."
             )
-        backbone_kwargs = _resolve_backbone_kwargs(backbone_type, backbone_kwargs)
+        backbone_kwargs = resolve_backbone_kwargs(backbone_type, backbone_kwargs)
         sam_image_processor = SamImageProcessorPil() if sam_image_processor is None else sam_image_processor
-        _check_sam_image_processor(sam_image_processor)
+        check_sam_image_processor(sam_image_processor)
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
 
@@ -272,9 +178,7 @@ class SegCompassProcessor(ProcessorMixin):
         self._check_special_tokens()
         self.tokenizer.padding_side = "left"
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Construction helpers
-    # ------------------------------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------- construction helpers
 
     @classmethod
     def from_backbone_pretrained(
@@ -294,22 +198,14 @@ class SegCompassProcessor(ProcessorMixin):
 
         Remaining ``kwargs`` go to the constructor (``prompt_template``, ``system_prompt``, ``backbone_kwargs``, ...).
         """
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, backend="pil")
-        added = add_special_tokens_to_tokenizer(tokenizer, num_slots, ref_token, slot_token_template)
-        if added:
-            logger.warning(
-                f"Added {added} SegCompass special tokens to the tokenizer of {pretrained_model_name_or_path}; the "
-                f"backbone needs at least {len(tokenizer)} embedding rows (`model.resize_token_embeddings("
-                f"{len(tokenizer)})` if it has fewer)."
-            )
+        tokenizer, image_processor = load_backbone_tokenizer_and_image_processor(
+            pretrained_model_name_or_path, num_slots, ref_token, slot_token_template
+        )
         return cls(
             image_processor=image_processor,
             tokenizer=tokenizer,
             sam_image_processor=sam_image_processor,
-            chat_template=kwargs.pop("chat_template", None) or _processor_chat_template(pretrained_model_name_or_path),
+            chat_template=kwargs.pop("chat_template", None) or processor_chat_template(pretrained_model_name_or_path),
             backbone_type=backbone_type,
             num_slots=num_slots,
             ref_token=ref_token,
@@ -329,14 +225,12 @@ class SegCompassProcessor(ProcessorMixin):
             "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
         )
         return [
-            _pil_image_processor_from_dict(configs["image_processor"]),
+            pil_image_processor_from_dict(configs["image_processor"]),
             tokenizer,
-            _pil_image_processor_from_dict(configs["sam_image_processor"]),
+            pil_image_processor_from_dict(configs["sam_image_processor"]),
         ]
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Tokens
-    # ------------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------- tokens
 
     add_special_tokens_to_tokenizer = staticmethod(add_special_tokens_to_tokenizer)
     """Alias of the module-level :func:`add_special_tokens_to_tokenizer`."""
@@ -360,16 +254,8 @@ class SegCompassProcessor(ProcessorMixin):
     def backbone_processor(self) -> ProcessorMixin:
         """The backbone's own processor over this processor's tokenizer and image processor (built on access, so it
         always reflects the current attributes): ``ImageOnlyQwen2_5_VLProcessor`` or ``LlavaProcessor``."""
-        if self.backbone_type == "qwen2_5_vl":
-            return ImageOnlyQwen2_5_VLProcessor(
-                image_processor=self.image_processor, tokenizer=self.tokenizer, chat_template=self.chat_template
-            )
-        return LlavaProcessor(
-            image_processor=self.image_processor,
-            tokenizer=self.tokenizer,
-            chat_template=self.chat_template,
-            **self.backbone_kwargs,
-        )
+        return build_backbone_processor(self.backbone_type, self.image_processor, self.tokenizer, self.chat_template,
+                                        self.backbone_kwargs)
 
     @property
     def image_token(self) -> str:
@@ -379,6 +265,9 @@ class SegCompassProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return [*self.backbone_processor.model_input_names, "sam_pixel_values"]
+
+    def _reserved_tokens(self) -> list[str]:
+        return [self.ref_token, *self.slot_tokens, self.image_token]
 
     def _check_special_tokens(self) -> None:
         registered = self.tokenizer.added_tokens_encoder  # special/added tokens: never split, never merged
@@ -392,9 +281,7 @@ class SegCompassProcessor(ProcessorMixin):
                     "(`model.resize_token_embeddings(len(tokenizer))` if it has fewer)."
                 )
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Prompt
-    # ------------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------- prompt
 
     def build_messages(self, instruction: str, image: Any = None) -> list[dict[str, Any]]:
         """The chat messages for ``instruction``: optional system turn, then a user turn with the image part first and
@@ -403,7 +290,7 @@ class SegCompassProcessor(ProcessorMixin):
         image_part: dict[str, Any] = {"type": "image"}
         if image is not None:
             image_part["image"] = image
-        prompt = self.prompt_template.replace(_INSTRUCTION_FIELD, instruction.strip())
+        prompt = self.prompt_template.replace(INSTRUCTION_FIELD, instruction.strip())
         messages = []
         if self.system_prompt:
             messages.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
@@ -440,9 +327,7 @@ class SegCompassProcessor(ProcessorMixin):
         model_max = getattr(self.tokenizer, "model_max_length", None)
         return int(model_max) if model_max is not None and model_max < 1e9 else None
 
-    # ------------------------------------------------------------------------------------------------------------
-    # __call__
-    # ------------------------------------------------------------------------------------------------------------
+    # -------------------------------------------------------------------------------------------- __call__
 
     def __call__(
         self,
@@ -507,11 +392,12 @@ class SegCompassProcessor(ProcessorMixin):
             prompts = _as_str_list(text, "text")
         else:
             instruction_list = _as_str_list(instructions, "instructions")
-            self._check_instructions(instruction_list)
+            check_instructions(instruction_list, self._reserved_tokens(), self.tokenizer,
+                               self.instruction_length_limit())
             prompts = [self.render_prompt(instruction, add_generation_prompt) for instruction in instruction_list]
         batch_size = len(prompts)
 
-        pil_images = self._load_batch_images(images, batch_size)
+        pil_images = load_image_batch(images, batch_size)
         completion_list = [""] * batch_size
         if completions is not None:
             completion_list = _as_str_list(completions, "completions")
@@ -519,16 +405,14 @@ class SegCompassProcessor(ProcessorMixin):
                 raise ValueError(
                     f"Got {len(completion_list)} completions for {batch_size} samples; pass one completion per sample."
                 )
-            self._check_completions(completion_list)
+            check_completions(completion_list, [*self.slot_tokens, self.image_token])
 
         texts, missing_ref_pos = [], []
         for prompt, completion in zip(prompts, completion_list):
-            sample = prompt + completion
             if append_slots:
-                has_ref = self.ref_token in completion
-                missing_ref_pos.append(not has_ref)
-                sample += ("" if has_ref else self.ref_token) + "".join(self.slot_tokens)
-            texts.append(sample)
+                completion, missing = append_slots_to_text(completion, self.ref_token, self.slot_tokens)
+                missing_ref_pos.append(missing)
+            texts.append(prompt + completion)
 
         bos = getattr(self.tokenizer, "bos_token", None)
         kwargs.setdefault("add_special_tokens", not (bos and texts[0].startswith(bos)))
@@ -549,73 +433,7 @@ class SegCompassProcessor(ProcessorMixin):
             data["missing_ref_pos"] = torch.tensor(missing_ref_pos) if return_tensors == "pt" else missing_ref_pos
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _load_batch_images(self, images, batch_size: int) -> list:
-        if isinstance(images, (list, tuple)):
-            # ProcessorMixin.apply_chat_template passes one list of images per conversation.
-            flat = []
-            for item in images:
-                if isinstance(item, (list, tuple)):
-                    if len(item) != 1:
-                        raise ValueError(
-                            f"Each sample takes exactly one image, got a sample with {len(item)}; pass one image per "
-                            "sample."
-                        )
-                    item = item[0]
-                flat.append(item)
-        else:
-            flat = [images]
-        if len(flat) == 1 and batch_size > 1:
-            flat = flat * batch_size  # one image, several instructions: the image is shared
-        elif len(flat) != batch_size:
-            raise ValueError(
-                f"Got {len(flat)} images for {batch_size} instructions; pass one image per instruction, or a single "
-                "image to share across all instructions."
-            )
-        loaded: dict[int, Any] = {}  # a shared image is decoded once
-        for image in flat:
-            if id(image) not in loaded:
-                loaded[id(image)] = load_image(image)
-        return [loaded[id(image)] for image in flat]
-
-    def _reserved_tokens(self) -> list[str]:
-        return [self.ref_token, *self.slot_tokens, self.image_token]
-
-    def _check_instructions(self, instructions: list[str]) -> None:
-        for i, instruction in enumerate(instructions):
-            if not instruction.strip():
-                raise ValueError(
-                    f"Instruction {i} is empty ({instruction!r}); pass the referring expression or question to answer."
-                )
-            for token in self._reserved_tokens():
-                if token in instruction:
-                    raise ValueError(
-                        f"Instruction {i} contains the reserved token {token!r}; remove it (the processor places "
-                        "the image, reference and slot tokens itself)."
-                    )
-        limit = self.instruction_length_limit()
-        if limit is None:
-            return
-        encoded = self.tokenizer([s.strip() for s in instructions], add_special_tokens=False)["input_ids"]
-        lengths = [len(ids) for ids in encoded]
-        for i, length in enumerate(lengths):
-            if length > limit:
-                raise ValueError(
-                    f"Instruction {i} is {length} tokens long, more than the limit of {limit} tokens; shorten it, or "
-                    "raise the processor's `max_length`."
-                )
-
-    def _check_completions(self, completions: list[str]) -> None:
-        for i, completion in enumerate(completions):
-            for token in (*self.slot_tokens, self.image_token):
-                if token in completion:
-                    raise ValueError(
-                        f"Completion {i} contains the reserved token {token!r}; pass the answer text only (slot "
-                        "tokens are appended with `append_slots=True`)."
-                    )
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Slots on token ids
-    # ------------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------- slots on token ids
 
     def append_slot_tokens(
         self,
@@ -623,132 +441,45 @@ class SegCompassProcessor(ProcessorMixin):
         attention_mask: torch.Tensor | None = None,
         prompt_length: int | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
-    ) -> SlotAppendOutput:
-        """Append ``<SLOT_0> ... <SLOT_{K-1}>`` right after the last valid token of each row (e.g. after ``generate``).
+    ) -> SlotSequences:
+        """Prompt + answer (cut after its first ``<REF_POS>``) + ``<SLOT_0> ... <SLOT_{K-1}>``, left-padded, e.g.
+        after ``generate``: :func:`segcompass.answer_format.append_slot_ids` (the one slot-append, also used by the
+        model's ``segment`` and the GRPO trainer) with this processor's token ids.
 
-        Works for left-padded, right-padded and mixed rows (a left-padded prompt followed by a right-padded
-        completion): tokens after a row's last valid token stay where they are, after the slots. When every row ends
-        with a valid token (left padding, or none) the result stays right-aligned (new padding on the left),
-        otherwise new padding goes on the right.
-
-        A row whose answer has no ``<REF_POS>`` gets one inserted before the slots and is flagged in
-        ``missing_ref_pos`` (mark that answer malformed). The answer is the part after ``prompt_length`` when given;
-        otherwise a row has its own ``<REF_POS>`` when it holds more of them than the rendered prompt template does.
+        An answer without ``<REF_POS>`` is cut at its first end-of-sequence / padding token, gets one appended and is
+        flagged in ``malformed``.
 
         Args:
-            input_ids: ``(B, T)`` token ids (prompt and answer).
+            input_ids: ``(B, T)`` token ids: the prompt in the first ``prompt_length`` columns, then the answer.
             attention_mask: ``(B, T)``; default ``input_ids != pad_token_id``.
             prompt_length: number of leading columns that are the (left-padded) prompt, e.g.
-                ``inputs["input_ids"].shape[1]`` before ``generate``.
-            mm_token_type_ids: optional ``(B, T)`` Qwen2.5-VL modality ids, extended with 0 on the new tokens.
+                ``inputs["input_ids"].shape[1]`` before ``generate``. Required.
+            mm_token_type_ids: optional ``(B, T)`` Qwen2.5-VL modality ids (only the prompt's are read).
 
         Returns:
-            :class:`SlotAppendOutput` ``(input_ids, attention_mask, slot_positions, missing_ref_pos,
-            mm_token_type_ids)``; ``T'`` is at most ``T + K + 1`` (outer columns that are padding in every row are
-            dropped, so the batch is as tight as the tokenizer would pad it).
+            :class:`~segcompass.answer_format.SlotSequences` (``input_ids``, ``attention_mask``, ``completion_ids``,
+            ``malformed``, ``slot_positions`` ``(B, K)``, ``mm_token_type_ids``).
         """
-        input_ids = torch.as_tensor(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
-        pad_id = self.tokenizer.pad_token_id
-        if attention_mask is None:
-            attention_mask = (input_ids != pad_id).long() if pad_id is not None else torch.ones_like(input_ids)
-        attention_mask = torch.as_tensor(attention_mask, device=input_ids.device)
-        device = input_ids.device
-        for name, tensor in (("attention_mask", attention_mask), ("mm_token_type_ids", mm_token_type_ids)):
-            if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
-                raise ValueError(
-                    f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(input_ids.shape)}; they must "
-                    "match."
-                )
-        batch_size, length = input_ids.shape
-        valid = attention_mask.bool()
-        empty_rows = (~valid.any(dim=1)).nonzero().flatten().tolist()
-        if empty_rows:
-            raise ValueError(f"Rows {empty_rows} have no valid token (attention_mask all 0); drop them first.")
-        slot_ids = torch.tensor(self.slot_token_ids, dtype=input_ids.dtype, device=device)
-        has_slots = (torch.isin(input_ids, slot_ids) & valid).any(dim=1)
-        if has_slots.any():
-            raise ValueError(
-                f"Rows {has_slots.nonzero().flatten().tolist()} already contain slot tokens; append them only once."
-            )
-
-        is_ref = (input_ids == self.ref_token_id) & valid
-        if prompt_length is not None:
-            if not 0 <= int(prompt_length) <= length:
-                raise ValueError(f"prompt_length must be in [0, {length}], got {prompt_length}.")
-            has_ref = is_ref[:, int(prompt_length) :].any(dim=1)
-        else:
-            has_ref = is_ref.sum(dim=1) > self._prompt_ref_count()
-        missing = ~has_ref
-
-        positions = torch.arange(length, device=device).expand(batch_size, length)
-        last = torch.where(valid, positions, -1).max(dim=1).values  # (B,)
-        right_aligned = bool(valid[:, -1].all())
-        extras = [
-            torch.cat([torch.tensor([self.ref_token_id], dtype=input_ids.dtype, device=device), slot_ids])
-            if missing[i]
-            else slot_ids
-            for i in range(batch_size)
-        ]
-        width = length + max(len(extra) for extra in extras)
-        pad_value = pad_id if pad_id is not None else 0
-        new_ids = torch.full((batch_size, width), pad_value, dtype=input_ids.dtype, device=device)
-        new_mask = torch.zeros((batch_size, width), dtype=attention_mask.dtype, device=device)
-        new_types = None
-        if mm_token_type_ids is not None:
-            new_types = torch.zeros((batch_size, width), dtype=mm_token_type_ids.dtype, device=device)
-        slot_positions = torch.empty((batch_size, self.num_slots), dtype=torch.long, device=device)
-        for i, extra in enumerate(extras):
-            cut = int(last[i]) + 1  # the extra tokens go right after the last valid token
-            offset = width - (length + len(extra)) if right_aligned else 0
-            span = slice(offset, offset + length + len(extra))
-            new_ids[i, span] = _insert(input_ids[i], cut, extra)
-            new_mask[i, span] = _insert(attention_mask[i], cut, torch.ones(len(extra)))
-            if new_types is not None:
-                new_types[i, span] = _insert(mm_token_type_ids[i], cut, torch.zeros(len(extra)))
-            first_slot = offset + cut + len(extra) - self.num_slots
-            slot_positions[i] = torch.arange(first_slot, first_slot + self.num_slots, device=device)
-        # Drop outer columns that are padding in every row, so the batch is as tight as a tokenizer would pad it.
-        used = new_mask.bool().any(dim=0).nonzero().flatten()
-        start, stop = int(used[0]), int(used[-1]) + 1
-        new_ids, new_mask = new_ids[:, start:stop], new_mask[:, start:stop]
-        new_types = None if new_types is None else new_types[:, start:stop]
-        return SlotAppendOutput(new_ids, new_mask, slot_positions - start, missing, new_types)
-
-    def _prompt_ref_count(self) -> int:
-        """How many ``<REF_POS>`` the rendered prompt itself holds (the template mentions the token)."""
-        return self.render_prompt("x").count(self.ref_token)
+        eos = self.tokenizer.eos_token_id
+        return split_and_append_slot_ids(
+            input_ids, prompt_length, attention_mask, ref_token_id=self.ref_token_id,
+            slot_token_ids=self.slot_token_ids, pad_token_id=self.tokenizer.pad_token_id,
+            stop_token_ids=[] if eos is None else [eos], mm_token_type_ids=mm_token_type_ids,
+        )
 
     def find_slot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` long: the column of ``<SLOT_k>`` in each row of ``input_ids`` ``(B, T)`` (each slot token must
-        appear exactly once per row)."""
-        input_ids = torch.as_tensor(input_ids)
-        columns = []
-        for k, token_id in enumerate(self.slot_token_ids):
-            hits = input_ids == token_id
-            counts = hits.sum(dim=1)
-            if not bool((counts == 1).all()):
-                bad = (counts != 1).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"Rows {bad} do not contain {self.slot_tokens[k]!r} exactly once; append the slot tokens with "
-                    "`append_slot_tokens` or `append_slots=True`."
-                )
-            columns.append(hits.int().argmax(dim=1))
-        return torch.stack(columns, dim=1)
+        appear exactly once per row; :func:`segcompass.answer_format.find_slot_positions`)."""
+        return find_slot_positions(input_ids, self.slot_token_ids, self.slot_tokens)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Text
-    # ------------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------ text
 
     @staticmethod
     def extract_reasoning(text: str) -> str:
         """See :func:`extract_reasoning`."""
         return extract_reasoning(text)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Masks
-    # ------------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------- masks
 
     @property
     def sam_input_size(self) -> tuple[int, int]:
@@ -757,20 +488,14 @@ class SegCompassProcessor(ProcessorMixin):
         return int(pad["height"]), int(pad["width"])
 
     def valid_mask_sizes(self, reshaped_input_sizes, mask_size: int | tuple[int, int]) -> torch.Tensor:
-        """``(B, 2)`` long: the (h, w) of the unpadded image region on an m x m mask grid over the padded SAM frame:
-        ``ceil(h' * m / S_h)``, ``ceil(w' * m / S_w)``.
+        """``(B, 2)`` long: the (h, w) of the unpadded image region on an m x m mask grid over the padded SAM frame
+        (:func:`segcompass.sam_frame.valid_mask_sizes` with this processor's frame size).
 
         Args:
             reshaped_input_sizes: ``(B, 2)`` (h', w') from ``__call__``.
             mask_size: m, or (m_h, m_w).
         """
-        sizes = torch.as_tensor(reshaped_input_sizes, dtype=torch.long).reshape(-1, 2)
-        mask_h, mask_w = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
-        frame_h, frame_w = self.sam_input_size
-        rows = [
-            (math.ceil(int(h) * mask_h / frame_h), math.ceil(int(w) * mask_w / frame_w)) for h, w in sizes.tolist()
-        ]
-        return torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+        return valid_mask_sizes(reshaped_input_sizes, mask_size, self.sam_input_size)
 
     def post_process_masks(
         self,
@@ -782,8 +507,9 @@ class SegCompassProcessor(ProcessorMixin):
     ) -> list[torch.Tensor]:
         """Map mask logits on the padded SAM frame back to each original image.
 
-        Uses ``SamImageProcessorPil.post_process_masks`` (pure torch): bilinear upsampling to the padded S x S frame,
-        crop of the valid (h', w') region, bilinear resize to (H, W), then ``> threshold`` when ``binarize``.
+        :func:`segcompass.sam_frame.masks_to_original_size` (SAM's post-processing): bilinear upsampling to the
+        padded S x S frame, crop of the valid (h', w') region, bilinear resize to (H, W), then ``> threshold`` when
+        ``binarize``.
 
         Args:
             mask_logits: ``(B, K, m, m)`` tensor, or a list of B ``(K, m, m)`` tensors/arrays.
@@ -795,48 +521,13 @@ class SegCompassProcessor(ProcessorMixin):
         Returns:
             list of B tensors ``(K, H_b, W_b)``, bool when ``binarize`` else float32.
         """
-        if isinstance(mask_logits, torch.Tensor):
-            if mask_logits.ndim != 4:
-                raise ValueError(f"mask_logits must be (batch, slots, m, m), got shape {tuple(mask_logits.shape)}.")
-            per_sample = list(mask_logits)
-        else:
-            per_sample = [torch.as_tensor(m) for m in mask_logits]
-        original = torch.as_tensor(original_sizes).reshape(-1, 2).tolist()
-        reshaped = torch.as_tensor(reshaped_input_sizes).reshape(-1, 2).tolist()
-        if not len(per_sample) == len(original) == len(reshaped):
-            raise ValueError(
-                f"Got mask logits for {len(per_sample)} samples, {len(original)} original_sizes and {len(reshaped)} "
-                "reshaped_input_sizes; pass one of each per sample."
-            )
-        outputs = []
-        for logits, size, valid in zip(per_sample, original, reshaped):
-            if logits.ndim != 3:
-                raise ValueError(f"Each sample's mask logits must be (slots, m, m), got shape {tuple(logits.shape)}.")
-            (mask,) = self.sam_image_processor.post_process_masks(
-                [logits.detach().float()[None]],
-                [size],
-                [valid],
-                mask_threshold=threshold,
-                binarize=binarize,
-                pad_size={"height": self.sam_input_size[0], "width": self.sam_input_size[1]},
-            )
-            outputs.append(mask[0])
-        return outputs
+        masks = masks_to_original_sizes(mask_logits, original_sizes, reshaped_input_sizes, self.sam_input_size)
+        return [mask > threshold if binarize else mask for mask in masks]  # B x (K, H_b, W_b)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_num_slots(num_slots: int) -> None:
-    if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
-        raise ValueError(f"num_slots must be a positive int (K, e.g. 6), got {num_slots!r}.")
-
-
-def _insert(row: torch.Tensor, index: int, values: torch.Tensor) -> torch.Tensor:
-    """``row`` (T,) with ``values`` (n,) inserted before position ``index``: (T + n,)."""
-    return torch.cat([row[:index], values.to(device=row.device, dtype=row.dtype), row[index:]])
 
 
 def _as_str_list(value, name: str) -> list[str]:
@@ -847,49 +538,3 @@ def _as_str_list(value, name: str) -> list[str]:
         if not isinstance(item, str):
             raise ValueError(f"`{name}` must be a string or a list of strings; item {i} is {type(item).__name__}.")
     return items
-
-
-def _resolve_backbone_kwargs(backbone_type: str, backbone_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    given = dict(backbone_kwargs or {})
-    allowed = _BACKBONE_KWARG_NAMES[backbone_type]
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown backbone_kwargs {unknown} for backbone_type={backbone_type!r}; allowed: "
-            f"{list(allowed) or 'none'}."
-        )
-    return {**LLAVA_DEFAULT_BACKBONE_KWARGS, **given} if backbone_type == "llava" else given
-
-
-def _check_sam_image_processor(processor) -> None:
-    pad = getattr(processor, "pad_size", None)
-    if not getattr(processor, "do_pad", False) or not pad or not pad["height"] or not pad["width"]:
-        raise ValueError(
-            "sam_image_processor must pad to a fixed square frame (do_pad=True, pad_size={'height': S, 'width': S}); "
-            "SAM's image encoder takes S x S inputs."
-        )
-
-
-def _pil_image_processor_from_dict(config: dict[str, Any]):
-    import transformers
-
-    config = dict(config)
-    name = config.pop("image_processor_type", None)
-    if not name:
-        raise ValueError(f"An image processor entry of processor_config.json has no 'image_processor_type': {config}.")
-    candidates = [name] if name.endswith("Pil") else [f"{name}Pil", name]
-    for candidate in candidates:
-        cls = getattr(transformers, candidate, None)
-        if cls is not None:
-            return cls(**config)
-    return ProcessorMixin.get_possibly_dynamic_module(name)(**config)
-
-
-def _processor_chat_template(pretrained_model_name_or_path) -> str | None:
-    """The chat template stored with a stock processor (chat_template.jinja / chat_template.json), if any."""
-    try:
-        processor_dict, _ = ProcessorMixin.get_processor_dict(pretrained_model_name_or_path)
-    except (OSError, ValueError):
-        return None
-    template = processor_dict.get("chat_template")
-    return template if isinstance(template, str) else None

@@ -1,66 +1,23 @@
-"""Builders for tiny random models, tokenizers and configs: one place for tests, examples and users.
+"""Tiny random models, configs and inputs for tests (the project's and users' own); library code never imports this
+module. The real builders it uses live in :mod:`segcompass.from_scratch`.
 
 Everything here is built offline in about a second on CPU; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from .from_scratch import (  # noqa: F401  (re-exported for users' tests)
+    BASE_SPECIAL_TOKENS,
+    DEFAULT_WORDS,
+    IM_END,
+    IM_START,
+    PAD_TOKEN,
+    SIMPLE_CHAT_TEMPLATE,
+    UNK_TOKEN,
+    build_word_tokenizer,
+)
+from .from_scratch import config_for_processor as tiny_config_for_processor  # noqa: F401
 from .sae import SparseAutoencoderConfig
-
-# Chat-format special tokens shared by the tiny tokenizers (Qwen-style names).
-PAD_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-UNK_TOKEN = "<unk>"
-BASE_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, UNK_TOKEN)
-DEFAULT_WORDS = tuple(
-    "system user assistant you are a helpful the a an of to and is in on with shape shapes red green blue yellow "
-    "circle square triangle left right top bottom closest largest smallest every not same colour as . , : ?".split()
-)
-SIMPLE_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|> {{ message['role'] }} "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    " <|im_end|> "
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
-)
-
-
-def build_word_tokenizer(
-    words: Iterable[str] = DEFAULT_WORDS,
-    special_tokens: Iterable[str] = (),
-    chat_template: str | None = SIMPLE_CHAT_TEMPLATE,
-):
-    """A whitespace-split word-level fast tokenizer over ``words`` (plus chat and extra special tokens).
-
-    Returns a ``PreTrainedTokenizerFast`` (pad ``<|endoftext|>``, eos ``<|im_end|>``, unk ``<unk>``) that saves
-    and loads like any hub tokenizer.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    extra = [t for t in special_tokens if t not in BASE_SPECIAL_TOKENS]
-    vocab: dict[str, int] = {}
-    for token in (*BASE_SPECIAL_TOKENS, *extra, *words):
-        vocab.setdefault(token, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=IM_END,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        additional_special_tokens=[IM_START, *extra],
-        chat_template=chat_template,
-    )
-    return tokenizer
 
 
 def tiny_causal_lm(tokenizer=None, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
@@ -181,46 +138,10 @@ def tiny_text_inputs(config, lengths, seed: int = 0):
     return input_ids, attention_mask
 
 
-def make_tiny_checkpoint(directory, backbone_type: str = "qwen2_5_vl", num_slots: int = 3, seed: int = 0, **config_overrides):
-    """Write a complete tiny random SegCompass checkpoint (model + processor + tokenizer) into ``directory``.
+def make_tiny_checkpoint(directory, backbone_type: str = "qwen2_5_vl", num_slots: int = 3, seed: int = 0,
+                         **config_overrides):
+    """Write a complete tiny random SegCompass checkpoint into ``directory`` and return ``(model, processor)``:
+    :func:`segcompass.from_scratch.save_random_checkpoint`."""
+    from .from_scratch import save_random_checkpoint
 
-    Loads offline with ``AutoModel`` / ``AutoProcessor`` / ``pipeline("reasoning-segmentation", model=directory)``
-    after ``import segcompass``. Returns ``(model, processor)``.
-    """
-    import torch
-
-    from .modeling_segcompass import SegCompassForReasoningSegmentation
-    from .testing_processor import tiny_segcompass_processor
-
-    processor = tiny_segcompass_processor(backbone_type=backbone_type, num_slots=num_slots)
-    config = tiny_config_for_processor(processor, **config_overrides)
-    torch.manual_seed(seed)
-    model = SegCompassForReasoningSegmentation(config).eval()
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return model, processor
-
-
-def tiny_config_for_processor(processor, **overrides):
-    """The tiny preset matching ``processor``'s tokenizer: vocabulary size, image and special-token ids."""
-    from .configuration_segcompass import SegCompassConfig
-
-    tokenizer = processor.tokenizer
-    token_id = tokenizer.convert_tokens_to_ids
-    preset = "tiny" if processor.backbone_type == "qwen2_5_vl" else "tiny-llava"
-    config = SegCompassConfig.from_preset(
-        preset, num_slots=processor.num_slots, ref_token_id=processor.ref_token_id,
-        slot_token_ids=list(processor.slot_token_ids), **overrides,
-    )
-    backbone = config.backbone_config
-    text = backbone.get_text_config()
-    text.vocab_size = len(tokenizer)
-    text.pad_token_id, text.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    if processor.backbone_type == "qwen2_5_vl":
-        backbone.image_token_id = token_id("<|image_pad|>")
-        backbone.vision_start_token_id = token_id("<|vision_start|>")
-        backbone.vision_end_token_id = token_id("<|vision_end|>")
-        backbone.video_token_id = token_id("<|image_pad|>")
-    else:
-        backbone.image_token_index = token_id("<image>")
-    return config
+    return save_random_checkpoint(directory, backbone_type, num_slots, seed, **config_overrides)

@@ -1,129 +1,17 @@
-"""Offline builders for tiny :class:`~segcompass.processing_segcompass.SegCompassProcessor` instances.
-
-They extend :mod:`segcompass.testing` (word-level tokenizers) with the vision placeholders and chat templates of the
-two supported backbones, so tests, examples and users can build a working processor in well under a second without
-downloading anything:
-
-- Qwen2.5-VL style: ``<|vision_start|> <|image_pad|> <|vision_end|>`` specials, image parts rendered as
-  ``<|vision_start|><|image_pad|><|vision_end|>`` (as the real Qwen2.5-VL chat template does), a
-  ``Qwen2VLImageProcessorPil`` with 28-pixel patches (4 to 16 image tokens per image).
-- LLaVA-1.5 style: an ``<image>`` special rendered once per image part, a 32-pixel ``CLIPImageProcessorPil`` with
-  8-pixel patches (16 image tokens per image).
-
-Both come with a ``SamImageProcessorPil`` that resizes the longest side to 64 and pads to 64 x 64.
-"""
+"""Tiny processors for tests: re-exports of :mod:`segcompass.from_scratch` under their test names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from .testing import DEFAULT_WORDS, build_word_tokenizer
-
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-IMAGE_PAD = "<|image_pad|>"
-LLAVA_IMAGE_TOKEN = "<image>"
-
-QWEN_STYLE_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|> {{ message['role'] }} "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|> "
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    " <|im_end|> "
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+from .from_scratch import (  # noqa: F401
+    COMPLETION_WORDS,
+    IMAGE_PAD,
+    LLAVA_IMAGE_TOKEN,
+    LLAVA_STYLE_CHAT_TEMPLATE,
+    QWEN_STYLE_CHAT_TEMPLATE,
+    VISION_END,
+    VISION_START,
+    build_llava_style_tokenizer,
+    build_qwen_style_tokenizer,
 )
-"""A whitespace-friendly version of Qwen2.5-VL's chat template (image parts become the vision placeholder)."""
-
-LLAVA_STYLE_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] + ' ' }}"
-    "{% else %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image> ' }}{% endfor %}"
-    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ part['text'] + ' ' }}{% endfor %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT: ' }}{% endif %}"
-)
-"""A version of llava-1.5-hf's chat template (``USER: <image> {text} ASSISTANT:``) for word-level tokenizers."""
-
-# Words of typical completions, so the tiny tokenizers decode them verbatim (the words of the default prompt template
-# are added too, see ``_vocabulary``).
-COMPLETION_WORDS = tuple("<think> </think> think mug plate sink cup left of it is".split())
-
-
-def _vocabulary(words: Iterable[str]) -> list[str]:
-    from .processing_segcompass import DEFAULT_PROMPT_TEMPLATE, DEFAULT_REF_TOKEN
-
-    template = DEFAULT_PROMPT_TEMPLATE.replace("{instruction}", " ")
-    template_words = [word for word in template.split() if word != DEFAULT_REF_TOKEN]  # stays a special token
-    chat_words = ("USER:", "ASSISTANT:", "SYSTEM:")
-    return list(dict.fromkeys([*DEFAULT_WORDS, *template_words, *chat_words, *COMPLETION_WORDS, *words]))
-
-
-def build_qwen_style_tokenizer(words: Iterable[str] = ()):
-    """A word-level tokenizer with Qwen2.5-VL's vision specials and :data:`QWEN_STYLE_CHAT_TEMPLATE`.
-
-    The SegCompass special tokens are **not** added; use
-    :func:`~segcompass.processing_segcompass.add_special_tokens_to_tokenizer`.
-    """
-    return build_word_tokenizer(
-        _vocabulary(words),
-        special_tokens=(VISION_START, VISION_END, IMAGE_PAD),
-        chat_template=QWEN_STYLE_CHAT_TEMPLATE,
-    )
-
-
-def build_llava_style_tokenizer(words: Iterable[str] = ()):
-    """A word-level tokenizer with LLaVA's ``<image>`` special and :data:`LLAVA_STYLE_CHAT_TEMPLATE`."""
-    return build_word_tokenizer(
-        _vocabulary(words), special_tokens=(LLAVA_IMAGE_TOKEN,), chat_template=LLAVA_STYLE_CHAT_TEMPLATE
-    )
-
-
-def tiny_sam_image_processor(size: int = 64):
-    """``SamImageProcessorPil`` resizing the longest side to ``size`` and padding to ``size x size``."""
-    from transformers import SamImageProcessorPil
-
-    return SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})
-
-
-def tiny_segcompass_processor(backbone_type: str = "qwen2_5_vl", num_slots: int = 3, sam_size: int = 64, **kwargs):
-    """A complete tiny :class:`~segcompass.processing_segcompass.SegCompassProcessor` (special tokens added).
-
-    ``backbone_type="qwen2_5_vl"``: ``Qwen2VLImageProcessorPil(min_pixels=56*56, max_pixels=112*112,
-    patch_size=14, merge_size=2)``, so an image yields 4 to 16 image tokens.
-    ``backbone_type="llava"``: ``CLIPImageProcessorPil`` at 32 x 32 with ``patch_size=8`` (16 image tokens).
-    Extra keyword arguments go to the processor's constructor.
-    """
-    from transformers import CLIPImageProcessorPil, Qwen2VLImageProcessorPil
-
-    from .processing_segcompass import SegCompassProcessor, add_special_tokens_to_tokenizer
-
-    if backbone_type == "qwen2_5_vl":
-        tokenizer = build_qwen_style_tokenizer()
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=28 * 28 * 4, max_pixels=56 * 56 * 4, patch_size=14, merge_size=2
-        )
-    elif backbone_type == "llava":
-        tokenizer = build_llava_style_tokenizer()
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-        kwargs.setdefault(
-            "backbone_kwargs",
-            {"patch_size": 8, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
-        )
-    else:
-        raise ValueError(f"backbone_type must be 'qwen2_5_vl' or 'llava', got {backbone_type!r}.")
-    add_special_tokens_to_tokenizer(tokenizer, num_slots)
-    return SegCompassProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        sam_image_processor=tiny_sam_image_processor(sam_size),
-        backbone_type=backbone_type,
-        num_slots=num_slots,
-        **kwargs,
-    )
+from .from_scratch import small_processor as tiny_segcompass_processor  # noqa: F401
+from .from_scratch import small_sam_image_processor as tiny_sam_image_processor  # noqa: F401

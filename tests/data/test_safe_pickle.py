@@ -43,7 +43,8 @@ def test_python2_byte_strings_are_decoded_to_str():
     refs = [{b"ref_id": 7, b"split": b"testA", b"sentences": [{b"raw": "caf\u00e9".encode("utf-8"), b"sent": b"cafe"}],
              b"latin": b"na\xefve", b"uni": "\u00fcber", b"flag": True}]
     data = b"\x80\x02" + _py2(refs) + b"."
-    with pytest.raises(UnicodeDecodeError):  # what a plain pickle.loads does with the default encoding
+    # what a plain pickle.loads does with the default encoding (ASCII) on a Python 2 UTF-8 byte string
+    with pytest.raises(UnicodeDecodeError, match="'ascii' codec can't decode byte 0xc3"):
         pickle.loads(data)
     loaded = safe_loads_pickle(data)
     assert loaded == [{"ref_id": 7, "split": "testA", "sentences": [{"raw": "caf\u00e9", "sent": "cafe"}],

@@ -307,7 +307,7 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
 
 def test_a_failed_batch_adds_nothing():
     acc = SegmentationMetricAccumulator()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Prediction shape \(4, 4\) != reference shape \(5, 5\)"):
         acc.update([TOP, TOP], [TOP, np.zeros((5, 5), bool)])
     assert len(acc) == 0
 

@@ -8,7 +8,6 @@ from segcompass.modules.mask_decoder import (
     PADDING_LOGIT,
     HeatmapMaskDecoder,
     build_sam_image_encoder,
-    valid_sizes_from_input_sizes,
 )
 from segcompass.testing import segment_anything_modeling, tiny_sam_config
 
@@ -162,13 +161,6 @@ def test_valid_sizes_fill(original):
 
         full = ours(image_embeddings, heatmap_logits, valid_sizes=[[32, 32], [32, 32]])[0]
         torch.testing.assert_close(full, ours(image_embeddings, heatmap_logits)[0], atol=0, rtol=0)
-
-
-def test_valid_sizes_from_input_sizes():
-    sizes = valid_sizes_from_input_sizes([[1024, 768], [1023, 5]], image_size=1024, grid_size=256)
-    assert sizes.tolist() == [[256, 192], [256, 2]]
-    with pytest.raises(ValueError, match="shape"):
-        valid_sizes_from_input_sizes([1024, 768], image_size=1024, grid_size=256)
 
 
 def test_image_encoder_feeds_the_decoder():

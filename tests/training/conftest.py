@@ -6,12 +6,12 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random checkpoint on disk, its processor, and a 4-row synthetic dataset: ``(directory, processor, rows)``."""
+def tiny(tiny_checkpoint):
+    """The session's tiny checkpoint directory (tests/conftest.py, read-only), a processor loaded from it, and a 4-row
+    synthetic dataset: ``(directory, processor, rows)``. Tests that train load their own model from ``directory``."""
+    from segcompass import SegCompassProcessor
     from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-    from segcompass.testing import make_tiny_checkpoint
 
-    directory = tmp_path_factory.mktemp("tiny_ckpt")
-    _, processor = make_tiny_checkpoint(directory)
+    processor = SegCompassProcessor.from_pretrained(tiny_checkpoint)
     dataset = build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64))
-    return directory, processor, dataset
+    return tiny_checkpoint, processor, dataset

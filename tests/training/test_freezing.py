@@ -96,7 +96,8 @@ def test_sft_vision_encoder_trains_only_when_asked(tiny, freeze):
 
 def test_grpo_honours_the_freezing_options(tiny, tmp_path):
     pytest.importorskip("trl")
-    from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+    from segcompass.training.grpo_data import prepare_grpo_dataset
+    from segcompass.training.grpo_trainer import SegCompassGRPOTrainer
 
     directory, processor, dataset = tiny
     model = SegCompassForReasoningSegmentation.from_pretrained(directory)

@@ -13,9 +13,9 @@ pytest.importorskip("trl")
 peft = pytest.importorskip("peft")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
-from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
-from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+from segcompass.testing import tiny_grpo_config
+from segcompass.training.grpo_data import prepare_grpo_dataset
+from segcompass.training.grpo_trainer import SegCompassGRPOTrainer
 
 LANGUAGE_LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 HEADS = ("concept_interface", "slot_mapper", "mask_decoder")
@@ -30,12 +30,10 @@ def _lora():
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
+def lora_run(tiny, tmp_path_factory):
     from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
 
-    directory = tmp_path_factory.mktemp("tiny_ckpt_lora")
-    _, processor = make_tiny_checkpoint(directory)
-    dataset = build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64))
+    directory, processor, dataset = tiny
     model = SegCompassForReasoningSegmentation.from_pretrained(directory)
     output_dir = tmp_path_factory.mktemp("grpo_lora_out")
     trainer = SegCompassGRPOTrainer(model, args=_args(output_dir), processing_class=processor,
@@ -135,11 +133,9 @@ def test_saved_model_is_merged_and_matches_the_trained_model(lora_run):
     assert any("lora_B" in n for n, _ in adapted.named_parameters())
 
 
-def test_sync_ref_model_with_peft_is_rejected(tmp_path):
-    directory = tmp_path / "ckpt"
-    _, processor = make_tiny_checkpoint(directory)
-    dataset = prepare_grpo_dataset(build_synthetic_dataset("train", 2, config=SyntheticConfig(image_size=64)),
-                                   processor)
+def test_sync_ref_model_with_peft_is_rejected(tiny, tmp_path):
+    directory, processor, rows = tiny
+    dataset = prepare_grpo_dataset(rows.select(range(2)), processor)
     with pytest.raises(ValueError, match="sync_ref_model"):
         SegCompassGRPOTrainer(str(directory), args=_args(tmp_path / "out", sync_ref_model=True),
                               train_dataset=dataset, processing_class=processor, peft_config=_lora())

@@ -10,9 +10,9 @@ import torch
 pytest.importorskip("trl")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
-from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
-from segcompass.training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+from segcompass.testing import tiny_grpo_config
+from segcompass.training.grpo_data import prepare_grpo_dataset
+from segcompass.training.grpo_trainer import SegCompassGRPOTrainer
 from transformers import TrainerCallback
 
 HEADS = ("concept_interface", "slot_mapper", "mask_decoder")
@@ -24,12 +24,10 @@ def _args(output_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_ckpt")
-    _, processor = make_tiny_checkpoint(directory)
-    dataset = prepare_grpo_dataset(build_synthetic_dataset("train", 4, config=SyntheticConfig(image_size=64)),
-                                   processor)
-    return directory, processor, dataset
+def prepared(tiny):
+    """The shared tiny checkpoint and processor (tests/training/conftest.py) and its 4 rows as a GRPO dataset."""
+    directory, processor, dataset = tiny
+    return directory, processor, prepare_grpo_dataset(dataset, processor)
 
 
 def _optimizer_snapshot(optimizer):
@@ -72,10 +70,10 @@ def _trainer(directory, processor, dataset, output_dir, when, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny, tmp_path_factory):
+def runs(prepared, tmp_path_factory):
     """4 GRPO steps straight (checkpoints every 2 steps) and a new trainer resumed from checkpoint-2 for steps 3-4.
     Sampling stays on (temperature 1): the Trainer restores the RNG states, so the rollouts are the same."""
-    directory, processor, dataset = tiny
+    directory, processor, dataset = prepared
     straight, straight_snap = _trainer(directory, processor, dataset, tmp_path_factory.mktemp("straight"), "end")
     straight.train()
     checkpoint = os.path.join(straight.args.output_dir, "checkpoint-2")
@@ -173,8 +171,8 @@ def _adapter_and_heads(trainer):
     return lora, heads
 
 
-def test_peft_resume_restores_adapter_and_heads(tiny, tmp_path):
-    directory, processor, dataset = tiny
+def test_peft_resume_restores_adapter_and_heads(prepared, tmp_path):
+    directory, processor, dataset = prepared
     straight = _peft_trainer(directory, processor, dataset, tmp_path / "a")
     straight.train()
     checkpoint = tmp_path / "a" / "checkpoint-2"
@@ -201,10 +199,10 @@ def test_peft_resume_restores_adapter_and_heads(tiny, tmp_path):
     assert any(not torch.equal(loaded_lora[k], final_lora[k]) for k in final_lora)  # steps 3-4 moved the adapter
 
 
-def test_reference_policy_after_warmup_is_checkpointed(tiny, tmp_path):
-    from segcompass.training.grpo_trainer import REF_WEIGHTS_NAME
+def test_reference_policy_after_warmup_is_checkpointed(prepared, tmp_path):
+    from segcompass.training.grpo_checkpoint import REF_WEIGHTS_NAME
 
-    directory, processor, dataset = tiny
+    directory, processor, dataset = prepared
     trainer = SegCompassGRPOTrainer(str(directory), args=_args(tmp_path / "a", max_steps=2),
                                     train_dataset=dataset, processing_class=processor)
     trainer.supervised_warmup(num_steps=1, learning_rate=1e-3)
@@ -221,7 +219,7 @@ def test_reference_policy_after_warmup_is_checkpointed(tiny, tmp_path):
 
 
 def test_checkpoint_without_ref_weights_when_reference_is_initial(runs):
-    from segcompass.training.grpo_trainer import REF_WEIGHTS_NAME
+    from segcompass.training.grpo_checkpoint import REF_WEIGHTS_NAME
 
     assert not os.path.exists(os.path.join(runs["checkpoint"], REF_WEIGHTS_NAME))
 
@@ -229,7 +227,7 @@ def test_checkpoint_without_ref_weights_when_reference_is_initial(runs):
 def test_train_command_lora_flags(tmp_path):
     from transformers import AutoModel
 
-    from segcompass.training.cli_train import train_command
+    from segcompass.commands.train import train_command
 
     output_dir = tmp_path / "out"
     argv = ["--tiny", "true", "--output_dir", str(output_dir), "--max_steps", "1", "--num_generations", "2",
@@ -246,7 +244,7 @@ def test_train_command_lora_flags(tmp_path):
 
 
 def test_lora_config_from_arguments():
-    from segcompass.training.cli_train import TrainArguments, build_lora_config
+    from segcompass.training.launch import TrainArguments, build_lora_config
 
     assert build_lora_config(TrainArguments()) is None
     config = build_lora_config(TrainArguments(lora_r=8, lora_alpha=32, lora_dropout=0.1,
@@ -257,8 +255,8 @@ def test_lora_config_from_arguments():
 
 
 def test_train_command_resumes_from_a_checkpoint(tmp_path, capsys):
-    from segcompass.training.cli_train import train_command
-    from segcompass.training.grpo_trainer import REF_WEIGHTS_NAME
+    from segcompass.commands.train import train_command
+    from segcompass.training.grpo_checkpoint import REF_WEIGHTS_NAME
 
     output_dir = tmp_path / "out"
     argv = ["--tiny", "true", "--output_dir", str(output_dir), "--max_steps", "2", "--num_generations", "2",

@@ -11,15 +11,12 @@ pytest.importorskip("trl")
 
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.data.synthetic import SyntheticConfig, build_synthetic_dataset
-from segcompass.testing import make_tiny_checkpoint, tiny_grpo_config
+from segcompass.testing import tiny_grpo_config
 from segcompass.training.grpo_config import SegCompassGRPOConfig
-from segcompass.training.grpo_trainer import (
-    SegCompassGRPOTrainer,
-    ground_truth_on_grid,
-    prepare_grpo_dataset,
-    validate_grpo_dataset,
-)
+from segcompass.training.grpo_data import prepare_grpo_dataset, validate_grpo_dataset
+from segcompass.training.grpo_trainer import SegCompassGRPOTrainer
 from segcompass.training.sft import build_supervised_batch, supervised_warmup, target_completion
+from segcompass.training.targets import ground_truth_on_grid
 
 COMPONENTS = ("backbone", "concept_interface", "slot_mapper", "mask_decoder")
 SEG_METRICS = ("seg/loss", "seg/seg", "seg/bce", "seg/dice", "seg/conf", "seg/rollout_iou", "seg/malformed_ratio")
@@ -86,7 +83,12 @@ def test_masks_reach_the_reward_functions(trained):
         assert tuple(masks.shape) == (num_slots, mask_size, mask_size)
         assert tuple(confidences.shape) == (num_slots,)
         assert float(masks.min()) >= 0 and float(masks.max()) <= 1
-    assert len(call["masks"]) == num_rows and call["no_target"] is not None
+    assert len(call["masks"]) == num_rows
+    # the dataset's no_target column reaches every reward call, row by row: True exactly for the rows without masks
+    for each in recorder.calls:
+        assert each["no_target"] == [len(masks) == 0 for masks in each["masks"]], each["no_target"]
+    # the 2 steps draw all 4 prompts once (G = 2 completions each); train row 3 is the one without a target
+    assert sum(sum(each["no_target"]) for each in recorder.calls) == 2
 
 
 def test_each_param_group_moves_and_frozen_parts_do_not(trained):
@@ -249,7 +251,7 @@ def test_train_command_runs_from_yaml_and_saves_a_loadable_model(tmp_path):
     import yaml
     from transformers import AutoModel
 
-    from segcompass.training.cli_train import train_command
+    from segcompass.commands.train import train_command
 
     output_dir = tmp_path / "out"
     config = dict(tiny=True, output_dir=str(output_dir), max_steps=1, num_generations=2, per_device_train_batch_size=4,
@@ -262,7 +264,7 @@ def test_train_command_runs_from_yaml_and_saves_a_loadable_model(tmp_path):
 
 
 def test_train_command_without_a_model_fails_clearly(tmp_path):
-    from segcompass.training.cli_train import train_command
+    from segcompass.commands.train import train_command
 
     with pytest.raises(SystemExit, match="model_name_or_path"):
         train_command(["--output_dir", str(tmp_path), "--use_cpu", "true", "--max_train_samples", "2",
@@ -286,9 +288,11 @@ def test_bad_rows_beyond_the_checked_prefix_fail_at_rollout(tiny, tmp_path):
         trainer.train()
 
 
-def test_llava_backbone_trains(tmp_path):
-    directory = tmp_path / "llava"
-    _, processor = make_tiny_checkpoint(directory, backbone_type="llava")
+def test_llava_backbone_trains(tiny_checkpoint_factory, tmp_path):
+    from segcompass import SegCompassProcessor
+
+    directory = tiny_checkpoint_factory(backbone_type="llava")
+    processor = SegCompassProcessor.from_pretrained(directory)
     dataset = prepare_grpo_dataset(build_synthetic_dataset("train", 2, config=SyntheticConfig(image_size=64)),
                                    processor)
     trainer = SegCompassGRPOTrainer(str(directory), args=_args(tmp_path / "out", per_device_train_batch_size=2,
@@ -300,7 +304,7 @@ def test_llava_backbone_trains(tmp_path):
 
 
 def test_one_cycle_schedule_shape():
-    from segcompass.training.grpo_trainer import one_cycle_scheduler
+    from segcompass.training.optim import one_cycle_scheduler
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([{"params": [param], "lr": 1.0}])
@@ -317,7 +321,7 @@ def test_one_cycle_schedule_shape():
 
 
 def test_rollout_iou():
-    from segcompass.training.grpo_trainer import rollout_iou
+    from segcompass.training.reward_scores import rollout_iou
 
     pred = torch.zeros(2, 4, 4)
     pred[0, :2] = 0.9  # slot 0: top half

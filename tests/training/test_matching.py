@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from segcompass.training import losses, matching, rewards
+from segcompass import answer_format, sam_frame
+from segcompass.training import matching, rewards
 from segcompass.training.matching import hungarian_match, match_slots, match_slots_batched, pairwise_soft_iou
 
 
@@ -128,7 +129,7 @@ def test_match_slots_batched_all_empty_and_errors():
         match_slots_batched(torch.rand(1, 3, 4, 4), [torch.zeros(1, 8, 8)])
 
 
-@pytest.mark.parametrize("module", [matching, losses, rewards])
+@pytest.mark.parametrize("module", [matching, sam_frame, answer_format, rewards])
 def test_docstring_examples(module):
     result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

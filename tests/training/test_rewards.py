@@ -248,11 +248,11 @@ def test_segmentation_reward_combines_and_keeps_masks_for_bad_format():
 
 
 def test_repeated_rle_rows_are_decoded_once(monkeypatch):
-    from segcompass.training import rewards as rewards_module
+    from segcompass.training import targets as targets_module
 
     calls = []
-    real = rewards_module.decode_rle
-    monkeypatch.setattr(rewards_module, "decode_rle", lambda rle: calls.append(1) or real(rle))
+    real = targets_module.decode_rle
+    monkeypatch.setattr(targets_module, "decode_rle", lambda rle: calls.append(1) or real(rle))
     big_tl = np.zeros((4, 4), dtype=bool)
     big_tl[:2, :2] = True
     rows = [[_rle(big_tl)] for _ in range(4)]  # one prompt, four generations: separate but equal objects

@@ -1,10 +1,9 @@
 """Mask-path building blocks of SegCompass (concept interface, slot mapper, mask decoder)."""
 
-from .mask_decoder import PADDING_LOGIT, HeatmapMaskDecoder, build_sam_image_encoder, valid_sizes_from_input_sizes
+from .mask_decoder import PADDING_LOGIT, HeatmapMaskDecoder, build_sam_image_encoder
 
 __all__ = [
     "PADDING_LOGIT",
     "HeatmapMaskDecoder",
     "build_sam_image_encoder",
-    "valid_sizes_from_input_sizes",
 ]

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..configuration_segcompass import CONCEPT_VALUE_EMBEDDINGS as VALUE_EMBEDDINGS
+VALUE_EMBEDDINGS = ("scale", "log")
+"""How a concept token carries its activation: ``"scale"`` h_j · C[j] (the paper), ``"log"`` C[j] + MLP([log(1 + h_j),
+log(1 + d_j)]) (see ``SegCompassConfig.concept_value_embedding``)."""
 
 
 class ConceptEncoderLayer(nn.Module):

@@ -53,36 +53,6 @@ def build_sam_image_encoder(config: SamConfig) -> SamVisionModel:
     return SamVisionModel(config.vision_config)
 
 
-def valid_sizes_from_input_sizes(
-    input_sizes: torch.Tensor | Sequence[Sequence[int]], *, image_size: int, grid_size: int
-) -> torch.LongTensor:
-    """Valid ``(height, width)`` of each image in the heatmap grid, from its unpadded size in the SAM input frame.
-
-    SAM resizes the longest side to ``image_size`` (1024) and pads bottom/right; the heatmap grid (``grid_size``,
-    256) covers the padded square, so the valid region is ``ceil(size * grid_size / image_size)`` cells (the
-    authors' ``ceil(h'/4)`` rule at 1024 -> 256).
-
-    Args:
-        input_sizes (`torch.Tensor` or nested sequence of shape `(B, 2)`): unpadded ``(height, width)`` after the
-            resize, e.g. ``SamImageProcessor``'s ``reshaped_input_sizes``.
-        image_size (`int`): side of SAM's padded input square.
-        grid_size (`int`): side of the heatmap grid (4x the image-embedding grid).
-
-    Returns:
-        `torch.LongTensor` of shape `(B, 2)`.
-    """
-    sizes = torch.as_tensor(input_sizes)
-    if sizes.ndim != 2 or sizes.shape[-1] != 2:
-        raise ValueError(f"`input_sizes` must have shape (B, 2) of (height, width), got {tuple(sizes.shape)}.")
-    if image_size % grid_size != 0:
-        raise ValueError(
-            f"`image_size` ({image_size}) must be a multiple of `grid_size` ({grid_size}); "
-            "SAM uses image_size=1024 with a 256 heatmap grid."
-        )
-    stride = image_size // grid_size
-    return torch.div(sizes.long() + stride - 1, stride, rounding_mode="floor")  # ceil(size / stride), (B, 2)
-
-
 def _check_embedding_contract(config: SamConfig) -> None:
     """Raise ValueError unless image embeddings, prompt embeddings and the decoder share one channel width."""
     if not isinstance(config, SamConfig):
@@ -217,7 +187,7 @@ class HeatmapMaskDecoder(nn.Module):
             heatmap_logits (`torch.Tensor` of shape `(B, K, 4h, 4w)`): per-slot heatmap logits, fed as SAM's dense
                 mask prompt (not sigmoid-ed).
             valid_sizes (`torch.Tensor` or nested sequence of shape `(B, 2)`, *optional*): ``(height, width)`` of the
-                unpadded image region in the ``4h x 4w`` grid (see [`valid_sizes_from_input_sizes`]). Outside it
+                unpadded image region in the ``4h x 4w`` grid (see [`segcompass.sam_frame.valid_mask_sizes`]). Outside it
                 the heatmap is set to ``PADDING_LOGIT`` (-50) before downscaling; the caller's tensor is not
                 modified.
             image_positional_embeddings (`torch.Tensor` of shape `(1 or B, C, h, w)`, *optional*): defaults to
@@ -283,4 +253,4 @@ class HeatmapMaskDecoder(nn.Module):
         return mask_logits, iou_scores
 
 
-__all__ = ["PADDING_LOGIT", "HeatmapMaskDecoder", "build_sam_image_encoder", "valid_sizes_from_input_sizes"]
+__all__ = ["PADDING_LOGIT", "HeatmapMaskDecoder", "build_sam_image_encoder"]

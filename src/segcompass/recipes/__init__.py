@@ -6,7 +6,6 @@ from .tiny import (
     build_tiny_model_and_processor,
     evaluate_tiny,
     train_tiny,
-    train_tiny_command,
 )
 
 __all__ = [
@@ -15,5 +14,4 @@ __all__ = [
     "build_tiny_model_and_processor",
     "evaluate_tiny",
     "train_tiny",
-    "train_tiny_command",
 ]

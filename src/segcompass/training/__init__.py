@@ -4,19 +4,19 @@ Import-light on purpose: nothing here imports trl. The GRPO trainer lives in its
 lazily by whoever needs it.
 """
 
-from .losses import SegmentationLossOutput, dice_loss, letterbox_size, resize_masks, segmentation_losses
+from ..sam_frame import letterbox_size, resize_masks
+from .losses import SegmentationLossOutput, dice_loss, segmentation_losses
 from .matching import SlotMatching, hungarian_match, match_slots, match_slots_batched, pairwise_soft_iou
+from .reward_scores import combined_reward_score, mask_reward_score
 from .rewards import (
     DEFAULT_EOS_MARKERS,
     FormatReward,
     MaskReward,
     SegmentationReward,
-    combined_reward_score,
     completion_text,
     format_reward,
     format_reward_score,
     mask_reward,
-    mask_reward_score,
     segmentation_reward,
 )
 

@@ -1,16 +1,11 @@
-"""``segcompass train``: supervised warm-up (optional) + GRPO with [`SegCompassGRPOTrainer`].
+"""The library side of ``segcompass train`` (the command itself is :mod:`segcompass.commands.train`): supervised
+warm-up (optional) + GRPO with [`SegCompassGRPOTrainer`].
 
-    segcompass train --config grpo.yaml                       # every option from YAML (flags override it)
-    segcompass train --tiny --output_dir runs/grpo-tiny --max_steps 2 --num_generations 2 \\
-        --per_device_train_batch_size 4 --max_completion_length 16 --use_cpu true --sft_steps 4
-
-    segcompass train --tiny --output_dir runs/grpo-lora --lora_r 16 --lora_alpha 32 ...   # LoRA on the LM
-    segcompass train ... --save_strategy steps --save_steps 100 --resume_from_checkpoint true  # resume the last
-
-Options are the fields of :class:`TrainArguments` (model, data, warm-up) and of
-[`SegCompassGRPOConfig`] (every GRPO / ``TrainingArguments`` field), parsed by ``HfArgumentParser``.
-The trained model and processor are saved into ``output_dir`` (``AutoModel.from_pretrained(output_dir)`` after
-``import segcompass``).
+:class:`TrainArguments` holds the model, data and warm-up options; :func:`build_trainer` loads model, processor,
+data and LoRA configuration into a trainer, :func:`run_warmup` runs the supervised warm-up and
+:func:`resume_target` reads ``--resume_from_checkpoint``. The GRPO options are the fields of
+[`SegCompassGRPOConfig`] (every GRPO / ``TrainingArguments`` field). The trained model and processor are saved
+into ``output_dir`` (``AutoModel.from_pretrained(output_dir)`` after ``import segcompass``).
 """
 
 from __future__ import annotations
@@ -22,8 +17,8 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["DEFAULT_LORA_TARGET_MODULES", "TrainArguments", "build_lora_config", "load_training_dataset",
-           "train_command"]
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "TrainArguments", "build_lora_config", "build_trainer",
+           "load_training_dataset", "resume_target", "run_warmup"]
 
 DEFAULT_LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -128,10 +123,10 @@ def _load_model(cli: TrainArguments, output_dir: str):
     from ..processing_segcompass import SegCompassProcessor
 
     if cli.tiny:
-        from ..testing import make_tiny_checkpoint
+        from ..from_scratch import save_random_checkpoint
 
         init_dir = Path(output_dir) / "init"
-        make_tiny_checkpoint(init_dir)
+        save_random_checkpoint(init_dir)
         source = str(init_dir)
     elif cli.model_name_or_path:
         source = cli.model_name_or_path
@@ -140,46 +135,41 @@ def _load_model(cli: TrainArguments, output_dir: str):
     return SegCompassForReasoningSegmentation.from_pretrained(source), SegCompassProcessor.from_pretrained(source)
 
 
-def train_command(argv: list[str]) -> int:
-    """Entry point of ``segcompass train``: parse, warm up (``--sft_steps``), run GRPO, save into ``output_dir``.
+def build_trainer(cli: TrainArguments, args):
+    """The [`SegCompassGRPOTrainer`] of ``segcompass train`` and the raw training rows (for the warm-up).
 
-    Returns the exit status (0 on success).
+    Loads the model and processor (``cli.tiny`` writes a tiny random checkpoint to ``args.output_dir/init``), the
+    dataset named by ``cli.train_data`` (prepared for GRPO unless it already has a ``prompt`` column) and the LoRA
+    configuration of ``cli`` (if any).
     """
-    from ..cli import parse
-    from .grpo_config import SegCompassGRPOConfig
-    from .grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+    from .grpo_data import prepare_grpo_dataset
+    from .grpo_trainer import SegCompassGRPOTrainer
 
-    cli, args = parse((TrainArguments, SegCompassGRPOConfig), list(argv), "train")
-    if args.output_dir is None:
-        raise SystemExit("error: pass --output_dir (where the trained model is saved).")
-    try:
-        model, processor = _load_model(cli, args.output_dir)
-        raw = load_training_dataset(cli)
-        dataset = prepare_grpo_dataset(raw, processor, cli.instruction_column) if "prompt" not in raw.column_names \
-            else raw
-        trainer = SegCompassGRPOTrainer(model, args=args, train_dataset=dataset, processing_class=processor,
-                                        peft_config=build_lora_config(cli))
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-    resume = args.resume_from_checkpoint
+    model, processor = _load_model(cli, args.output_dir)
+    raw = load_training_dataset(cli)
+    dataset = prepare_grpo_dataset(raw, processor, cli.instruction_column) if "prompt" not in raw.column_names \
+        else raw
+    trainer = SegCompassGRPOTrainer(model, args=args, train_dataset=dataset, processing_class=processor,
+                                    peft_config=build_lora_config(cli))
+    return trainer, raw
+
+
+def resume_target(resume_from_checkpoint):
+    """``--resume_from_checkpoint`` as ``Trainer.train`` takes it: ``True`` for "true"/"last" (the last
+    ``checkpoint-*`` in ``output_dir``), ``None`` for "false"/"none"/"", otherwise the value (a checkpoint path)."""
+    resume = resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True  # the last checkpoint-* in output_dir
-    elif isinstance(resume, str) and resume.lower() in ("false", "none", ""):
-        resume = None
-    if cli.sft_steps and resume:
-        print("resuming from a checkpoint: the supervised warm-up is skipped (its weights are in the checkpoint)")
-    elif cli.sft_steps:
-        history = trainer.supervised_warmup(
-            raw, num_steps=cli.sft_steps, batch_size=cli.sft_batch_size,
-            learning_rate=cli.sft_learning_rate if cli.sft_learning_rate is not None else args.learning_rate,
-            seed=args.seed, generated_share=cli.sft_generated_share,
-            max_new_tokens=args.max_completion_length or 256,
-        )
-        first, last = history[0], history[-1]
-        print(f"warm-up: {len(history)} steps, loss {first['loss']:.4g} -> {last['loss']:.4g} "
-              f"(seg {first['seg']:.4g} -> {last['seg']:.4g}, lm {first['lm']:.4g} -> {last['lm']:.4g})")
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output_dir)
-    print(f"GRPO: {result.global_step} steps, train loss {result.training_loss:.4g}")
-    print(f"model and processor saved to {args.output_dir}")
-    return 0
+        return True
+    if isinstance(resume, str) and resume.lower() in ("false", "none", ""):
+        return None
+    return resume
+
+
+def run_warmup(trainer, raw, cli: TrainArguments, args) -> list[dict]:
+    """The supervised warm-up of ``cli.sft_steps`` steps before GRPO; returns its per-step history."""
+    return trainer.supervised_warmup(
+        raw, num_steps=cli.sft_steps, batch_size=cli.sft_batch_size,
+        learning_rate=cli.sft_learning_rate if cli.sft_learning_rate is not None else args.learning_rate,
+        seed=args.seed, generated_share=cli.sft_generated_share,
+        max_new_tokens=args.max_completion_length or 256,
+    )

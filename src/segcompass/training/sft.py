@@ -9,8 +9,8 @@ trainer (:func:`build_param_groups`); the learning rate is constant.
 The target completion of a row is its ``completion`` column when present, else
 ``<think>{reasoning}</think><REF_POS>`` from the ``reasoning`` column (the synthetic dataset has one).
 
-This module imports no ``trl``; it also holds the helpers the GRPO trainer shares (ground truth on the mask grid,
-per-component optimizer groups).
+This module imports no ``trl``. Ground truth on the mask grid lives in :mod:`segcompass.training.targets`, the
+per-component optimizer groups in :mod:`segcompass.training.optim`; the GRPO trainer uses the same two.
 """
 
 from __future__ import annotations
@@ -18,21 +18,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from ..answer_format import DEFAULT_REF_TOKEN, reference_completion
+from ..sam_frame import valid_region_mask
 from ..utils.logging import get_logger
-from ..utils.masks import is_rle
-from .freezing import freeze_backbone_through_hook_layer, row_masked_parameters, train_token_embedding_rows
-from .losses import resize_masks, segmentation_losses
+from .freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
+from .losses import segmentation_losses
+from .optim import build_param_groups
+from .targets import ground_truth_on_grid, image_hw
 
 if TYPE_CHECKING:
-    from ..modeling_segcompass import SegCompassForReasoningSegmentation
+    pass
 
 logger = get_logger(__name__)
-
-TRAINABLE_COMPONENTS = ("backbone", "concept_interface", "slot_mapper", "mask_decoder")
-"""Components with an optimizer group (SAM's image encoder joins only when it is trained; the SAE never)."""
 
 __all__ = [
     "build_param_groups",
@@ -44,158 +43,13 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------ shared helpers
-def _image_size(image: Any, where: str) -> tuple[int, int]:
-    """(height, width) of a PIL image, an array (H, W[, C]) or anything :func:`load_image` reads."""
-    if image is None:
-        raise ValueError(f"{where}: the `image` is None; every row needs an image.")
-    if isinstance(image, np.ndarray):
-        return int(image.shape[0]), int(image.shape[1])
-    if hasattr(image, "size") and isinstance(image.size, tuple):  # PIL: (W, H); the header is enough
-        width, height = image.size
-        return int(height), int(width)
-    from ..image_utils import load_image
-
-    width, height = load_image(image).size
-    return int(height), int(width)
-
-
-def _mask_items(masks: Any, where: str) -> list:
-    """The instances of one row's ``masks`` as a list (RLE dicts and/or 2-D arrays)."""
-    if masks is None:
-        raise ValueError(f"{where}: `masks` is None; use [] for a sample without a target.")
-    if is_rle(masks):
-        return [masks]
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    if isinstance(masks, np.ndarray):
-        if masks.ndim == 2:
-            return [masks]
-        if masks.ndim == 3:
-            return list(masks)
-        raise ValueError(f"{where}: an array of masks must have shape (G, H, W) or (H, W), got {masks.shape}.")
-    if isinstance(masks, (list, tuple)):
-        if masks and not is_rle(masks[0]) and np.asarray(masks[0]).ndim == 1:  # one nested-list (H, W) mask
-            return [np.asarray(masks)]
-        return list(masks)
-    raise ValueError(f"{where}: `masks` must be a list of COCO RLE dicts or arrays, got {type(masks).__name__}.")
-
-
-def _item_size(item: Any, where: str) -> tuple[int, int]:
-    if is_rle(item):
-        height, width = item["size"]
-        return int(height), int(width)
-    array = np.asarray(item)
-    if array.ndim != 2:
-        raise ValueError(f"{where}: each mask must be 2-D (H, W), got shape {array.shape}.")
-    return int(array.shape[0]), int(array.shape[1])
-
-
-def ground_truth_on_grid(
-    masks: Any, image_size: tuple[int, int], grid: tuple[int, int], where: str = "row"
-) -> torch.Tensor:
-    """One row's instances as soft targets on SAM's letterboxed m × m frame: ``(G, m, m)`` float32 (G = 0 allowed).
-
-    Args:
-        masks: the row's ``masks`` (list of COCO RLE / arrays at the original image size; ``[]`` = no target).
-        image_size: the image's (H, W).
-        grid: (m, m), the model's mask grid.
-    """
-    from ..utils.masks import decode_rle
-
-    arrays = []
-    for j, item in enumerate(_mask_items(masks, where)):
-        size = _item_size(item, f"{where} masks[{j}]")
-        if size != tuple(image_size):
-            raise ValueError(
-                f"{where}: masks[{j}] has size {size} (H, W) but the image is {tuple(image_size)}. Ground-truth masks "
-                "must be at the image's original resolution."
-            )
-        array = decode_rle(item) if is_rle(item) else np.asarray(item)
-        arrays.append(np.asarray(array != 0, dtype=np.float32) if array.dtype != np.float32 else array)
-    if not arrays:
-        return torch.zeros(0, *grid)
-    stacked = torch.as_tensor(np.stack(arrays))
-    return resize_masks(stacked, tuple(grid), letterbox=True)
-
-
-def build_param_groups(
-    model: SegCompassForReasoningSegmentation,
-    learning_rate: float,
-    weight_decay: float,
-    multipliers: dict[str, float],
-    *,
-    train_vision_encoder: bool = False,
-    decay_parameter_names: set[str] | None = None,
-) -> list[dict]:
-    """AdamW parameter groups of a SegCompass model: one pair (decay / no decay) per component, each with
-    ``lr = learning_rate · multiplier``. The SAE is never trained; SAM's image encoder only with
-    ``train_vision_encoder`` (at the backbone's rate). A multiplier of 0 freezes the component.
-
-    Args:
-        multipliers: ``{"backbone": 1.0, "concept_interface": 25.0, "slot_mapper": 80.0, "mask_decoder": 10.0}``
-            (missing names default to 1.0).
-        decay_parameter_names: names (relative to ``model``) that get weight decay; default: parameters with at
-            least 2 dimensions that are not norms.
-
-    Returns:
-        list of dicts with ``params``, ``lr``, ``weight_decay``, ``name`` (empty groups are left out).
-    """
-    model.sae.requires_grad_(False)
-    components = list(TRAINABLE_COMPONENTS)
-    if train_vision_encoder:
-        components.append("vision_encoder")
-        multipliers = {**multipliers, "vision_encoder": multipliers.get("backbone", 1.0)}
-    else:
-        model.vision_encoder.requires_grad_(False)
-    groups = []
-    for component in components:
-        module = getattr(model, component)
-        multiplier = float(multipliers.get(component, 1.0))
-        if multiplier == 0:
-            module.requires_grad_(False)
-            continue
-        decay, no_decay = [], []
-        row_masked = row_masked_parameters(module)
-        for name, param in module.named_parameters():
-            if not param.requires_grad:
-                continue
-            full = f"{component}.{name}"
-            if name in row_masked:  # rows opened one by one: weight decay would move the closed rows
-                no_decay.append(param)
-            elif decay_parameter_names is not None:
-                (decay if full in decay_parameter_names else no_decay).append(param)
-            else:
-                (decay if param.ndim >= 2 and "norm" not in name.lower() else no_decay).append(param)
-        lr = learning_rate * multiplier
-        if decay:
-            groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{component}/decay"})
-        if no_decay:
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{component}/no_decay"})
-    if not groups:
-        raise ValueError("No trainable parameters: every component is frozen (all lr multipliers are 0?).")
-    return groups
-
-
-def _valid_grid_mask(valid_sizes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, 2) valid (h, w) on the grid -> (B, m, m) bool mask of the unpadded region."""
-    rows = torch.arange(grid[0], device=valid_sizes.device)
-    cols = torch.arange(grid[1], device=valid_sizes.device)
-    inside_rows = rows[None, :, None] < valid_sizes[:, 0, None, None]
-    return inside_rows & (cols[None, None, :] < valid_sizes[:, 1, None, None])
-
-
-def target_completion(row: dict, ref_token: str = "<REF_POS>") -> str:
-    """The supervised target of one row: ``row["completion"]``, else ``<think>{reasoning}</think>{ref_token}``."""
+def target_completion(row: dict, ref_token: str = DEFAULT_REF_TOKEN) -> str:
+    """The supervised target of one row: ``row["completion"]``, else ``<think>{reasoning}</think>{ref_token}``
+    (:func:`segcompass.answer_format.reference_completion`)."""
     if row.get("completion"):
         return row["completion"]
-    reasoning = (row.get("reasoning") or "").strip()
-    if not reasoning:
-        raise ValueError(
-            "A supervised row needs a `completion` column or a non-empty `reasoning` column to build "
-            f"'<think>...</think>{ref_token}'; row {row.get('sample_id', '?')!r} has neither."
-        )
-    return f"<think>{reasoning}</think>{ref_token}"
+    return reference_completion((row.get("reasoning") or "").strip(), ref_token,
+                                sample_id=str(row.get("sample_id", "?")))
 
 
 def build_supervised_batch(processor, rows: Sequence[dict], model, *,
@@ -243,12 +97,12 @@ def build_supervised_batch(processor, rows: Sequence[dict], model, *,
         if stop_token_id is not None:
             labels[b, stop] = stop_token_id  # predicted after <REF_POS>, where the first slot token is fed
     grid = (model.config.mask_size, model.config.mask_size)
-    gt = [ground_truth_on_grid(row["masks"], _image_size(row["image"], f"row {i}"), grid, f"row {i}")
+    gt = [ground_truth_on_grid(row["masks"], image_hw(row["image"], f"row {i}"), grid, f"row {i}")
           for i, row in enumerate(rows)]
     data = dict(batch)
     data.pop("missing_ref_pos", None)
     data["labels"] = labels
-    data["valid_mask_sizes"] = processor.valid_mask_sizes(batch["reshaped_input_sizes"], grid)
+    data["valid_mask_sizes"] = model.valid_mask_sizes(batch["reshaped_input_sizes"])
     data["gt_masks"] = gt
     return data
 
@@ -386,7 +240,7 @@ def supervised_warmup(
         grid = tuple(out.heatmap_logits.shape[-2:])
         losses = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits, data["gt_masks"],
                                      lambda_seg=lambda_seg, lambda_conf=lambda_conf, lambda_dice=lambda_dice,
-                                     valid_mask=_valid_grid_mask(data["valid_mask_sizes"], grid))
+                                     valid_mask=valid_region_mask(data["valid_mask_sizes"], grid))
         has_labels = bool((data["labels"] != -100).any())  # a batch of generated rows only has no LM target
         lm = out.loss if (lambda_lm and out.loss is not None and has_labels) else torch.zeros((), device=device)
         loss = lambda_lm * lm + losses.loss

@@ -14,6 +14,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ...answer_format import DEFAULT_REF_TOKEN
+from ...answer_format import reference_completion as _reference_completion
 from ...utils.logging import get_logger
 from ...utils.masks import encode_rle
 from ..schema import SEGMENTATION_FEATURES
@@ -30,7 +32,7 @@ GENERATOR_VERSION = 1
 
 DEFAULT_NUM_SAMPLES: dict[str, int] = {"train": 10_000, "validation": 500, "test": 500}
 
-REF_TOKEN = "<REF_POS>"
+REF_TOKEN = DEFAULT_REF_TOKEN
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,14 +127,9 @@ def generate_sample(
 
 
 def reference_completion(sample: Mapping[str, Any], ref_token: str = REF_TOKEN) -> str:
-    """The reference policy output for a sample: ``<think>{reasoning}</think>{ref_token}`` (paper App. B.3)."""
-    reasoning = sample.get("reasoning") or ""
-    if not reasoning.strip():
-        raise ValueError(
-            f"sample {sample.get('sample_id', '?')!r} has no reasoning; a completion needs a non-empty <think> "
-            "block, so pass a sample from the synthetic generator (or fill 'reasoning')."
-        )
-    return f"<think>{reasoning}</think>{ref_token}"
+    """The reference policy output for a sample: ``<think>{reasoning}</think>{ref_token}`` (paper App. B.3;
+    :func:`segcompass.answer_format.reference_completion`)."""
+    return _reference_completion(sample.get("reasoning") or "", ref_token, sample_id=str(sample.get("sample_id", "?")))
 
 
 def _png_bytes(image: Image.Image) -> bytes:

@@ -29,13 +29,13 @@ S synthetic image side, D text hidden size.
 Modules: :mod:`.config` (settings), :mod:`.build` (random model + processor), :mod:`.data` (samples, vision probes,
 batching), :mod:`.distributed` (data-parallel helpers), :mod:`.stages` (training stages), :mod:`.evaluation`
 (scoring, threshold tuning, the evaluation runner), :mod:`.card` (model card from ``model_card.md``), :mod:`.main`
-(``train_tiny`` and the command).
+(``train_tiny``, ``reevaluate``; the command is :mod:`segcompass.commands.train_tiny`).
 """
 
 from .build import build_tiny_model_and_processor, build_tiny_tokenizer
 from .config import DEFAULT_MODEL_DIR, TinyRecipeConfig
 from .evaluation import evaluate_tiny
-from .main import train_tiny, train_tiny_command
+from .main import train_tiny
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -44,5 +44,4 @@ __all__ = [
     "build_tiny_tokenizer",
     "evaluate_tiny",
     "train_tiny",
-    "train_tiny_command",
 ]

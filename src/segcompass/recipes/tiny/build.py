@@ -10,8 +10,8 @@ from .config import THINK_TOKENS, TinyRecipeConfig
 def build_tiny_tokenizer(num_slots: int):
     """Word-level tokenizer for the synthetic domain (Qwen-style chat template and vision specials)."""
     from ...data.synthetic import VOCABULARY
+    from ...from_scratch import build_qwen_style_tokenizer
     from ...processing_segcompass import add_special_tokens_to_tokenizer
-    from ...testing_processor import build_qwen_style_tokenizer
 
     tokenizer = build_qwen_style_tokenizer(words=VOCABULARY)
     tokenizer.add_tokens(list(THINK_TOKENS))  # split "<think>the" into two tokens
@@ -23,9 +23,9 @@ def build_tiny_model_and_processor(config: TinyRecipeConfig, seed: int = 0):
     """A random SegCompass model + processor with the sizes of ``config``. Returns ``(model, processor)``."""
     from transformers import Qwen2VLImageProcessorPil, SamImageProcessorPil
 
+    from ...from_scratch import config_for_processor
     from ...modeling_segcompass import SegCompassForReasoningSegmentation
     from ...processing_segcompass import SegCompassProcessor
-    from ...testing import tiny_config_for_processor
 
     tokenizer = build_tiny_tokenizer(config.num_slots)
     pixels = config.backbone_image_side**2
@@ -78,7 +78,7 @@ def build_tiny_model_and_processor(config: TinyRecipeConfig, seed: int = 0):
         slot_mapper_head_dim=16, slot_embedding_dropout=config.slot_embedding_dropout,
         concept_window=config.concept_window,
     )
-    model_config = tiny_config_for_processor(processor, **overrides)
+    model_config = config_for_processor(processor, **overrides)
     # Generation stops at <REF_POS> (the scoring pass cuts there anyway) or at <|im_end|>; kept in the saved config.
     model_config.backbone_config.get_text_config().eos_token_id = [tokenizer.eos_token_id, processor.ref_token_id]
     torch.manual_seed(seed)

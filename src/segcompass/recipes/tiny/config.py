@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-THINK_TOKENS = ("<think>", "</think>")
+from ...answer_format import THINK_CLOSE, THINK_OPEN
+from ...presets import default_model_dir
+
+THINK_TOKENS = (THINK_OPEN, THINK_CLOSE)
 
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "default_model"
-"""Where the shipped ``segcompass-tiny-synthetic`` checkpoint lives inside the package."""
+DEFAULT_MODEL_DIR = default_model_dir()
+"""Where the shipped ``segcompass-tiny-synthetic`` checkpoint lives inside the package
+(:func:`segcompass.presets.default_model_dir`)."""
 
 
 @dataclass

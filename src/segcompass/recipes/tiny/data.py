@@ -206,7 +206,7 @@ def backbone_kwargs(batch: dict) -> dict:
 
 def gt_on_grid(samples: list[Sample], mask_size: int) -> list[torch.Tensor]:
     """Ground-truth instances resized into SAM's letterboxed m × m frame: B × (G_b, m, m) floats."""
-    from ...training.losses import resize_masks
+    from ...sam_frame import resize_masks
 
     return [resize_masks(torch.from_numpy(s.masks), (mask_size, mask_size), letterbox=True) for s in samples]
 

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...answer_format import THINK_CLOSE
 from ...interpret.ablations import ablate
+from ...prediction import keep_and_union
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
 from .data import Sample, backbone_kwargs, batch_inputs, make_split
@@ -22,9 +24,9 @@ logger = get_logger(__name__)
 
 def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor) -> tuple[list, list]:
     """Per-slot probabilities at the original size: B × (K, S, S) mask booleans and (K,) confidences."""
-    from ...postprocess import masks_to_original_size
+    from ...sam_frame import masks_to_original_size
 
-    input_size = model.config.sam_config.vision_config.image_size
+    input_size = model.sam_input_size
     masks, confs = [], []
     for b in range(len(samples)):
         m = masks_to_original_size(outputs.mask_logits[b], batch["reshaped_input_sizes"][b],
@@ -41,12 +43,11 @@ def score_records(records: list[tuple[np.ndarray, np.ndarray, Sample]], threshol
     overall = SegmentationMetricAccumulator()
     families: dict[str, Any] = {}
     for masks, confs, sample in records:
-        keep = confs >= threshold
         size = sample.masks.shape[-2:] if sample.masks.size else masks.shape[-2:]
-        prediction = masks[keep].any(0) if keep.any() else np.zeros(size, dtype=bool)
+        prediction, kept = keep_and_union(masks, confs, threshold, shape=size)  # (H, W)
         reference = list(sample.masks) if not sample.no_target else []
         for acc in (overall, families.setdefault(sample.family, SegmentationMetricAccumulator())):
-            acc.add(prediction, reference, no_target_prediction=not bool(keep.any()))
+            acc.add(prediction, reference, no_target_prediction=not kept)
     result = _clean(overall.compute())
     result["per_family"] = {name: _clean(acc.compute()) for name, acc in sorted(families.items())}
     return result
@@ -95,13 +96,11 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                 else:
                     gen_out = model(input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"],
                                     image_embeddings=image_embeddings,
-                                    valid_mask_sizes=processor.valid_mask_sizes(prompts["reshaped_input_sizes"],
-                                                                                model.config.mask_size),
+                                    reshaped_input_sizes=prompts["reshaped_input_sizes"],
                                     **backbone_kwargs(prompts | {"mm_token_type_ids": scoring["mm_token_type_ids"]}))
                 tf_out = model(input_ids=teacher["input_ids"], attention_mask=teacher["attention_mask"],
                                image_embeddings=image_embeddings,
-                               valid_mask_sizes=processor.valid_mask_sizes(teacher["reshaped_input_sizes"],
-                                                                           model.config.mask_size),
+                               reshaped_input_sizes=teacher["reshaped_input_sizes"],
                                **backbone_kwargs(teacher))
             for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):
                 masks, confs = slot_predictions(out, chunk, prompts, model, processor)
@@ -115,7 +114,7 @@ def target_part(tokenizer, ids: list[int]) -> str:
     """The ``target : ... .`` sentence of a completion (what the mask path must find)."""
     text = tokenizer.decode(ids, skip_special_tokens=False)
     index = text.rfind("target :")
-    return text[index:].split("</think>")[0].strip() if index >= 0 else ""
+    return text[index:].split(THINK_CLOSE)[0].strip() if index >= 0 else ""
 
 
 def tune_threshold(records: list, thresholds) -> tuple[float, dict]:

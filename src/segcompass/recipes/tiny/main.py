@@ -1,13 +1,12 @@
-"""``train_tiny``: build, train, evaluate and save the tiny model; ``segcompass train-tiny``."""
+"""``train_tiny``: build, train, evaluate and save the tiny model (the command is ``segcompass train-tiny``,
+:mod:`segcompass.commands.train_tiny`); ``reevaluate``: re-score a finished run."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from ...training.freezing import freeze_backbone_through_hook_layer, train_token
 from ...utils.io import write_json_atomic, write_text_atomic
 from ...utils.logging import get_logger
 from .build import build_tiny_model_and_processor
-from .card import format_metric, render_model_card
+from .card import render_model_card
 from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
@@ -211,58 +210,3 @@ def reevaluate(output_dir) -> dict:
     write_json_atomic(metrics_path, metrics)
     write_text_atomic(output_dir / "README.md", render_model_card(metrics))
     return metrics
-
-
-def train_tiny_command(argv: list[str] | None = None) -> int:
-    """``segcompass train-tiny OUTPUT_DIR [--smoke] [--seed N] [--set field=value ...]``."""
-    parser = argparse.ArgumentParser(prog="segcompass train-tiny", description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", help="where the checkpoint, metrics.json and README.md are written")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CI, < 3 min)")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="re-run the evaluation stages of a finished run in OUTPUT_DIR with this code and rewrite "
-                             "its metrics.json and model card (no training)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--processes", type=int, default=1,
-                        help="data-parallel training processes, one thread each (2 on a 2-core machine)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: these tiny ops are dispatch-bound, and on a shared "
-                             "machine one thread was ~10x faster per step than two)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a TinyRecipeConfig field, e.g. --set joint_steps=200")
-    args = parser.parse_args(argv)
-    overrides = {}
-    types = {f.name: f.type for f in fields(TinyRecipeConfig)}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in types or not value:
-            parser.error(f"--set {item!r}: use FIELD=VALUE with a TinyRecipeConfig field ({sorted(types)}).")
-        default = getattr(TinyRecipeConfig(), name)
-        try:
-            if isinstance(default, tuple):
-                overrides[name] = tuple(float(v) for v in value.split(","))
-            elif default is None or value.lower() == "none":  # optional ints (e.g. concept_window)
-                overrides[name] = None if value.lower() == "none" else int(value)
-            else:
-                overrides[name] = type(default)(value)
-        except ValueError:
-            parser.error(f"--set {item!r}: {value!r} is not a valid {type(default).__name__} for {name}.")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("segcompass").setLevel(logging.INFO)
-    torch.set_num_threads(max(1, args.threads))
-    if args.evaluate_only:
-        try:
-            metrics = reevaluate(args.output_dir)
-        except ValueError as error:
-            parser.error(str(error))
-    else:
-        metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes,
-                             **overrides)
-    full = metrics["test"]["generated/full"]
-    print(f"wrote {args.output_dir}: test cIoU {format_metric(full['ciou'])}, gIoU {format_metric(full['giou'])}, "
-          f"N-acc {format_metric(full['n_acc'])}, T-acc {format_metric(full['t_acc'])} "
-          f"({metrics['timings_s']['total'] / 60:.1f} min)", file=sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(train_tiny_command())

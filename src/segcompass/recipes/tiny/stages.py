@@ -77,9 +77,7 @@ def collect_activations(model, processor, samples: list[Sample], config: TinyRec
                       disable=quiet_rank()):
         chunk = samples[start:start + config.eval_batch_size]
         batch = batch_inputs(processor, chunk, completions=True, append_slots=True)
-        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             output_hidden_states=True, return_dict=True, **backbone_kwargs(batch))
-        states = out.hidden_states[config.hook_layer]  # (B, T, D)
+        states = model.get_hook_states(batch["input_ids"], batch["attention_mask"], **backbone_kwargs(batch))  # (B, T, D)
         for b in range(states.shape[0]):
             valid = batch["attention_mask"][b].bool()
             acts.append(states[b][valid].float())
@@ -230,9 +228,9 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
         generated, indices = shard(generated), shard(indices)
         chunk = [train[i] for i in indices]
         batch = batch_inputs(processor, chunk, completions=True, append_slots=True, generated=generated)
-        valid = processor.valid_mask_sizes(batch["reshaped_input_sizes"], mask_size)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    sam_pixel_values=batch["sam_pixel_values"], valid_mask_sizes=valid, labels=batch["labels"],
+                    sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
+                    labels=batch["labels"],
                     **backbone_kwargs(batch))
         seg = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits,
                                   gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf)
@@ -271,7 +269,8 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
     import datasets
 
     from ...training.grpo_config import SegCompassGRPOConfig
-    from ...training.grpo_trainer import SegCompassGRPOTrainer, prepare_grpo_dataset
+    from ...training.grpo_data import prepare_grpo_dataset
+    from ...training.grpo_trainer import SegCompassGRPOTrainer
     from ...utils.masks import encode_rle
 
     saved_generation = copy.deepcopy(model.backbone.generation_config)

@@ -1,0 +1,164 @@
+"""Scores of one GRPO rollout (paper §3.3, §4.1 and appendix B.3): the mask score, the combined reward and the
+rollout IoU the trainer logs. Plain tensors in, floats out; the TRL adapters are in :mod:`.rewards`.
+
+"Soft IoU" everywhere is ``Σ p·g / (Σ p + Σ g − Σ p·g)`` over pixels, with ``p`` the predicted probabilities and
+``g`` the (possibly soft) ground truth; two all-zero maps score 1. See :mod:`segcompass.training.matching`. The keep
+rule of the confident slots is :func:`segcompass.prediction.kept_slots` (probability ≥ threshold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..prediction import keep_and_union, kept_slots
+from .matching import hungarian_match, pairwise_soft_iou
+
+__all__ = ["combined_reward_score", "mask_reward_score", "mask_stack", "rollout_iou"]
+
+
+def _as_float_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float()
+    try:
+        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be a tensor, numpy array or nested list of numbers: {err}") from err
+
+
+def mask_stack(x: Any, name: str, count: str = "K") -> torch.Tensor:
+    """A stack of masks ``(N, H, W)`` (``(H, W)`` gets N = 1) as a float32 tensor, from a tensor (detached), an
+    array or nested lists; ``name`` and ``count`` (the letter of N) only word the errors."""
+    stack = _as_float_tensor(x, name)
+    if stack.dim() == 2:
+        stack = stack.unsqueeze(0)  # (1, H, W)
+    if stack.dim() != 3:
+        raise ValueError(f"`{name}` must have shape ({count}, H, W) or (H, W), got {tuple(stack.shape)}.")
+    return stack
+
+
+def _check_unit_range(x: torch.Tensor, name: str, fix: str) -> None:
+    if x.numel() == 0:
+        return
+    low, high = torch.aminmax(x)
+    if bool(torch.isnan(low)) or bool(low < 0) or bool(high > 1):
+        raise ValueError(f"`{name}` must hold values in [0, 1], got [{float(low):g}, {float(high):g}]. {fix}")
+
+
+def mask_reward_score(
+    pred_probs: torch.Tensor | np.ndarray,
+    confidences: torch.Tensor | np.ndarray | Sequence[float] | None,
+    gt_masks: torch.Tensor | np.ndarray,
+    *,
+    confidence_threshold: float = 0.5,
+    multi_object: bool | None = None,
+    denominator: Literal["matched", "max"] = "matched",
+) -> float:
+    """Mask score of one response in ``[0, 1]`` (paper appendix B.3).
+
+    * Single object (auto when K = 1 and G = 1, or ``multi_object=False``): soft IoU of the probability mask with
+      the ground truth; no matching, confidences unused. With ``multi_object=False`` and K > 1 the most confident
+      slot is scored (slot 0 when ``confidences`` is None); G = 0 is scored against an empty mask.
+    * Multi object (otherwise): keep the slots with confidence ≥ ``confidence_threshold`` (all slots when
+      ``confidences`` is None), K' of them. K' = 0 and G = 0 → 1.0; exactly one of them 0 → 0.0. Else solve the
+      Hungarian assignment maximising the total soft IoU of the (K', G) matrix and return
+      Σ matched IoU / min(K', G) (``denominator="matched"``, paper) or / max(K', G) (``"max"``, authors' code).
+
+    Args:
+        pred_probs (`(K, H, W)` or `(H, W)`): slot mask probabilities in ``[0, 1]``.
+        confidences (`(K,)` or None): slot confidence probabilities in ``[0, 1]`` (apply sigmoid to logits).
+        gt_masks (`(G, H, W)` or `(H, W)`): ground truth in ``[0, 1]`` on the prediction grid; G may be 0.
+        confidence_threshold: keep threshold on the confidence probability.
+        multi_object: force the single- (False) or multi-object (True) rule; None chooses as above.
+        denominator: ``"matched"`` or ``"max"``.
+
+    Example:
+        >>> p = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])    # one slot covering the top row
+        >>> g = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])    # one instance: the top-left pixel
+        >>> mask_reward_score(p, None, g)
+        0.5
+    """
+    if denominator not in ("matched", "max"):
+        raise ValueError(f"`denominator` must be 'matched' or 'max', got {denominator!r}.")
+    if not 0.0 <= confidence_threshold <= 1.0:
+        raise ValueError(
+            f"`confidence_threshold` is a probability threshold in [0, 1], got {confidence_threshold}. "
+            "(The authors' code compared logits with 0.5; the equivalent probability threshold is "
+            "sigmoid(0.5) ≈ 0.622.)"
+        )
+    pred = mask_stack(pred_probs, "pred_probs", "K")  # (K, H, W)
+    _check_unit_range(pred, "pred_probs", "Pass probabilities (sigmoid of the mask logits), not logits.")
+    num_slots = pred.shape[0]
+    gt = mask_stack(gt_masks, "gt_masks", "G").to(pred.device)  # (G, H, W)
+    if gt.shape[-2:] != pred.shape[-2:]:
+        raise ValueError(
+            f"`gt_masks` has spatial size {tuple(gt.shape[-2:])} but `pred_probs` is {tuple(pred.shape[-2:])}. "
+            "Resize the ground truth to the prediction grid (segcompass.training.targets.masks_on_grid); the TRL "
+            "adapter mask_reward does this for you."
+        )
+    _check_unit_range(
+        gt, "gt_masks", "Ground truth must be binary or soft masks; convert 0/255 images with `mask != 0`."
+    )
+    num_gt = gt.shape[0]
+    conf: torch.Tensor | None = None
+    if confidences is not None:
+        conf = _as_float_tensor(confidences, "confidences").reshape(-1).to(pred.device)  # (K,)
+        if conf.numel() != num_slots:
+            raise ValueError(f"`confidences` has {conf.numel()} values but `pred_probs` has K = {num_slots} slots.")
+        _check_unit_range(conf, "confidences", "Pass probabilities: apply sigmoid to confidence logits.")
+
+    single = multi_object is False or (multi_object is None and num_slots == 1 and num_gt == 1)
+    if single:
+        if num_gt > 1:
+            raise ValueError(
+                f"`multi_object=False` needs at most one ground-truth mask, got G = {num_gt}. Use multi_object=True "
+                "(or None) for multi-instance samples."
+            )
+        slot = int(conf.argmax()) if (conf is not None and num_slots > 1) else 0
+        target = gt[:1] if num_gt == 1 else torch.zeros_like(pred[:1])  # (1, H, W)
+        return float(pairwise_soft_iou(pred[slot : slot + 1], target)[0, 0])
+
+    kept = pred if conf is None else pred[kept_slots(conf, confidence_threshold)]  # (K', H, W)
+    num_kept = kept.shape[0]
+    if num_kept == 0 and num_gt == 0:
+        return 1.0
+    if num_kept == 0 or num_gt == 0:
+        return 0.0
+    iou = pairwise_soft_iou(kept, gt)  # (K', G)
+    rows, cols = hungarian_match(iou)
+    total = float(iou.cpu()[rows, cols].sum())
+    count = len(rows) if denominator == "matched" else max(num_kept, num_gt)
+    return total / count
+
+
+def combined_reward_score(
+    format_score: float, mask_score: float, *, format_weight: float = 0.3, mask_weight: float = 0.7
+) -> float:
+    """``format_weight · format_score + mask_weight · mask_score`` (paper: 0.3 and 0.7).
+
+    Example:
+        >>> round(combined_reward_score(0.9, 0.5), 6)
+        0.62
+    """
+    return format_weight * format_score + mask_weight * mask_score
+
+
+def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5,
+                valid: torch.Tensor | None = None) -> float:
+    """IoU of one rollout: union of the slots with confidence ≥ ``threshold`` (pixels > 0.5) vs the union of the
+    ground-truth instances (≥ 0.5); both empty = 1. The GRPO trainer logs its mean as ``seg/rollout_iou``.
+
+    Args:
+        pred_probs (`(K, m, m)`), confidences (`(K,)`), gt (`(G, m, m)`), valid (`(m, m)` bool, optional).
+    """
+    pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold)  # (m, m) bool
+    target = (gt >= 0.5).any(0) if gt.shape[0] else torch.zeros_like(pred)
+    if valid is not None:
+        pred, target = pred & valid, target & valid
+    union = (pred | target).sum()
+    if int(union) == 0:
+        return 1.0
+    return float((pred & target).sum()) / float(union)
