@@ -33,9 +33,9 @@ def main():
     logging.basicConfig(level=logging.INFO)
 
     if args.tiny:
-        from segcompass.testing import make_tiny_checkpoint
+        from segcompass.from_scratch import save_random_checkpoint
 
-        make_tiny_checkpoint(f"{args.output_dir}/init")
+        save_random_checkpoint(f"{args.output_dir}/init")
         source = f"{args.output_dir}/init"
     elif args.model:
         source = args.model
