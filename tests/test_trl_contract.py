@@ -1,6 +1,6 @@
 """Contract with TRL: SegCompassGRPOTrainer overrides private GRPOTrainer / Trainer methods and reads private
 attributes. These tests fail loudly when a TRL (or transformers) release changes them, instead of training silently
-wrong. Update the pinned range and segcompass/training/grpo_trainer.py together."""
+wrong. Update the pinned range and segcompass/training/grpo_trainer.py (+ grpo_optim.py) together."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_trl_version_is_within_the_pinned_range():
     version = Version(trl.__version__)
     assert PINNED[0] <= version < PINNED[1], (
         f"trl {version} is outside the range SegCompassGRPOTrainer was written for (>={PINNED[0]},<{PINNED[1]}); "
-        "re-check the overridden methods in segcompass/training/grpo_trainer.py"
+        "re-check the overridden methods in segcompass/training/grpo_trainer.py and grpo_optim.py"
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SlotSequences",
     "append_slot_ids",
     "append_slots_to_text",
+    "build_messages",
     "check_completions",
     "check_instructions",
     "check_num_slots",
@@ -41,6 +42,7 @@ __all__ = [
     "find_slot_positions",
     "format_score",
     "reference_completion",
+    "render_prompt",
     "slot_token_strings",
     "split_and_append_slot_ids",
 ]
@@ -112,6 +114,44 @@ def extract_reasoning(text: str) -> str:
     ``<think> </think>``. A well-formed answer has exactly one block (:func:`format_score` checks that)."""
     blocks = _THINK_BLOCK.findall(text)
     return blocks[-1].strip() if blocks else ""
+
+
+def build_messages(prompt_template: str, instruction: str, image=None, system_prompt: str | None = None
+                   ) -> list[dict]:
+    """The chat messages of one sample: optional system turn, then a user turn with the image part first and
+    ``prompt_template`` with :data:`INSTRUCTION_FIELD` replaced by the stripped ``instruction``."""
+    image_part: dict = {"type": "image"}
+    if image is not None:
+        image_part["image"] = image
+    prompt = prompt_template.replace(INSTRUCTION_FIELD, instruction.strip())
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": [image_part, {"type": "text", "text": prompt}]})
+    return messages
+
+
+def render_prompt(tokenizer, chat_template: str | None, messages: list[dict], image_token: str,
+                  add_generation_prompt: bool = True) -> str:
+    """``messages`` rendered with ``chat_template`` (one image placeholder ``image_token``, not yet expanded).
+
+    Raises:
+        ValueError: without a chat template, or when the template does not render exactly one image placeholder.
+    """
+    if not chat_template:
+        raise ValueError(
+            "Neither the processor nor the tokenizer has a chat template; pass `chat_template=` to "
+            "SegCompassProcessor (the backbone checkpoint's chat_template.jinja)."
+        )
+    text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+    placeholders = text.count(image_token)
+    if placeholders != 1:
+        raise ValueError(
+            f"The chat template rendered {placeholders} image placeholders ({image_token!r}) for one image; "
+            "use a chat template that renders each {'type': 'image'} content part as the backbone's image token."
+        )
+    return text
 
 
 def check_instructions(instructions: Sequence[str], reserved_tokens: Sequence[str], tokenizer=None,

@@ -41,11 +41,13 @@ from .answer_format import (
     INSTRUCTION_FIELD,
     SlotSequences,
     append_slots_to_text,
+    build_messages,
     check_completions,
     check_instructions,
     check_num_slots,
     extract_reasoning,
     find_slot_positions,
+    render_prompt,
     slot_token_strings,
     split_and_append_slot_ids,
 )
@@ -284,40 +286,15 @@ class SegCompassProcessor(ProcessorMixin):
     # ---------------------------------------------------------------------------------------------- prompt
 
     def build_messages(self, instruction: str, image: Any = None) -> list[dict[str, Any]]:
-        """The chat messages for ``instruction``: optional system turn, then a user turn with the image part first and
-        the filled-in prompt template. ``image`` (optional) is stored in the image part (for ``apply_chat_template``,
-        TRL datasets)."""
-        image_part: dict[str, Any] = {"type": "image"}
-        if image is not None:
-            image_part["image"] = image
-        prompt = self.prompt_template.replace(INSTRUCTION_FIELD, instruction.strip())
-        messages = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        messages.append({"role": "user", "content": [image_part, {"type": "text", "text": prompt}]})
-        return messages
+        """The chat messages for ``instruction`` (:func:`segcompass.answer_format.build_messages`); ``image``
+        (optional) is stored in the image part (for ``apply_chat_template``, TRL datasets)."""
+        return build_messages(self.prompt_template, instruction, image, self.system_prompt)
 
     def render_prompt(self, instruction: str, add_generation_prompt: bool = True) -> str:
         """The prompt string for ``instruction`` (chat template applied, one image placeholder, not yet expanded)."""
         chat_template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
-        if not chat_template:
-            raise ValueError(
-                "Neither the processor nor the tokenizer has a chat template; pass `chat_template=` to "
-                "SegCompassProcessor (the backbone checkpoint's chat_template.jinja)."
-            )
-        text = self.tokenizer.apply_chat_template(
-            self.build_messages(instruction),
-            chat_template=chat_template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
-        placeholders = text.count(self.image_token)
-        if placeholders != 1:
-            raise ValueError(
-                f"The chat template rendered {placeholders} image placeholders ({self.image_token!r}) for one image; "
-                "use a chat template that renders each {'type': 'image'} content part as the backbone's image token."
-            )
-        return text
+        return render_prompt(self.tokenizer, chat_template, self.build_messages(instruction), self.image_token,
+                             add_generation_prompt)
 
     def instruction_length_limit(self) -> int | None:
         """The instruction length limit in tokens: ``max_length`` if set, else the tokenizer's finite

@@ -53,7 +53,6 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from torch import nn
-from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
@@ -71,10 +70,10 @@ from .grpo_data import (
     rollout_targets,
     validate_grpo_dataset,
 )
+from .grpo_optim import HeadOptimizationMixin, ZeroHeadGradients
 from .grpo_rollout import backbone_image_kwargs, decode_rollout_masks, sam_image_embeddings, scoring_inputs
 from .grpo_setup import check_grpo_args, load_model_and_processor, prepare_model_for_grpo
 from .losses import segmentation_losses
-from .optim import build_param_groups, one_cycle_scheduler
 from .reward_scores import rollout_iou
 from .rewards import format_reward, mask_reward
 
@@ -84,12 +83,6 @@ __all__ = ["SegCompassGRPOTrainer"]
 
 
 _SAM_KEYS = ("sam_pixel_values", "original_sizes", "reshaped_input_sizes")
-_COMPONENTS = (
-    ("backbone", "backbone_lr_multiplier"),
-    ("concept_interface", "codebook_lr_multiplier"),
-    ("slot_mapper", "slot_mapper_lr_multiplier"),
-    ("mask_decoder", "mask_decoder_lr_multiplier"),
-)  # (component, config field of its lr multiplier)
 _HEADS = ("concept_interface", "slot_mapper", "mask_decoder")  # trained heads outside TRL's model
 
 
@@ -113,25 +106,7 @@ class _EpochRepeatSampler(RepeatSampler):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-class _ZeroHeadGradients(TrainerCallback):
-    """The Trainer zeroes only its model's (the backbone's) gradients after each optimizer step; the SegCompass heads
-    are zeroed here, at the start of training and after every step."""
-
-    def __init__(self, trainer: SegCompassGRPOTrainer):
-        self.trainer = trainer
-
-    def _zero(self) -> None:
-        self.trainer.segcompass.zero_grad(set_to_none=True)
-        self.trainer._head_grads_synced = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._zero()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._zero()
-
-
-class SegCompassGRPOTrainer(GRPOTrainer):
+class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
     r"""GRPO for SegCompass: the backbone is TRL's policy; masks are decoded for every rollout and the supervised
     segmentation / confidence losses join the policy loss (see the module docstring).
 
@@ -221,7 +196,7 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         self._grid = (model.config.mask_size, model.config.mask_size)
         self._head_grads_synced = False
         self._ref_changed = False  # the reference policy differs from the initial backbone (warm-up / sync)
-        self.add_callback(_ZeroHeadGradients(self))
+        self.add_callback(ZeroHeadGradients(self))
 
     # -------------------------------------------------------------------------------------------- construction
     @staticmethod
@@ -267,77 +242,6 @@ class SegCompassGRPOTrainer(GRPOTrainer):
         if self.args.disable_dropout:
             for name in _HEADS:
                 disable_dropout_in_model(getattr(self.segcompass, name))
-
-    # -------------------------------------------------------------------------------------------- optimizer
-    def _lr_multipliers(self) -> dict[str, float]:
-        return {name: float(getattr(self.args, attr)) for name, attr in _COMPONENTS}
-
-    def create_optimizer(self, model=None):
-        """AdamW over the backbone and the SegCompass heads, one group per component with its lr multiplier
-        (paper: ×25 codebook / concept interface, ×80 slot mapper, ×10 mask decoder)."""
-        if self.optimizer is None:
-            decay = {f"backbone.{n}" for n in self.get_decay_parameter_names(self.segcompass.backbone)}
-            for name, _ in _COMPONENTS[1:]:
-                decay |= {f"{name}.{n}" for n in self.get_decay_parameter_names(getattr(self.segcompass, name))}
-            if not self.args.freeze_vision_encoder:
-                names = self.get_decay_parameter_names(self.segcompass.vision_encoder)
-                decay |= {f"vision_encoder.{n}" for n in names}
-            groups = build_param_groups(
-                self.segcompass, self.args.learning_rate, self.args.weight_decay, self._lr_multipliers(),
-                train_vision_encoder=not self.args.freeze_vision_encoder, decay_parameter_names=decay,
-            )
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.segcompass)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-            for group in groups:
-                logger.info("param group %s: %d tensors, lr %.3g", group["name"], len(group["params"]), group["lr"])
-        return self.optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """The one-cycle schedule (``use_one_cycle_schedule``, :func:`one_cycle_scheduler`) or the Trainer's
-        ``lr_scheduler_type``."""
-        if not self.args.use_one_cycle_schedule:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            optimizer = optimizer if optimizer is not None else self.optimizer
-            self.lr_scheduler = one_cycle_scheduler(
-                optimizer, num_training_steps, self.args.one_cycle_final_div_factor,
-                self.args.get_warmup_steps(num_training_steps),
-            )
-            self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-    def _trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.segcompass.parameters() if p.requires_grad]
-
-    def _head_parameters(self) -> list[nn.Parameter]:
-        backbone = {id(p) for p in self.segcompass.backbone.parameters()}
-        return [p for p in self._trainable_parameters() if id(p) not in backbone]
-
-    def _sync_head_gradients(self) -> None:
-        """Average the heads' gradients across processes once per optimizer step (the heads live outside the
-        DDP-wrapped policy, so DDP does not reduce them)."""
-        if self._head_grads_synced or self.accelerator.num_processes == 1:
-            return
-        import torch.distributed as dist
-
-        for param in self._head_parameters():
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-            param.grad.div_(self.accelerator.num_processes)
-        self._head_grads_synced = True
-
-    def _clip_grad_norm(self, model):
-        """Clip the gradients of every trainable SegCompass parameter (backbone and heads) together."""
-        self._sync_head_gradients()
-        return self.accelerator.clip_grad_norm_(self._trainable_parameters(), self.args.max_grad_norm)
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        self._sync_head_gradients()
-        if grad_norm is None:
-            grad_norm = self.accelerator.clip_grad_norm_(self._trainable_parameters(), float("inf"))
-        return grad_norm.item() if hasattr(grad_norm, "item") else grad_norm
 
     # -------------------------------------------------------------------------------------------- rollout
     def _tokenize_prompts(self, prompts: list):
