@@ -83,3 +83,17 @@ def test_append_slot_ids_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must match"):
         append_slot_ids(prompts, torch.ones(1, 2), torch.ones(1, 3, dtype=torch.long), ref_token_id=REF,
                         slot_token_ids=SLOTS, pad_token_id=PAD, mm_token_type_ids=torch.zeros(1, 3))
+
+
+def test_unknown_words_lists_the_words_read_as_unknown():
+    from segcompass.answer_format import unknown_words
+    from segcompass.from_scratch import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(["the", "red", "circle"])
+    assert unknown_words(tokenizer, "the zorblax red zorblax qux circle") == ["zorblax", "qux"]
+    assert unknown_words(tokenizer, "the red circle") == [] and unknown_words(tokenizer, "   ") == []
+
+    class ByteLevel:  # no unknown token: every word is readable
+        unk_token_id = None
+
+    assert unknown_words(ByteLevel(), "anything at all") == []

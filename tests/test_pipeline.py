@@ -28,7 +28,7 @@ def test_pipeline_output_schema(tiny_checkpoint):
     pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
     assert isinstance(pipe, segcompass.ReasoningSegmentationPipeline)
     out = pipe(image(), "the red circle", max_new_tokens=6, threshold=0.0, top_concepts=3)
-    assert set(out) == {"reasoning", "completion", "instances", "mask", "malformed"}
+    assert set(out) == {"reasoning", "completion", "instances", "mask", "malformed", "warnings"}
     assert out["mask"].shape == (48, 80) and out["mask"].dtype == bool
     assert len(out["instances"]) == 3  # threshold 0 keeps every slot
     scores = [i["score"] for i in out["instances"]]
@@ -37,7 +37,7 @@ def test_pipeline_output_schema(tiny_checkpoint):
     for instance in out["instances"]:
         assert instance["mask"].shape == (48, 80) and instance["heatmap"].shape == (48, 80)
         assert 0 <= instance["slot"] < 3 and len(instance["concepts"]) == 3
-        assert {"feature", "activation", "weight"} == set(instance["concepts"][0])
+        assert {"feature", "activation", "weight", "label"} == set(instance["concepts"][0])
         weights = [c["weight"] for c in instance["concepts"]]
         assert weights == sorted(weights, reverse=True)
         union |= instance["mask"]
@@ -155,8 +155,16 @@ def test_segment_cli_writes_overlay(tiny_checkpoint, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "reasoning:" in printed and "instance slot" in printed and "concept f" in printed
-    written = Image.open(overlay)
-    assert written.size == Image.open(EXAMPLE).size and written.mode == "RGB"
+    written, source = Image.open(overlay), Image.open(EXAMPLE)
+    factor = written.width // source.width  # enlarged by a whole factor to >= 384 px, caption and legend added
+    assert written.width == factor * source.width and factor * min(source.size) >= 384 and written.mode == "RGB"
+    assert written.height > factor * source.height
+    nothing = tmp_path / "nothing.png"
+    assert main(["segment", EXAMPLE, "every red shape", "--model", str(tiny_checkpoint), "--output", str(nothing),
+                 "--threshold", "1.0", "--max_new_tokens", "4"]) == 0
+    assert "instances:   none" in capsys.readouterr().out
+    no_target = np.asarray(Image.open(nothing).convert("RGB"))
+    assert no_target.shape[:2] != np.asarray(source).shape[:2]  # rendered (banner, legend), not the input unchanged
 
 
 def test_demo_writes_gallery(tiny_checkpoint, tmp_path, capsys):
@@ -208,4 +216,36 @@ def test_demo_marks_kept_and_dropped_slots(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers, "pipeline", lambda *a, **k: pipe)
     page = build_demo(tmp_path, model="unused", num_examples=1).read_text()
     assert "slot 0: 0.90 (kept)" in page and "slot 1: 0.20 (dropped)" in page
+    assert "IoU of prediction and ground truth" in page and ("&#10003; right" in page or "&#10007; wrong" in page)
+    assert (tmp_path / "example0_truth.png").is_file() and (tmp_path / "example0_slot1.png").is_file()
     assert calls and all(kwargs.get("return_all_slots") is True and "threshold" not in kwargs for kwargs in calls)
+
+
+def test_warnings_say_when_the_input_is_outside_what_the_model_knows(tiny_checkpoint, caplog):
+    """Unknown words, empty reasoning and a missing <REF_POS> are reported in the result (and logged once each)."""
+    import logging
+
+    import segcompass.pipelines as pipelines
+
+    pipe = pipeline("reasoning-segmentation", model=str(tiny_checkpoint))
+    pipelines._LOGGED_WARNINGS.clear()
+    with caplog.at_level(logging.WARNING, logger="segcompass.pipelines"):
+        out = pipe(image(), "the zorblax circle", max_new_tokens=2)  # 2 tokens: no closed <think>, no <REF_POS>
+        again = pipe(image(), "the zorblax circle", max_new_tokens=2)
+    assert any("'zorblax'" in w and "does not know" in w for w in out["warnings"])
+    assert out["malformed"] and any("<REF_POS>" in w for w in out["warnings"])
+    assert out["reasoning"] == "" and any("no reasoning" in w for w in out["warnings"])
+    assert again["warnings"] == out["warnings"]
+    assert sum("zorblax" in r.getMessage() for r in caplog.records) == 1  # logged once, reported every time
+    assert not any("embedded model" in w for w in out["warnings"])  # only said for the embedded model
+
+
+def test_embedded_model_warnings_name_its_domain():
+    import segcompass.pipelines as pipelines
+    from segcompass.presets import default_model_path
+
+    if default_model_path() is None:
+        pytest.skip("no shipped default model")
+    pipe = pipeline("reasoning-segmentation", model=default_model_path())
+    out = pipe(image(), "the mug next to the zorblax", max_new_tokens=40)
+    assert out["warnings"] and all(pipelines.EMBEDDED_DOMAIN_NOTE in w for w in out["warnings"])

@@ -118,7 +118,8 @@ def test_readme_main_command_segments_the_example(tmp_path, capsys):
     gt = decode_rle(truth["masks"][0]).astype(bool)
     iou = (result["mask"] & gt).sum() / (result["mask"] | gt).sum()
     assert iou >= 0.8, iou
-    assert Image.open(overlay).size == (96, 96)
+    written = Image.open(overlay)  # the readable overlay: enlarged by a whole factor to >= 384 px, plus a caption
+    assert written.size[0] == 96 * 4 and written.size[1] >= 96 * 4
 
 
 def test_train_tiny_command_line(tmp_path, capsys):

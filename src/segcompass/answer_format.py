@@ -44,6 +44,7 @@ __all__ = [
     "reference_completion",
     "render_prompt",
     "slot_token_strings",
+    "unknown_words",
     "split_and_append_slot_ids",
 ]
 
@@ -179,6 +180,19 @@ def check_instructions(instructions: Sequence[str], reserved_tokens: Sequence[st
                 f"Instruction {i} is {len(ids)} tokens long, more than the limit of {max_tokens} tokens; shorten it, "
                 "or raise the processor's `max_length`."
             )
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The whitespace-separated words of ``text`` that ``tokenizer`` maps (partly) to its unknown token, in order,
+    without repeats; ``[]`` for tokenizers without an unknown token (byte-level BPE reads every word)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    words = list(dict.fromkeys(text.split()))
+    if not words:
+        return []
+    encoded = tokenizer(words, add_special_tokens=False)["input_ids"]
+    return [word for word, ids in zip(words, encoded) if unk in ids]
 
 
 def check_completions(completions: Sequence[str], reserved_tokens: Sequence[str]) -> None:

@@ -1,7 +1,13 @@
-"""An offline demo: run a model on synthetic scenes and write an HTML gallery that shows *why* for each answer.
+"""An offline demo: run a model on synthetic scenes and write a static HTML gallery that shows *why* per answer.
 
-Each card holds the image with the kept instances overlaid, the instruction, the model's reasoning, every slot's
-heatmap and confidence, and the SAE concepts that fed each kept slot. Open ``index.html`` in a browser.
+Each card holds the instruction with a right / wrong mark, the ground truth and the prediction side by side (the
+readable overlays of :mod:`segcompass.visualize`, never stretched) with their IoU, the model's reasoning next to
+the reference reasoning, and every slot's heatmap laid over the image with its confidence, kept / dropped state
+and the SAE concepts that fed it (with each feature's label when the pipeline gives one). Open ``index.html`` in
+a browser; ``segcompass app`` is the interactive version.
+
+An answer is marked right when the IoU of the predicted union and the ground-truth union is at least
+:data:`RIGHT_IOU` (a no-target sample: right when nothing is kept, since both are empty).
 """
 
 from __future__ import annotations
@@ -10,19 +16,84 @@ import html
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
+from .metrics.functional import intersection_and_union
+from .utils.io import write_text_atomic
 from .utils.logging import get_logger
-from .visualize import overlay_instances
+from .utils.masks import decode_rle
+from .visualize import render_heatmap, render_overlay, save_image_atomic
 
 logger = get_logger(__name__)
 
+#: IoU (predicted union vs ground-truth union) from which an answer counts as right.
+RIGHT_IOU = 0.5
 
-def _heatmap_image(heatmap: np.ndarray) -> Image.Image:
-    """A (H, W) probability map as a red-on-black PNG."""
-    values = (np.clip(heatmap, 0, 1) * 255).astype(np.uint8)
-    return Image.fromarray(np.stack([values, values // 4, np.zeros_like(values)], axis=-1))
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:auto;padding:0 12px;color:#222}"
+    ".card{border-bottom:1px solid #ccc;padding:16px 0}.card h2{font-size:1.15em;margin:0 0 6px}"
+    ".right{color:#1a7f37}.wrong{color:#c62828}.pair,.slots{display:flex;flex-wrap:wrap;gap:12px}"
+    "figure{margin:0}.pair figure{width:320px}.slots figure{width:250px;font-size:.85em}"
+    "img{display:block;width:100%;height:auto;image-rendering:pixelated}"  # width only: the aspect ratio stays
+    "figcaption{margin-top:4px}table{border-collapse:collapse;font-size:.85em;margin-top:4px;width:100%}"
+    "td,th{border:1px solid #ddd;padding:1px 5px;text-align:left}p{margin:6px 0}"
+)
+
+
+def _concept_table(concepts: list[dict]) -> str:
+    if not concepts:
+        return "<p><small>no active concepts</small></p>"
+    rows = "".join(
+        f"<tr><td>f{c['feature']}</td><td>{html.escape(str(c.get('label') or '-'))}</td><td>{c['weight']:.2f}</td>"
+        f"<td>{c['activation']:.2f}</td></tr>" for c in concepts
+    )
+    return f"<table><tr><th>feature</th><th>label</th><th>weight</th><th>act.</th></tr>{rows}</table>"
+
+
+def _iou(prediction: np.ndarray, truth: list[np.ndarray]) -> float:
+    intersection, union = intersection_and_union(prediction, truth)
+    return 1.0 if union == 0 else intersection / union  # both empty: a right no-target answer
+
+
+def _card(i: int, sample: dict, result: dict, out: Path) -> tuple[str, bool]:
+    """Write example ``i``'s images into ``out``; (its HTML card, whether the answer is right)."""
+    image, instruction = sample["image"], sample["instruction"]
+    instances = sorted(result["instances"], key=lambda x: x["slot"])
+    kept = [inst for inst in instances if inst["kept"]]
+    truth = [np.asarray(decode_rle(rle), dtype=bool) for rle in sample["masks"]]
+    prediction = np.zeros((image.height, image.width), dtype=bool)
+    for inst in kept:
+        prediction |= np.asarray(inst["mask"], dtype=bool)
+    iou = _iou(prediction, truth)
+    right = iou >= RIGHT_IOU
+    truth_instances = [{"mask": mask, "slot": k, "score": 1.0, "caption": f"target {k + 1}"}
+                       for k, mask in enumerate(truth)]
+    save_image_atomic(render_overlay(image, truth_instances, no_target_note="ground truth: no target"),
+                      out / f"example{i}_truth.png")
+    save_image_atomic(render_overlay(image, kept), out / f"example{i}.png")
+    slots = []
+    for inst in instances:
+        state = "kept" if inst["kept"] else "dropped"
+        if "heatmap" in inst:
+            save_image_atomic(render_heatmap(image, inst["heatmap"]), out / f"example{i}_slot{inst['slot']}.png")
+            picture = f"<img src='example{i}_slot{inst['slot']}.png' alt='slot {inst['slot']} heatmap'>"
+        else:
+            picture = ""
+        slots.append(f"<figure>{picture}<figcaption><b>slot {inst['slot']}: {inst['score']:.2f} ({state})</b>"
+                     f"{_concept_table(inst['concepts'])}</figcaption></figure>")
+    mark = "<span class='right'>&#10003; right</span>" if right else "<span class='wrong'>&#10007; wrong</span>"
+    return (
+        f"<div class='card'><h2>{mark} &nbsp;{html.escape(instruction)}</h2>"
+        f"<p>IoU of prediction and ground truth: <b>{iou:.2f}</b> (right from {RIGHT_IOU:.2f}); "
+        f"{len(kept)} slot(s) kept, {len(truth)} target(s).</p>"
+        f"<div class='pair'><figure><img src='example{i}_truth.png' alt='ground truth'><figcaption>ground truth"
+        f"</figcaption></figure><figure><img src='example{i}.png' alt='prediction'><figcaption>prediction (kept "
+        f"slots)</figcaption></figure></div>"
+        f"<p><i>reasoning:</i> {html.escape(result['reasoning'] or '(none)')}</p>"
+        f"<p><i>reference:</i> {html.escape(sample['reasoning'])}</p>"
+        f"<p>Every slot's heatmap over the image, with the SAE concepts that fed it:</p>"
+        f"<div class='slots'>{''.join(slots)}</div></div>"
+    ), right
 
 
 def build_demo(output_dir, model: str | None = None, num_examples: int = 6, seed: int = 0,
@@ -46,34 +117,20 @@ def build_demo(output_dir, model: str | None = None, num_examples: int = 6, seed
     size = image_size or pipe.model.config.sam_config.vision_config.image_size
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cards = []
+    cards, right = [], 0
     for i in tqdm(range(num_examples), desc="Demo", unit="example"):
         sample = generate_sample(sample_seed("test", i, seed), SyntheticConfig(image_size=size))
         result = pipe(sample["image"], sample["instruction"], max_new_tokens=max_new_tokens, return_all_slots=True)
-        overlay_instances(sample["image"], [inst for inst in result["instances"] if inst["kept"]]).save(
-            out / f"example{i}.png")
-        slots = []
-        for inst in sorted(result["instances"], key=lambda x: x["slot"]):
-            _heatmap_image(inst["heatmap"]).save(out / f"example{i}_slot{inst['slot']}.png")
-            concepts = ", ".join(f"f{c['feature']} ({c['activation']:.2f}, w {c['weight']:.2f})" for c in inst["concepts"])
-            state = "kept" if inst["kept"] else "dropped"
-            slots.append(
-                f"<div class='slot'><img src='example{i}_slot{inst['slot']}.png'><br>slot {inst['slot']}: "
-                f"{inst['score']:.2f} ({state})<br><small>{html.escape(concepts)}</small></div>"
-            )
-        cards.append(
-            f"<div class='card'><img class='main' src='example{i}.png'><div><b>{html.escape(sample['instruction'])}"
-            f"</b><p><i>reasoning:</i> {html.escape(result['reasoning'] or '(none)')}</p>"
-            f"<p><i>reference:</i> {html.escape(sample['reasoning'])}</p>{''.join(slots)}</div></div>"
-        )
+        card, is_right = _card(i, sample, result, out)
+        cards.append(card)
+        right += is_right
     page = (
-        "<!doctype html><meta charset='utf-8'><title>SegCompass demo</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:auto}.card{display:flex;gap:16px;border-bottom:1px "
-        "solid #ccc;padding:12px}.main{width:256px;image-rendering:pixelated}.slot{display:inline-block;"
-        "width:150px;vertical-align:top;margin:4px}.slot img{width:128px;image-rendering:pixelated}</style>"
-        f"<h1>SegCompass demo</h1><p>model: {html.escape(str(model))}</p>{''.join(cards)}"
+        f"<!doctype html><meta charset='utf-8'><title>SegCompass demo</title><style>{_STYLE}</style>"
+        f"<h1>SegCompass demo</h1><p>model: {html.escape(str(model))}<br>{right} of {num_examples} answers right "
+        f"(IoU &ge; {RIGHT_IOU:.2f} against the ground truth; a no-target answer is right when nothing is kept). "
+        f"Interactive version: <code>segcompass app</code>.</p>{''.join(cards)}"
     )
     index = out / "index.html"
-    index.write_text(page)
+    write_text_atomic(index, page)
     logger.info("Demo written to %s", index)
     return index

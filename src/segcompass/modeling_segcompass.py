@@ -28,6 +28,7 @@ from .modules.concept_interface import SparseConceptInterface, last_activation_d
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.slot_mapper import SlotMapper
 from .sae import SparseAutoencoder
+from .sae.feature_dictionary import FeatureDictionaryMixin
 from .sam_frame import masks_to_original_sizes, valid_mask_sizes
 from .utils.logging import get_logger
 
@@ -125,14 +126,17 @@ class SegCompassPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
-class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
+class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTrainedModel):
     r"""Reasoning segmentation with an interpretable sparse-concept bridge.
 
     Components: ``backbone`` (transformers' own Qwen2.5-VL / LLaVA class), ``sae`` (frozen
     [`SparseAutoencoder`]), ``concept_interface`` (codebook + slot queries + encoder blocks), ``slot_mapper``,
     ``vision_encoder`` (transformers `SamVisionModel`) and ``mask_decoder`` (SAM prompt-encoder mask convolutions +
-    two-way mask decoder).
+    two-way mask decoder). ``save_pretrained`` / ``from_pretrained`` also carry ``sae.feature_dictionary``
+    (``feature_dictionary.json`` beside the checkpoint; :mod:`segcompass.sae.feature_dictionary`).
     """
+
+    _feature_dictionary_sae = "sae"
 
     def __init__(self, config: SegCompassConfig):
         super().__init__(config)
@@ -498,6 +502,7 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
         report = {}
         report["backbone"] = model.backbone.load_state_dict(backbone.state_dict(), strict=False)
         report["sae"] = model.sae.load_state_dict(sae.state_dict(), strict=False)
+        model.sae.feature_dictionary = sae.feature_dictionary
         if sam_state is not None:
             # SamModel and SamVisionModel share the "vision_encoder." prefix
             vision = {k: v for k, v in sam_state.items() if k.startswith("vision_encoder.")}
@@ -513,3 +518,14 @@ class SegCompassForReasoningSegmentation(SegCompassPreTrainedModel):
             for name, r in report.items()
         }
         return model
+
+
+def _register_with_transformers() -> None:
+    """``AutoConfig`` / ``AutoModel`` know SegCompass as soon as this module is imported (``segcompass._registration``)."""
+    from transformers import AutoConfig, AutoModel
+
+    AutoConfig.register(SegCompassConfig.model_type, SegCompassConfig, exist_ok=True)
+    AutoModel.register(SegCompassConfig, SegCompassForReasoningSegmentation, exist_ok=True)
+
+
+_register_with_transformers()

@@ -6,26 +6,34 @@ Registered at ``import segcompass``. Output per input::
      "completion": str,                # the whole generated answer
      "instances": [                    # kept slots (σ(c_k) >= threshold; every slot with return_all_slots), by score
         {"mask": bool (H, W), "score": float, "box": [x, y, w, h], "slot": int, "kept": bool,
-         "heatmap": float (H, W) (when return_heatmaps), "concepts": [{"feature", "activation", "weight"}, ...]}],
+         "heatmap": float (H, W) (when return_heatmaps), "concepts": [{"feature", "activation", "weight", "label"}, ...]}],
      "mask": bool (H, W),              # union of the kept instances; all False when there is no target
-     "malformed": bool}                # the answer lacked <REF_POS> (one was appended to score it)
+     "malformed": bool,                # the answer lacked <REF_POS> (one was appended to score it)
+     "warnings": [str]}                # why the answer may be outside what the model knows (unknown words,
+                                       # empty or malformed reasoning); each kind is also logged once
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 from transformers import Pipeline
 
+from .answer_format import unknown_words
 from .image_utils import load_image
-from .prediction import keep_and_union
-from .presets import default_model_path
+from .prediction import keep_and_union, slot_concepts
+from .presets import default_model_dir, default_model_path
 from .utils.logging import get_logger
 from .utils.masks import mask_to_box
 
 logger = get_logger(__name__)
 TASK = "reasoning-segmentation"
+EMBEDDED_DOMAIN_NOTE = ("The embedded model knows only the synthetic shapes domain (coloured circles, squares, "
+                        "triangles, stars and diamonds; segcompass.data.synthetic): pass a real checkpoint for real "
+                        "images.")
+_LOGGED_WARNINGS: set[str] = set()
 
 
 def _image_key(image) -> str:
@@ -101,6 +109,7 @@ class ReasoningSegmentationPipeline(Pipeline):
         image = load_image(item["image"])
         inputs = self.processor(images=[image], instructions=[item["instruction"]], return_tensors="pt")
         inputs["image_key"] = _image_key(image)
+        inputs["unknown_words"] = unknown_words(self.processor.tokenizer, item["instruction"])
         return inputs
 
     def _forward(self, model_inputs, max_new_tokens: int = 256):
@@ -108,6 +117,7 @@ class ReasoningSegmentationPipeline(Pipeline):
         key = inputs.pop("image_key")
         if isinstance(key, list):
             key = key[0]
+        unknown = inputs.pop("unknown_words")
         sam_pixel_values = inputs.pop("sam_pixel_values")
         if key not in self._embedding_cache:
             self._embedding_cache[key] = self.model.get_image_embeddings(sam_pixel_values.to(self.model.dtype))
@@ -119,7 +129,7 @@ class ReasoningSegmentationPipeline(Pipeline):
             eos_token_id=tokenizer.eos_token_id,
             **inputs,
         )
-        return {"result": result}
+        return {"result": result, "unknown_words": unknown}
 
     def postprocess(self, model_outputs, threshold: float | None = None, return_heatmaps: bool = True,
                     top_concepts: int = 5, return_all_slots: bool = False):
@@ -130,39 +140,56 @@ class ReasoningSegmentationPipeline(Pipeline):
         masks = result.masks[0].cpu().numpy()  # (K, H, W) bool
         heatmaps = result.heatmaps[0].float().cpu().numpy() if result.heatmaps is not None else None
         scores = result.confidences[0].float().cpu()
-        concept_mask = out.concept_mask[0].cpu()
-        concept_idx = out.concept_indices[0].cpu()
-        concept_val = out.concept_values[0].float().cpu()
-        attention = out.slot_concept_attention[0].float().cpu()  # (K, N)
         union, kept = keep_and_union(masks, scores, threshold)  # (H, W) bool, kept slot indices
         instances = []
         for slot in range(masks.shape[0]) if return_all_slots else kept:
             score = float(scores[slot])
-            weights = attention[slot].masked_fill(~concept_mask, -1.0)
-            order = weights.argsort(descending=True)[: min(top_concepts, int(concept_mask.sum()))]
             instance = {
                 "mask": masks[slot],
                 "score": score,
                 "box": mask_to_box(masks[slot]),
                 "slot": slot,
                 "kept": slot in kept,
-                "concepts": [
-                    {"feature": int(concept_idx[j]), "activation": float(concept_val[j]),
-                     "weight": float(attention[slot, j])}
-                    for j in order.tolist()
-                ],
+                "concepts": slot_concepts(out.slot_concept_attention[0, slot], out.concept_mask[0],
+                                          out.concept_indices[0], out.concept_values[0], top_concepts,
+                                          self.model.sae.feature_label),
             }
             if return_heatmaps and heatmaps is not None:
                 instance["heatmap"] = heatmaps[slot]
             instances.append(instance)
         instances.sort(key=lambda i: i["score"], reverse=True)
+        reasoning = self.processor.extract_reasoning(completion)
+        malformed = bool(result.malformed[0])
         return {
-            "reasoning": self.processor.extract_reasoning(completion),
+            "reasoning": reasoning,
             "completion": completion,
             "instances": instances,
             "mask": union,
-            "malformed": bool(result.malformed[0]),
+            "malformed": malformed,
+            "warnings": self._warnings(model_outputs.get("unknown_words", []), reasoning, malformed),
         }
+
+    def _warnings(self, unknown: list[str], reasoning: str, malformed: bool) -> list[str]:
+        """Why this answer may be outside what the model knows (each kind is also logged once per process)."""
+        found = []
+        if unknown:
+            found.append(("unknown_words", f"the instruction has words the model's tokenizer does not know "
+                                           f"({', '.join(repr(w) for w in unknown)}); it reads them as unknown."))
+        if not reasoning:
+            found.append(("empty_reasoning", "the model produced no reasoning (no non-empty <think> block)."))
+        if malformed:
+            found.append(("malformed", "the answer had no <REF_POS>; one was appended to score it."))
+        if found and self._is_embedded_model():
+            found = [(kind, f"{text} {EMBEDDED_DOMAIN_NOTE}") for kind, text in found]
+        for kind, text in found:
+            if kind not in _LOGGED_WARNINGS:
+                _LOGGED_WARNINGS.add(kind)
+                logger.warning(text)
+        return [text for _, text in found]
+
+    def _is_embedded_model(self) -> bool:
+        source = getattr(self.model, "name_or_path", "") or ""
+        return bool(source) and Path(source).resolve() == default_model_dir()
 
 
 def register_pipeline() -> None:
@@ -174,3 +201,6 @@ def register_pipeline() -> None:
     default = {"model": (default_path, None)} if default_path else None
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReasoningSegmentationPipeline, pt_model=AutoModel,
                                         default=default, type="multimodal")
+
+
+register_pipeline()  # the task exists as soon as this module is imported (see segcompass._registration)

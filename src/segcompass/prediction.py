@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["kept_slots", "keep_and_union"]
+__all__ = ["kept_slots", "keep_and_union", "slot_concepts"]
 
 
 def kept_slots(confidences: Any, threshold: float) -> list[int]:
@@ -64,3 +64,26 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
     if kept:
         return masks[kept].astype(bool).any(0), kept  # (H, W)
     return np.zeros(size, dtype=bool), kept
+
+
+def slot_concepts(attention: torch.Tensor, concept_mask: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                  top: int, label=None) -> list[dict]:
+    """The ``top`` concepts one slot drew on most, by its concept-attention weight (what the pipeline, the app and
+    the explain panels show for a slot).
+
+    Args:
+        attention: ``(N,)`` the slot's attention over the N concept tokens (``slot_concept_attention[b, k]``).
+        concept_mask: ``(N,)`` bool, which concept tokens are real (``concept_mask[b]``).
+        indices, values: ``(N,)`` SAE feature ids and pooled activations of the concept tokens.
+        top: how many to return (at most the number of real concepts).
+        label: optional ``feature id -> str | None`` (e.g. ``model.sae.feature_label``).
+
+    Returns:
+        ``[{"feature", "activation", "weight", "label"}]``, highest weight first.
+    """
+    valid = concept_mask.detach().cpu().bool()  # (N,)
+    weights = attention.detach().float().cpu()  # (N,)
+    indices, values = indices.detach().cpu(), values.detach().float().cpu()
+    order = weights.masked_fill(~valid, -1.0).argsort(descending=True)[: min(int(top), int(valid.sum()))]
+    return [{"feature": int(indices[j]), "activation": float(values[j]), "weight": float(weights[j]),
+             "label": label(int(indices[j])) if label is not None else None} for j in order.tolist()]

@@ -515,3 +515,15 @@ def _as_str_list(value, name: str) -> list[str]:
         if not isinstance(item, str):
             raise ValueError(f"`{name}` must be a string or a list of strings; item {i} is {type(item).__name__}.")
     return items
+
+
+def _register_with_transformers() -> None:
+    """``AutoProcessor`` knows SegCompass as soon as this module is imported (``segcompass._registration``)."""
+    from transformers import AutoProcessor
+
+    from .configuration_segcompass import SegCompassConfig
+
+    AutoProcessor.register(SegCompassConfig, SegCompassProcessor, exist_ok=True)
+
+
+_register_with_transformers()

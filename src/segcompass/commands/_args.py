@@ -197,8 +197,13 @@ def command(name: str, arguments: tuple[type, ...] | Callable[[], tuple[type, ..
 
         @functools.wraps(run)
         def entry(argv: Sequence[str] | None = None) -> int:
+            from .._registration import deferred_registration, register
+
             try:
-                status = run(*parse_only(sys.argv[1:] if argv is None else argv))
+                with deferred_registration():  # parsing imports transformers (HfArgumentParser), not our models
+                    arguments = parse_only(sys.argv[1:] if argv is None else argv)
+                register()  # the command may load a checkpoint through the Auto classes or the pipeline
+                status = run(*arguments)
             except REPORTED_ERRORS as err:
                 raise fail(err) from err
             return 0 if status is None else status

@@ -1,4 +1,6 @@
-"""``segcompass demo``: run a model on synthetic scenes and write an HTML gallery (overlays, heatmaps, concepts).
+"""``segcompass demo``: run a model on synthetic scenes and write a static HTML gallery: ground truth and prediction
+side by side with their IoU and a right / wrong mark, the reasoning, every slot's heatmap over the image and the SAE
+concepts behind it (:mod:`segcompass.demo`). ``segcompass app`` is the interactive version.
 
 Without ``--model`` the embedded default checkpoint is used; prints where ``index.html`` was written.
 """
@@ -22,7 +24,8 @@ class DemoArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the synthetic scenes."})
 
 
-@command("demo", (DemoArguments,))
+@command("demo", (DemoArguments,), description="Write a static HTML gallery of the model on synthetic scenes: ground "
+         "truth vs prediction with IoU, reasoning, slot heatmaps and concepts.")
 def demo_command(args: DemoArguments) -> int:
     from ..demo import build_demo
 

@@ -22,8 +22,7 @@ _DESCRIPTION = ("Evaluate a SegCompass checkpoint on a benchmark split (greedy d
 def _dataset_help() -> str:
     from ..evaluation import available_datasets
 
-    names = sorted({*available_datasets(), "synthetic"})  # the runner registers "synthetic" when it runs
-    return f"Registered dataset name ({', '.join(names)})."
+    return f"Registered dataset name ({', '.join(available_datasets())})."
 
 
 def _protocols():

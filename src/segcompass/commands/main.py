@@ -41,9 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: segcompass <command> [options]   (segcompass <command> --help for its options)\n")
+        width = max(map(len, COMMANDS)) + 2
         for name, (_, _, summary) in COMMANDS.items():
-            print(f"  {name:<12} {summary}")
-        print("\n  --version    Print the installed version.")
+            print(f"  {name:<{width}} {summary}")
+        print(f"\n  {'--version':<{width}} Print the installed version.")
         return 0
     if argv[0] == "--version":
         print(f"segcompass {version()}")

@@ -14,4 +14,10 @@ COMMANDS = {
                  "Evaluate a checkpoint on a benchmark split: predictions.jsonl + report.json (--rescore: no model)."),
     "demo": ("demo", "demo_command",
              "Run a model on synthetic scenes and write an HTML gallery (overlays, heatmaps, concepts)."),
+    "explain": ("explain", "explain_command",
+                "Interpretability analyses (paper Figs. 4, 5, 8, 9): explain.json + PNG figures (needs [interpret])."),
+    "app": ("app", "app_command",
+            "Serve the browser app on 127.0.0.1: reasoning, overlay, slot heatmaps and concepts (needs [app])."),
+    "label-features": ("label_features", "label_features_command",
+                       "Label every SAE feature from its activations over a dataset (writes feature_dictionary.json)."),
 }

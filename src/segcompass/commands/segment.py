@@ -6,6 +6,7 @@ optionally writes an overlay PNG (``--output``). Without ``--model`` the embedde
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from ._args import command, default_model_path
@@ -33,7 +34,7 @@ def segment_command(args: SegmentArguments) -> int:
     from transformers import pipeline
 
     from ..image_utils import load_image
-    from ..visualize import overlay_instances
+    from ..visualize import render_overlay, save_image_atomic
 
     image = load_image(args.image)
     pipe = pipeline("reasoning-segmentation", model=args.model or default_model_path())
@@ -41,8 +42,8 @@ def segment_command(args: SegmentArguments) -> int:
                   top_concepts=args.top_concepts)
     print(f"instruction: {args.instruction}")
     print(f"reasoning:   {result['reasoning'] or '(none)'}")
-    if result["malformed"]:
-        print("note: the answer had no <REF_POS>; one was appended to score it.")
+    for warning in result["warnings"]:  # unknown words, empty or malformed reasoning: outside what the model knows
+        print(f"warning: {warning}", file=sys.stderr)
     if not result["instances"]:
         print("instances:   none (no target passed the confidence threshold)")
     for instance in result["instances"]:
@@ -50,9 +51,13 @@ def segment_command(args: SegmentArguments) -> int:
         print(f"instance slot {instance['slot']}: score {instance['score']:.3f}  box [{x:.0f}, {y:.0f}, {w:.0f}, "
               f"{h:.0f}]  area {int(instance['mask'].sum())} px")
         for concept in instance["concepts"]:
-            print(f"    concept f{concept['feature']}: activation {concept['activation']:.3f}  "
+            label = f" ({concept['label']})" if concept.get("label") else ""
+            print(f"    concept f{concept['feature']}{label}: activation {concept['activation']:.3f}  "
                   f"weight {concept['weight']:.3f}")
     if args.output:
-        overlay_instances(image, result["instances"]).save(args.output)
+        threshold = pipe.model.config.confidence_threshold if args.threshold is None else args.threshold
+        overlay = render_overlay(image, result["instances"], args.instruction,
+                                 no_target_note=f"no target: no slot reached the confidence threshold {threshold:.2f}")
+        save_image_atomic(overlay, args.output)
         print(f"overlay written to {args.output}")
     return 0

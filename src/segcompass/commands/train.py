@@ -20,8 +20,8 @@ __all__ = ["train_command"]
 
 
 def _arguments():
-    from ..training.launch import TrainArguments
     from ..training.grpo_config import SegCompassGRPOConfig
+    from ..training.launch import TrainArguments
 
     return TrainArguments, SegCompassGRPOConfig
 

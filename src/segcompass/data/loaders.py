@@ -3,6 +3,7 @@
 >>> from segcompass.data import load_segmentation_dataset
 >>> ds = load_segmentation_dataset("refcocog", "/data/refer", "val")          # doctest: +SKIP
 >>> ds = load_segmentation_dataset("parquet", "/data/refcoco_testA", "test", source="refcoco")  # doctest: +SKIP
+>>> ds = load_segmentation_dataset("synthetic", None, "test", num_samples=8)  # generated offline  # doctest: +SKIP
 
 A loader is any callable ``fn(data_dir, split, **kwargs) -> datasets.Dataset`` returning
 :data:`~segcompass.data.schema.SEGMENTATION_FEATURES` rows; add one with :func:`register_dataset`.
@@ -29,6 +30,14 @@ def _parquet(data_dir: PathLike, split: str, **kwargs: Any) -> datasets.Dataset:
     return load_parquet_mirror(data_dir, split=split, **kwargs)
 
 
+def load_synthetic_split(data_dir: PathLike | None, split: str, **kwargs: Any) -> datasets.Dataset:
+    """:func:`~segcompass.data.synthetic.load_synthetic` in the registry's calling convention (``data_dir`` may be
+    ``None``: scenes are generated; the benchmark split name ``"val"`` is read as ``"validation"``)."""
+    from .synthetic import load_synthetic
+
+    return load_synthetic(data_dir, {"val": "validation"}.get(split, split), **kwargs)
+
+
 _REGISTRY: dict[str, Loader] = {
     "refcoco": functools.partial(load_refcoco, dataset="refcoco"),
     "refcoco+": functools.partial(load_refcoco, dataset="refcoco+"),
@@ -36,6 +45,7 @@ _REGISTRY: dict[str, Loader] = {
     "grefcoco": load_grefcoco,
     "reasonseg": load_reasonseg,
     "parquet": _parquet,
+    "synthetic": load_synthetic_split,
 }
 
 
@@ -64,8 +74,9 @@ def load_segmentation_dataset(name: str, data_dir: PathLike, split: str, **kwarg
     """Load ``split`` of the dataset registered as ``name`` from ``data_dir`` (keyword options go to its loader).
 
     Built in: ``"refcoco"``, ``"refcoco+"``, ``"refcocog"`` (:func:`~segcompass.data.refcoco.load_refcoco`),
-    ``"grefcoco"``, ``"reasonseg"`` and ``"parquet"`` (:func:`~segcompass.data.parquet.load_parquet_mirror`, with
-    ``data_dir`` the file or folder).
+    ``"grefcoco"``, ``"reasonseg"``, ``"parquet"`` (:func:`~segcompass.data.parquet.load_parquet_mirror`, with
+    ``data_dir`` the file or folder) and ``"synthetic"`` (:func:`load_synthetic_split`: generated, ``data_dir``
+    ``None`` or a cache folder).
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid names).

@@ -1,5 +1,5 @@
-"""The datasets the evaluation runner reads: any registered loader (:mod:`segcompass.data`), plus the synthetic
-generator registered as ``"synthetic"`` on first use (split ``"val"`` read as ``"validation"``)."""
+"""The datasets the evaluation runner reads: any registered loader of :mod:`segcompass.data` (the synthetic
+generator is the built-in ``"synthetic"``; split ``"val"`` is read as ``"validation"``)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,16 @@ from collections import Counter
 from typing import Any
 
 from ..data import available_datasets, load_segmentation_dataset, register_dataset
-from ..data.synthetic import load_synthetic
+from ..data.loaders import load_synthetic_split
 
 __all__ = ["load_evaluation_dataset", "register_synthetic_dataset"]
 
 
-def _load_synthetic_split(data_dir, split: str, **kwargs: Any):
-    """``load_synthetic`` with the benchmark split name ``"val"`` accepted for ``"validation"``."""
-    return load_synthetic(data_dir, {"val": "validation"}.get(split, split), **kwargs)
-
-
 def register_synthetic_dataset() -> None:
-    """Register :func:`~segcompass.data.synthetic.load_synthetic` as the dataset ``"synthetic"`` (idempotent).
-
-    A loader already registered under ``"synthetic"`` (by the user or another module) is kept, not overwritten.
-    """
-    if "synthetic" in available_datasets():
-        return
-    register_dataset("synthetic", _load_synthetic_split)
+    """Make sure ``"synthetic"`` is registered (it is built into :mod:`segcompass.data.loaders`; this restores the
+    built-in loader if it was removed, and keeps a loader a user registered under that name)."""
+    if "synthetic" not in available_datasets():
+        register_dataset("synthetic", load_synthetic_split)
 
 
 def load_evaluation_dataset(dataset_name: str, data_dir, split: str, num_samples: int | None, loader_kwargs: dict):

@@ -46,11 +46,13 @@ def _random_sae(model, seed: int):
         fresh = SparseAutoencoder(copy.deepcopy(model.sae.config))
     model.sae.load_state_dict(fresh.state_dict())
     interface.baseline_batches.zero_()  # the trained SAE's feature baseline means nothing for random features
+    dictionary, model.sae.feature_dictionary = model.sae.feature_dictionary, None  # nor do its feature labels
     try:
         yield
     finally:
         model.sae.load_state_dict(saved)
         interface.baseline_batches.copy_(saved_batches)
+        model.sae.feature_dictionary = dictionary
 
 
 def check_ablation(ablation: str | None) -> str | None:

@@ -18,6 +18,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_sae import SparseAutoencoderConfig
+from .feature_dictionary import FeatureDictionary, FeatureDictionaryMixin
 
 # Dense (tokens × d_sae) fp32 elements materialised at once by the chunked paths: 2**24 elements = 64 MiB.
 _CHUNK_ELEMENTS = 2**24
@@ -106,13 +107,15 @@ class PooledConcepts:
     active: torch.BoolTensor | None = None
 
 
-class SparseAutoencoder(PreTrainedModel):
+class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
     r"""Sparse Autoencoder over the hidden states of a (multimodal) LLM.
 
     ``h(z) = σ(z W_enc + b_enc)`` with σ = ReLU, top-k or JumpReLU; ``ẑ = h W_dec + b_dec``; trained with
     ‖z − ẑ‖² + α‖h‖₁ (paper eq. 7). Load it alone with ``SparseAutoencoder.from_pretrained(path)`` or
     ``AutoModel.from_pretrained(path)`` after ``import segcompass``; read or write the SAELens layout with
-    [`from_saelens`] / [`save_saelens`].
+    [`from_saelens`] / [`save_saelens`]. ``feature_dictionary`` (a
+    [`~segcompass.sae.feature_dictionary.FeatureDictionary`] or None) labels the features: ``save_pretrained`` writes
+    it beside the weights and ``from_pretrained`` reads it back; [`feature_label`] reads one label.
     """
 
     config_class = SparseAutoencoderConfig
@@ -129,7 +132,12 @@ class SparseAutoencoder(PreTrainedModel):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         if config.activation == "jumprelu":
             self.threshold = nn.Parameter(torch.full((d_sae,), float(config.jumprelu_init_threshold)))
+        self.feature_dictionary: FeatureDictionary | None = None
         self.post_init()
+
+    def feature_label(self, index: int) -> str | None:
+        """Feature ``index``'s readable label from ``feature_dictionary`` (None without one, or if it never fired)."""
+        return None if self.feature_dictionary is None else self.feature_dictionary.label(index)
 
     def _init_weights(self, module):
         """Unit-norm random decoder rows and a tied encoder (``W_enc = W_decᵀ``), zero biases."""
@@ -428,3 +436,14 @@ class SparseAutoencoder(PreTrainedModel):
         from .saelens import save_saelens
 
         save_saelens(self, path, hook_name=hook_name)
+
+
+def _register_with_transformers() -> None:
+    """``AutoConfig`` / ``AutoModel`` know the SAE as soon as this module is imported (see ``segcompass._registration``)."""
+    from transformers import AutoConfig, AutoModel
+
+    AutoConfig.register(SparseAutoencoderConfig.model_type, SparseAutoencoderConfig, exist_ok=True)
+    AutoModel.register(SparseAutoencoderConfig, SparseAutoencoder, exist_ok=True)
+
+
+_register_with_transformers()

@@ -31,6 +31,7 @@ from .evaluation import (
 )
 from .stages import (
     backbone_vit_pretrain,
+    feature_dictionary_stage,
     generate_reasoning_pool,
     grpo_stage,
     joint_training,
@@ -60,8 +61,9 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     """Train the tiny synthetic-domain SegCompass end to end and write it to ``output_dir``.
 
     Args:
-        output_dir: where ``config.json``, ``model.safetensors``, the processor files, ``metrics.json`` and the
-            model card ``README.md`` are written (created if needed).
+        output_dir: where ``config.json``, ``model.safetensors``, the processor files, the feature dictionary
+            (``feature_dictionary.json``, ``feature_crops.safetensors``), ``metrics.json`` and the model card
+            ``README.md`` are written (created if needed).
         smoke: tiny sizes and a few steps (:meth:`TinyRecipeConfig.smoke`), for CI; < 3 min on 2 CPU cores.
         seed: seeds initialisation, batch order and the random-SAE ablation (the data has its own ``data_seed``).
         config: a full :class:`TinyRecipeConfig`; ``overrides`` replace its fields (e.g. ``joint_steps=100``).
@@ -157,6 +159,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
+    dictionary_summary = feature_dictionary_stage(model, processor, config)  # saved with the model below
+    t = lap("feature_dictionary", t)
     sae_fve_final = final_sae_fve(model, processor, validation, config)
 
     model.save_pretrained(output_dir)
@@ -171,6 +175,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "joint": joint, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": val["reasoning"], "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
+        "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "confidence_threshold")},

@@ -305,3 +305,28 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
         shutil.rmtree(work_dir / "grpo", ignore_errors=True)
     model.sae.requires_grad_(False)
     return report
+
+
+DICTIONARY_SAMPLES = 512
+"""Training scenes the feature dictionary is measured on (fewer when the split is smaller)."""
+
+
+def feature_dictionary_stage(model, processor, config: TinyRecipeConfig) -> dict:
+    """Stage g: label every SAE feature (:func:`segcompass.interpret.features.build_feature_dictionary`) on the first
+    :data:`DICTIONARY_SAMPLES` training scenes, exactly what ``segcompass label-features`` runs on the saved model
+    (synthetic train split at the model's image size), and attach it to ``model.sae`` so ``save_pretrained`` writes
+    it beside the checkpoint."""
+    from ...data.synthetic import load_synthetic
+    from ...interpret.features import build_feature_dictionary
+
+    count = min(DICTIONARY_SAMPLES, config.num_train)
+    dataset = load_synthetic(None, "train", count, seed=config.data_seed, image_size=config.image_size)
+    dictionary = build_feature_dictionary(model, processor, dataset, dataset_name="synthetic", split="train")
+    model.sae.feature_dictionary = dictionary
+    top = dictionary.most_frequent(10)
+    summary = {"num_samples": count, "num_tokens": dictionary.num_tokens,
+               "features_fired": sum(entry.label is not None for entry in dictionary.features),
+               "features_labelled": len(dictionary.most_frequent(dictionary.d_sae)),
+               "most_frequent": {f"f{j}": dictionary.label(j) for j in top}}
+    logger.info("feature dictionary: %s", summary)
+    return summary
