@@ -7,10 +7,11 @@ Without --model the embedded default checkpoint is used (when the installation s
 
 import argparse
 
+from transformers import pipeline
+
 import segcompass  # noqa: F401  (registers the task, AutoModel and AutoProcessor)
 from segcompass.image_utils import load_image
 from segcompass.visualize import overlay_instances
-from transformers import pipeline
 
 
 def main():

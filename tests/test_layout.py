@@ -14,6 +14,7 @@ LAYERS = {
     "configuration_segcompass": 3, "presets": 3, "backbone_processing": 3,
     "modeling_segcompass": 4, "processing_segcompass": 4,
     "pipelines": 5, "training": 5, "interpret": 5, "evaluation": 5, "demo": 5, "visualize": 5, "from_scratch": 5,
+    "assembly": 5,
     "recipes": 6, "app": 6,
     "commands": 7, "cli": 7,
     "testing": 8, "testing_processor": 8,

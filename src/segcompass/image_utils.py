@@ -22,11 +22,14 @@ transparent pixel is arbitrary (often black), and white is what image viewers sh
 The EXIF orientation tag is **not** applied by default: masks come back in the coordinates of the pixels as they
 are stored, which is the convention of COCO-style annotations and of ``datasets.Image`` decoding. Pass
 ``exif_transpose=True`` to rotate a photo to its camera orientation first (masks then follow the rotated image).
+The processor keeps the stored pixels (training annotations are drawn on them); ``pipeline("reasoning-segmentation")``
+and ``segcompass segment`` pass ``exif_transpose=True``: their masks come back in the orientation the user sees.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +142,12 @@ def _open_file(path: str | os.PathLike) -> Image.Image:
     if not file.is_file():
         raise FileNotFoundError(f"Image file '{text}' does not exist (or is not a file); check the path.")
     try:
-        with Image.open(file) as opened:
-            opened.load()  # decode now: truncated data fails here, not later inside an image processor
-            image = opened.copy()
-    except Image.DecompressionBombError as error:
+        with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS PIL only warns (it raises over twice that): refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as opened:
+                opened.load()  # decode now: truncated data fails here, not later inside an image processor
+                image = opened.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(
             f"Image file '{text}' is larger than PIL's decompression-bomb limit ({error}); if you trust the file, "
             "raise `PIL.Image.MAX_IMAGE_PIXELS`."

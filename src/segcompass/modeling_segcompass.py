@@ -34,6 +34,9 @@ from .utils.logging import get_logger
 
 logger = get_logger(__name__)
 
+_PROCESSOR_ONLY_INPUTS = ("sam_pixel_values", "original_sizes", "reshaped_input_sizes", "missing_ref_pos")
+"""Processor outputs that are not backbone inputs (the SAM branch and bookkeeping)."""
+
 
 @dataclass
 class SegCompassOutput(ModelOutput):
@@ -94,6 +97,23 @@ class SegCompassSegmentationOutput(ModelOutput):
 
 SegCompassSegmentation = SegCompassSegmentationOutput
 """Former name of :class:`SegCompassSegmentationOutput` (kept so existing imports keep working)."""
+
+
+def _check_model_type(source) -> None:
+    """A local checkpoint whose config.json names another ``model_type`` (a plain Qwen2 / LLaVA model, ...) is refused
+    before anything loads: read as SegCompass it fails later with a message about sizes."""
+    import json
+
+    config_file = Path(str(source)) / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: transformers reports it
+    if model_type is not None and model_type != SegCompassConfig.model_type:
+        raise ValueError(
+            f"'{source}' holds a {model_type!r} model, not a SegCompass checkpoint (config.json model_type "
+            f"{SegCompassConfig.model_type!r}); build one with `segcompass build` or pass a SegCompass checkpoint."
+        )
 
 
 class SegCompassPreTrainedModel(PreTrainedModel):
@@ -164,6 +184,21 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         self.post_init()
 
     # ------------------------------------------------------------------ transformers plumbing
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, with a weights file that cannot be read (truncated, corrupt) reported
+        as one ``ValueError`` naming the file and the fix instead of the deserializer's message."""
+        _check_model_type(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:  # safetensors raises its own SafetensorError (not a ValueError / OSError)
+            if type(error).__name__ != "SafetensorError" and "deserializ" not in str(error):
+                raise
+            raise ValueError(
+                f"The weights file model.safetensors in '{pretrained_model_name_or_path}' is truncated or corrupt "
+                f"({type(error).__name__}: {error}); download or copy the checkpoint again."
+            ) from None
+
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
 
@@ -243,7 +278,10 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                         **backbone_inputs) -> torch.Tensor:
         """The backbone's residual stream at the SAE's hook layer: ``(B, T, D)`` for ``input_ids`` ``(B, T)``
         (``backbone_inputs``: the processor's image inputs). What the SAE was trained on and what the concept path
-        reads; use it to cache SAE training data or to inspect concepts token by token."""
+        reads; use it to cache SAE training data or to inspect concepts token by token. The processor's SAM inputs
+        (``sam_pixel_values``, ``original_sizes``, ``reshaped_input_sizes``) may be passed along and are ignored, so
+        ``model.get_hook_states(**processor(image, instruction))`` works."""
+        backbone_inputs = {k: v for k, v in backbone_inputs.items() if k not in _PROCESSOR_ONLY_INPUTS}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                             return_dict=True, **backbone_inputs)
         return self._hook_states(out)

@@ -11,15 +11,23 @@ Registered at ``import segcompass``. Output per input::
      "malformed": bool,                # the answer lacked <REF_POS> (one was appended to score it)
      "warnings": [str]}                # why the answer may be outside what the model knows (unknown words,
                                        # empty or malformed reasoning); each kind is also logged once
+
+Quiet and fast by default: the embedded model loads without transformers' "Loading weights" bar (and the documented
+no-model call ``pipeline("reasoning-segmentation")`` without transformers' "No model was supplied" warning: the
+default is a file shipped in the package, not a Hub revision that could change), and a small model runs each call
+on one CPU thread (:func:`threads_for`; the thread count is restored after the call).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import numbers
 from pathlib import Path
 
 import torch
-from transformers import Pipeline
+from transformers import AutoModel, Pipeline
 
 from .answer_format import unknown_words
 from .image_utils import load_image
@@ -27,6 +35,7 @@ from .prediction import keep_and_union, slot_concepts
 from .presets import default_model_dir, default_model_path
 from .utils.logging import get_logger
 from .utils.masks import mask_to_box
+from .utils.runtime import quiet_progress_bars, threads_for, torch_threads
 
 logger = get_logger(__name__)
 TASK = "reasoning-segmentation"
@@ -36,9 +45,109 @@ EMBEDDED_DOMAIN_NOTE = ("The embedded model knows only the synthetic shapes doma
 _LOGGED_WARNINGS: set[str] = set()
 
 
+def _is_embedded_checkpoint(source) -> bool:
+    try:
+        return isinstance(source, (str, Path)) and bool(str(source)) and Path(source).resolve() == default_model_dir()
+    except OSError:
+        return False
+
+
+class _TaskAutoModel(AutoModel):
+    """The task's model class: ``AutoModel``, loading the embedded model without the "Loading weights" bar (a
+    2 M-parameter model loads in milliseconds; the bar stays for every other checkpoint)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        quiet = quiet_progress_bars("Loading weights") if _is_embedded_checkpoint(pretrained_model_name_or_path) \
+            else contextlib.nullcontext()
+        with quiet:
+            model = AutoModel.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type != "segcompass":
+            raise ValueError(
+                f"'{pretrained_model_name_or_path}' holds a {model_type!r} model, not a SegCompass checkpoint "
+                "(model_type 'segcompass'); the reasoning-segmentation pipeline needs a SegCompass checkpoint: build "
+                "one with `segcompass build` or pass the embedded default (no model=)."
+            )
+        return model
+
+
+# Pipeline.save_pretrained records the task's model classes by name and a reload looks them up in transformers.
+_TaskAutoModel.__name__ = _TaskAutoModel.__qualname__ = "AutoModel"
+
+
+class _EmbeddedDefaultNotice(logging.Filter):
+    """Drops transformers' "No model was supplied, defaulted to <the embedded model>" warning (the default is a file
+    shipped in this package, not a Hub revision that could change under the user); any other record passes."""
+
+    def __init__(self, default_path: str):
+        super().__init__()
+        self.prefix = f"No model was supplied, defaulted to {default_path} "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def _image_key(image) -> str:
     """A content key so repeated images (same path or same pixels) share one SAM embedding."""
     return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+
+
+CALL_KEYWORDS = ("threshold", "max_new_tokens", "return_heatmaps", "top_concepts", "return_all_slots", "num_threads")
+"""The keyword arguments a call of the pipeline accepts (anything else is a ``ValueError`` listing these)."""
+
+_BATCH_SIZE_MESSAGE = (f"The {TASK} pipeline runs one (image, instruction) pair at a time (got batch_size={{!r}}); "
+                       "leave batch_size unset: a list of inputs is processed in one call, sharing each image's SAM "
+                       "embedding.")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return value
+
+
+def _check_processor_matches_model(processor, model) -> None:
+    """The processor's slot tokens must be the model's: a processor made for another slot count would feed the model
+    slot tokens it never reads (or leave some unread), and give silently wrong masks."""
+    config = getattr(model, "config", None)
+    if processor is None or config is None or not hasattr(config, "num_slots"):
+        return
+    slots = getattr(processor, "num_slots", None)
+    ids = list(getattr(processor, "slot_token_ids", []) or [])
+    if slots != config.num_slots or ids != list(config.slot_token_ids):
+        raise ValueError(
+            f"The processor was made for {slots} slots (slot token ids {ids}) but the model has "
+            f"num_slots={config.num_slots} (slot_token_ids {list(config.slot_token_ids)}); load the processor saved "
+            "with this model (`SegCompassProcessor.from_pretrained(<the model's directory>)`)."
+        )
+
+
+ANSWER_AND_IMAGE_ROOM = 512
+"""Positions kept free for the image tokens, the template and the answer when an instruction limit is derived from
+the backbone's ``max_position_embeddings`` (:func:`_limit_instruction_length`)."""
+
+
+def _limit_instruction_length(processor, model) -> None:
+    """Give a processor without an instruction limit (no ``max_length``, no finite tokenizer ``model_max_length``)
+    the backbone's: ``max_position_embeddings`` minus room for the image tokens and the answer, so an over-long
+    instruction is refused with the limit instead of silently running past the position table."""
+    if processor is None or not hasattr(processor, "instruction_length_limit"):
+        return
+    if processor.instruction_length_limit() is not None:
+        return
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else None
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        processor.max_length = max(1, positions - ANSWER_AND_IMAGE_ROOM - getattr(config, "num_slots", 0),
+                                   positions // 4)
 
 
 class ReasoningSegmentationPipeline(Pipeline):
@@ -50,7 +159,9 @@ class ReasoningSegmentationPipeline(Pipeline):
     Keyword arguments: ``threshold`` (confidence to keep a slot; default ``model.config.confidence_threshold``),
     ``max_new_tokens`` (reasoning length, default 256), ``return_heatmaps`` (default True), ``top_concepts``
     (concepts listed per instance, default 5), ``return_all_slots`` (list every slot, kept or not, each with its
-    ``"kept"`` flag; default False: only the kept ones).
+    ``"kept"`` flag; default False: only the kept ones), ``num_threads`` (CPU threads for this call; also a
+    ``pipeline(..., num_threads=N)`` setting; default :func:`threads_for` the model: 1 under 50 M parameters on the
+    CPU, else torch's setting; restored after the call).
     """
 
     _load_processor = True
@@ -60,28 +171,45 @@ class ReasoningSegmentationPipeline(Pipeline):
     _load_video_processor = False
     _pipeline_calls_generate = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, num_threads: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        _check_processor_matches_model(self.processor, self.model)
+        _limit_instruction_length(self.processor, self.model)
+        if self._batch_size not in (None, 1):
+            raise ValueError(_BATCH_SIZE_MESSAGE.format(self._batch_size))
         self._embedding_cache: dict[str, torch.Tensor] = {}
+        self.num_threads = num_threads if num_threads is not None else threads_for(
+            sum(p.numel() for p in self.model.parameters()), self.device)
 
     def _sanitize_parameters(self, threshold=None, max_new_tokens=None, return_heatmaps=None, top_concepts=None,
                              return_all_slots=None, **kwargs):
+        if kwargs:
+            raise ValueError(
+                f"Unknown keyword argument(s) {', '.join(map(repr, sorted(kwargs)))} for the {TASK} pipeline; the "
+                f"accepted ones are {', '.join(CALL_KEYWORDS)}."
+            )
         forward, post = {}, {}
         if max_new_tokens is not None:
-            forward["max_new_tokens"] = max_new_tokens
+            forward["max_new_tokens"] = _check_int("max_new_tokens", max_new_tokens, minimum=1)
         if threshold is not None:
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"`threshold` is a confidence in [0, 1], got {threshold}.")
-            post["threshold"] = threshold
+            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"`threshold` is a confidence in [0, 1] (a number), got {threshold!r}.")
+            post["threshold"] = float(threshold)
         if return_heatmaps is not None:
-            post["return_heatmaps"] = return_heatmaps
+            post["return_heatmaps"] = _check_bool("return_heatmaps", return_heatmaps)
         if top_concepts is not None:
-            post["top_concepts"] = top_concepts
+            post["top_concepts"] = _check_int("top_concepts", top_concepts, minimum=0)
         if return_all_slots is not None:
-            post["return_all_slots"] = return_all_slots
+            post["return_all_slots"] = _check_bool("return_all_slots", return_all_slots)
         return {}, forward, post
 
-    def __call__(self, images, instructions=None, **kwargs):
+    def __call__(self, images, instructions=None, num_threads: int | None = None, **kwargs):
+        batch_size = kwargs.pop("batch_size", None)
+        if batch_size not in (None, 1):
+            raise ValueError(_BATCH_SIZE_MESSAGE.format(batch_size))
+        for name, value in (("images", images), ("instructions", instructions)):
+            if isinstance(value, (list, tuple)) and not value:
+                raise ValueError(f"`{name}` is an empty list; pass at least one image and one instruction.")
         if instructions is None:
             items = images if isinstance(images, list) else [images]
             if not all(isinstance(i, dict) and {"image", "instruction"} <= set(i) for i in items):
@@ -100,13 +228,16 @@ class ReasoningSegmentationPipeline(Pipeline):
                     "image with a list of instructions."
                 )
             items = [{"image": i, "instruction": t} for i, t in zip(imgs, texts)]
+        if num_threads is not None:
+            _check_int("num_threads", num_threads, minimum=1)
         self._embedding_cache = {}
-        outputs = super().__call__(items, **kwargs)
+        with torch_threads(num_threads or self.num_threads):
+            outputs = super().__call__(items, **kwargs)
         self._embedding_cache = {}
         return outputs[0] if single else outputs
 
     def preprocess(self, item):
-        image = load_image(item["image"])
+        image = load_image(item["image"], exif_transpose=True)  # masks in the orientation the user sees
         inputs = self.processor(images=[image], instructions=[item["instruction"]], return_tensors="pt")
         inputs["image_key"] = _image_key(image)
         inputs["unknown_words"] = unknown_words(self.processor.tokenizer, item["instruction"])
@@ -193,14 +324,18 @@ class ReasoningSegmentationPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Register the task; with no ``model=``, ``pipeline(TASK)`` uses the embedded default checkpoint."""
-    from transformers import AutoModel
+    """Register the task; with no ``model=``, ``pipeline(TASK)`` uses the embedded default checkpoint (quietly: no
+    "No model was supplied" warning for it, no "Loading weights" bar)."""
     from transformers.pipelines import PIPELINE_REGISTRY
 
     default_path = default_model_path()
     default = {"model": (default_path, None)} if default_path else None
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReasoningSegmentationPipeline, pt_model=AutoModel,
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ReasoningSegmentationPipeline, pt_model=_TaskAutoModel,
                                         default=default, type="multimodal")
+    if default_path:
+        pipelines_logger = logging.getLogger("transformers.pipelines")
+        if not any(isinstance(f, _EmbeddedDefaultNotice) for f in pipelines_logger.filters):
+            pipelines_logger.addFilter(_EmbeddedDefaultNotice(default_path))
 
 
 register_pipeline()  # the task exists as soon as this module is imported (see segcompass._registration)

@@ -10,6 +10,7 @@ hidden_states[16]), SAM ViT-H image encoder (paper appendix A.2), d_sae = 65 536
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SAM_VIT_H = dict(
@@ -117,3 +118,118 @@ def default_model_path() -> str | None:
     pipeline, the CLI, the demo, the evaluation runner and the recipe find the embedded model."""
     path = default_model_dir()
     return str(path) if (path / "config.json").is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ model names
+STOCK_PARTS = {
+    "qwen2.5-vl-7b": {"backbone": "Qwen/Qwen2.5-VL-7B-Instruct", "sam": "sam_vit_h_4b8939.pth"},
+    "llava-1.5-7b": {"backbone": "llava-hf/llava-1.5-7b-hf", "sam": "sam_vit_h_4b8939.pth"},
+    "llava-1.5-13b": {"backbone": "llava-hf/llava-1.5-13b-hf", "sam": "sam_vit_h_4b8939.pth"},
+}
+"""The public pretrained parts each full-size preset is built from (``segcompass build``)."""
+
+SAM_VIT_H_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+HUB_TIMEOUT_S = 3.0
+"""How long :func:`resolve_checkpoint` waits for the Hub to answer (one request, no retries)."""
+
+
+def build_command(preset: str, output_dir: str) -> str:
+    """The ``segcompass build`` command line that makes a checkpoint of ``preset`` in ``output_dir``."""
+    parts = STOCK_PARTS[preset]
+    return (f"segcompass build --preset {preset} --backbone {parts['backbone']} --sam {parts['sam']} "
+            f"--sae SAE_DIR --output-dir {output_dir}")
+
+
+def _unpublished(name: str) -> ValueError:
+    lower = name.lower()
+    preset = ("llava-1.5-13b" if "13b" in lower else "llava-1.5-7b") if "llava" in lower else "qwen2.5-vl-7b"
+    return ValueError(
+        f"{name!r} is not a published checkpoint: no full-size SegCompass weights are on the Hub (the one shipped "
+        f"model is the embedded {DEFAULT_MODEL_NAME!r}). Assemble one from its pretrained parts (the new heads start "
+        f"untrained): `{build_command(preset, './' + name)}` (SAM weights: {SAM_VIT_H_URL}; --sae is optional, "
+        f"without it the SAE is untrained; add --dry-run to see its size first), then pass ./{name}."
+    )
+
+
+def _offline() -> bool:
+    """Hub access is off: huggingface_hub's setting (read at its import) or the variables as they are now."""
+    from huggingface_hub import constants
+
+    variables = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"}
+                                           for v in variables)
+
+
+def _resolve_hub_id(repo_id: str, timeout: float, cache_dir) -> str:
+    """``repo_id`` if the Hub answers within ``timeout`` seconds that it exists, else its cached snapshot directory,
+    else a ValueError saying what to do."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, HTTPError, RepositoryNotFoundError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    except HFValidationError as err:
+        raise ValueError(f"model {repo_id!r} is neither a local directory nor a valid Hub id ({err}).") from err
+    cached_dir = str(Path(cached).parent) if isinstance(cached, str) else None
+    if _offline():
+        if cached_dir:
+            return cached_dir
+        raise ValueError(
+            f"model {repo_id!r} is not a local directory and not in the local Hugging Face cache, and the Hub is off "
+            f"(HF_HUB_OFFLINE): download it where there is a connection (`hf download {repo_id}`) or pass a local "
+            "checkpoint directory.")
+    try:
+        model_info(repo_id, timeout=timeout)  # one request, no retry loop
+        return repo_id
+    except GatedRepoError:
+        return repo_id  # it exists; loading it needs `hf auth login` and accepted terms
+    except RepositoryNotFoundError as err:
+        if cached_dir:
+            return cached_dir
+        raise ValueError(f"model {repo_id!r} is not a local directory and the Hub has no such repository (or it is "
+                         "private: log in with `hf auth login`); check the name or pass a local checkpoint "
+                         "directory.") from err
+    except (OSError, HTTPError) as err:  # DNS, refused, timeout, 5xx
+        if cached_dir:
+            from .utils.logging import get_logger  # transformers: imported only when needed
+
+            get_logger(__name__).warning("The Hub did not answer for %s (%s); using the cached copy %s.", repo_id,
+                                         err, cached_dir)
+            return cached_dir
+        raise ValueError(
+            f"model {repo_id!r} is not a local directory and the Hugging Face Hub cannot be reached within "
+            f"{timeout:g} s ({type(err).__name__}: {err}); check the connection, or download it where there is one "
+            f"(`hf download {repo_id}`) and pass the local directory.") from err
+
+
+def resolve_checkpoint(name_or_path, *, timeout: float = HUB_TIMEOUT_S, cache_dir=None) -> str:
+    """Check a model name before anything heavy is loaded; return what ``from_pretrained`` should be given.
+
+    - a local directory with ``config.json`` -> its absolute path; a local path without one, or one that does not
+      exist -> ``ValueError`` saying so;
+    - ``segcompass-tiny-synthetic`` -> the embedded checkpoint; any other bare ``segcompass-*`` name (e.g.
+      ``segcompass-qwen7b``) -> ``ValueError`` at once with the ``segcompass build`` command that makes one;
+    - any other Hub id -> itself if the Hub says it exists within ``timeout`` seconds (one request, no retries),
+      else its snapshot in the local HF cache (``cache_dir``, default the HF cache), else ``ValueError``. With
+      ``HF_HUB_OFFLINE=1`` only the cache is looked at.
+    """
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if text and local.exists():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"model {text!r} has no config.json; pass a directory written by "
+                             "model.save_pretrained(...) (with its processor saved next to it).")
+        return str(local.resolve())
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
+    if looks_local or not text:
+        raise ValueError(f"model path {text!r} does not exist; pass a checkpoint directory written by "
+                         "save_pretrained (segcompass.from_scratch.save_random_checkpoint writes a small random one).")
+    if text == DEFAULT_MODEL_NAME:
+        path = default_model_path()
+        if path is None:
+            raise ValueError(f"{DEFAULT_MODEL_NAME!r} is not embedded in this installation; train it with "
+                             "`segcompass train-tiny OUTPUT_DIR` and pass OUTPUT_DIR.")
+        return path
+    if "/" not in text and text.lower().startswith("segcompass-"):
+        raise _unpublished(text)
+    return _resolve_hub_id(text, timeout, cache_dir)

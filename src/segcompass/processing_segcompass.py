@@ -369,12 +369,14 @@ class SegCompassProcessor(ProcessorMixin):
             prompts = _as_str_list(text, "text")
         else:
             instruction_list = _as_str_list(instructions, "instructions")
+            _check_no_control_characters(instruction_list)
             check_instructions(instruction_list, self._reserved_tokens(), self.tokenizer,
                                self.instruction_length_limit())
             prompts = [self.render_prompt(instruction, add_generation_prompt) for instruction in instruction_list]
         batch_size = len(prompts)
 
         pil_images = load_image_batch(images, batch_size)
+        _check_aspect_ratios(pil_images)
         completion_list = [""] * batch_size
         if completions is not None:
             completion_list = _as_str_list(completions, "completions")
@@ -505,6 +507,35 @@ class SegCompassProcessor(ProcessorMixin):
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+MAX_ASPECT_RATIO = 200
+"""The longest side may be at most this many times the shortest (the backbones' image processors refuse more)."""
+
+
+def _check_aspect_ratios(images) -> None:
+    for i, image in enumerate(images):
+        width, height = image.size
+        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            raise ValueError(
+                f"Image {i} is {width}x{height} pixels (width x height), an aspect ratio of "
+                f"{max(width, height) / min(width, height):.0f}:1; the backbone's image processor accepts at most "
+                f"{MAX_ASPECT_RATIO}:1. Crop or pad the image to a less extreme aspect ratio."
+            )
+
+
+def _check_no_control_characters(instructions: list[str]) -> None:
+    """Refuse control characters (NUL, BEL, ESC, ...; tab and newlines are fine): the tokenizer reads them as unknown
+    or drops them, so the model would answer a different instruction than the one shown."""
+    import unicodedata
+
+    for i, instruction in enumerate(instructions):
+        bad = sorted({c for c in instruction if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
+        if bad:
+            raise ValueError(
+                f"Instruction {i} ({instruction!r}) contains control character(s) {', '.join(map(repr, bad))}; remove "
+                "them (plain text, tabs and newlines are fine)."
+            )
 
 
 def _as_str_list(value, name: str) -> list[str]:

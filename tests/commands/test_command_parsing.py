@@ -68,6 +68,72 @@ def test_every_multi_word_option_has_both_spellings(name):
                 assert {f"--{word}", f"--{word.replace('_', '-')}"} <= set(long_options), (name, long_options)
 
 
+# ------------------------------------------------------------------------------------------------ help
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_has_a_help_text_that_reads_right(name):
+    if name == "train":
+        pytest.importorskip("trl")
+    parser = entry_point(name).parser()
+    for action in parser._actions:
+        assert (action.help or "").strip(), (name, action.option_strings or action.dest)
+        negated = [o for o in action.option_strings if o.startswith("--no_")]
+        if negated:  # HfArgumentParser's --no_x of a boolean defaulting to True: not the help of --x
+            flag = "--" + negated[0].removeprefix("--no_")
+            assert action.help == f"Turn {flag} off (same as {flag} false).", (name, action.help)
+    assert parser.format_help().count("\n") > 3  # renders (argparse %-formats every help text)
+
+
+def test_no_flags_parse_and_say_what_they_do():
+    _, training = train_sae_command.parse(["--output-dir", "o", "--no_resume", "--no-init-b-dec-from-data"])
+    assert (training.resume, training.init_b_dec_from_data) == (False, False)
+    _, training = train_sae_command.parse(["--output-dir", "o"])
+    assert (training.resume, training.init_b_dec_from_data) == (True, True)
+    help_text = " ".join(train_sae_command.parser().format_help().split())
+    assert "--no_resume, --no-resume Turn --resume off (same as --resume false)." in help_text
+    assert "(--no_resume: start fresh, ignoring it). (default: True)" in help_text
+
+
+def test_train_help_shows_the_first_options_and_help_all_shows_every_option(capsys):
+    pytest.importorskip("trl")
+    from segcompass.commands.train import first_options, train_command
+
+    parser = train_command.parser()
+    dests = {action.dest for action in parser._actions}
+    groups = first_options()
+    assert not [n for names in groups.values() for n in names if n not in dests]  # every declared option exists
+    assert {"lambda_seg", "codebook_lr_multiplier", "use_one_cycle_schedule"} <= set(groups[list(groups)[-1]])
+    for argv, most in ((["--help"], 250), (["--help-all"], None)):
+        with pytest.raises(SystemExit) as exited:
+            train_command(argv)
+        assert exited.value.code in (0, None)
+        out = capsys.readouterr().out
+        lines = out.count("\n")
+        if most:
+            assert lines <= most and "'segcompass train --help-all' lists every option" in " ".join(out.split())
+            assert "--lora_r" in out and "--sft_steps" in out and "--lambda_seg" in out
+            assert "--adam_beta1" not in out and "--torch_compile" not in out  # behind --help-all
+        else:
+            assert lines > 3 * 250 and "--adam_beta1" in out and "--lambda_seg" in out
+    with pytest.raises(SystemExit):
+        segment_command(["--help"])  # a command without first options: --help is everything, no --help-all
+    assert "--help-all" not in capsys.readouterr().out
+
+
+def test_evaluate_prints_the_json_report_only_when_verbose():
+    from segcompass.commands.evaluate import format_report
+
+    (args,) = evaluate_command.parse(["--rescore", "--output-dir", "o"])
+    assert args.verbose is False
+    (args,) = evaluate_command.parse(["--rescore", "--output-dir", "o", "--verbose"])
+    assert args.verbose is True
+    report = {"table_row": {"table": "synthetic", "split": "test", "giou": 40.0, "ciou": 38.5},
+              "num_samples": 2, "num_no_target": 0, "metrics": {"giou": 0.4}}
+    short, verbose = format_report(report, verbose=False), format_report(report, verbose=True)
+    assert short.splitlines() == ["synthetic test: 2 samples (0 no-target, 0 malformed answers)",
+                                  "  giou 40.0  ciou 38.5"]
+    assert verbose.startswith(short + "\n") and json.loads(verbose[len(short):]) == report
+
+
 # ------------------------------------------------------------------------------------------------ positionals
 def test_positionals_work_anywhere_between_options():
     (segment,) = segment_command.parse(["--model", "ckpt", "a.png", "--threshold", "0.4", "the red shape"])

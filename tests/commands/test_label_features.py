@@ -44,7 +44,15 @@ def test_run_on_the_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert not (tiny_checkpoint / DICTIONARY_NAME).exists()  # --output-dir: the checkpoint is left alone
 
 
-def test_hub_model_needs_an_output_dir(capsys):
+def test_hub_model_needs_an_output_dir(capsys, monkeypatch, tmp_path):
+    import segcompass.presets
+
+    # a Hub model that resolves (here: to a fake cache folder): its dictionary must not be written into the cache
+    monkeypatch.setattr(segcompass.presets, "resolve_checkpoint", lambda name: str(tmp_path / "hub-cache"))
     with pytest.raises(SystemExit):
         main(["label-features", "--model", "someone/segcompass-model"])
     assert "pass --output-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # unreachable (the real resolver, offline): fails at once, before any loading
+        monkeypatch.undo()
+        main(["label-features", "--model", "someone/segcompass-model"])
+    assert "not a local directory" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._args import CommandError, command, default_model_path
+from ._args import CommandError, command, resolve_model
 
 __all__ = ["AppArguments", "app_command"]
 
@@ -35,7 +35,7 @@ def app_command(args: AppArguments) -> int:
     try:
         from ..app import build_app, launch_app
 
-        demo = build_app(args.model or default_model_path(), threshold=args.threshold)
+        demo = build_app(resolve_model(args.model), threshold=args.threshold)
     except ImportError as err:
         raise CommandError(str(err)) from None
     print(f"serving the SegCompass app on http://{args.host}:{args.port} (Ctrl+C stops it)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._args import command, default_model_path
+from ._args import command, require_segcompass_checkpoint, resolve_model
 
 __all__ = ["DemoArguments", "demo_command"]
 
@@ -29,7 +29,7 @@ class DemoArguments:
 def demo_command(args: DemoArguments) -> int:
     from ..demo import build_demo
 
-    model = args.model or default_model_path()
+    model = require_segcompass_checkpoint(resolve_model(args.model))
     index = build_demo(args.output_dir, model=model, num_examples=args.num_examples, seed=args.seed)
     print(f"demo written to {index}")
     return 0

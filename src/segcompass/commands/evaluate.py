@@ -2,16 +2,17 @@
 
 Runs :func:`segcompass.evaluation.evaluate_model` (greedy decoding, every row scored; writes ``run.json``,
 ``predictions.jsonl`` and ``report.json`` into ``--output-dir``) or :func:`segcompass.evaluation.rescore` (no
-model), then prints the paper-style table row and the report as JSON.
+model), then prints the paper-style table row and where the report is (``--verbose``: the report as JSON too).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ._args import CommandError, command, default_model_path
+from ._args import CommandError, command, resolve_model
 
 __all__ = ["EvaluateArguments", "evaluate_command", "format_report"]
 
@@ -63,8 +64,8 @@ class EvaluateArguments:
     num_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     rescore: bool = field(default=False, metadata={"help": "Score the saved predictions again; no model needed."})
     resume: bool = field(
-        default=True, metadata={"help": "Skip rows already in predictions.jsonl (--no-resume: predict every row "
-                                        "again)."}
+        default=True, metadata={"help": "Skip rows already in predictions.jsonl (--no-resume: move the old run "
+                                        "into previous-<timestamp>/ and predict every row again)."}
     )
     protocol: str | None = field(default=None, metadata={"help": "Metric protocol (default lisa).",
                                                           "choices": _protocols})
@@ -85,6 +86,10 @@ class EvaluateArguments:
         default_factory=list, metadata={"help": "Extra loader keyword (repeatable), e.g. image_size=64.",
                                         "metavar": "KEY=VALUE", "action": "append"}
     )
+    verbose: bool = field(
+        default=False, metadata={"help": "Also print the whole report as JSON (it is always written to "
+                                         "OUTPUT_DIR/report.json)."}
+    )
 
 
 def _loader_options(items: list[str]) -> dict[str, Any]:
@@ -99,20 +104,20 @@ def _loader_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The printed form of a report: the table row, one line of its cells, then the report as JSON."""
+def format_report(report: dict[str, Any], verbose: bool = True) -> str:
+    """The printed form of a report: the table row, one line of its cells, then (``verbose``) the report as JSON."""
     row = report["table_row"]
     cells = [f"{k} {v:.1f}" if isinstance(v, float) else f"{k} n/a" for k, v in row.items()
              if k not in ("table", "paper_table", "split")]
     where = f" ({row['paper_table']})" if row.get("paper_table") else ""
     title = (f"{row['table']}{where} {row['split']}: {report['num_samples']} samples "
              f"({report['num_no_target']} no-target, {report.get('num_malformed', 0)} malformed answers)")
-    return "\n".join([title, "  " + "  ".join(cells), json.dumps(report, indent=2)])
+    return "\n".join([title, "  " + "  ".join(cells)] + ([json.dumps(report, indent=2)] if verbose else []))
 
 
 @command("evaluate", (EvaluateArguments,), description=_DESCRIPTION)
 def evaluate_command(args: EvaluateArguments) -> int:
-    from ..evaluation import available_datasets, evaluate_model, rescore
+    from ..evaluation import REPORT_FILE, available_datasets, evaluate_model, rescore
 
     metric_options = {k: getattr(args, k) for k in ("protocol", "empty_policy") if getattr(args, k) is not None}
     if args.eval_size is not None:
@@ -124,9 +129,9 @@ def evaluate_command(args: EvaluateArguments) -> int:
         report = rescore(args.output_dir, args.dataset, split=args.split, data_dir=args.data_dir,
                          threshold=args.threshold, **metric_options)
     else:
-        model = args.model or default_model_path(
+        model = resolve_model(args.model, (
             "--model is required (a checkpoint directory): this installation has no embedded default model; use "
-            "--rescore to score saved predictions without a model.")
+            "--rescore to score saved predictions without a model."))
         if not args.dataset:
             raise CommandError(f"--dataset is required; choose one of {available_datasets()}.")
         split = args.split or ("test" if args.dataset == "synthetic" else "val")
@@ -136,5 +141,7 @@ def evaluate_command(args: EvaluateArguments) -> int:
             num_samples=args.num_samples, resume=args.resume, metric_options=metric_options,
             device=args.device, dtype=args.dtype, ablation=args.ablation, **loader_kwargs,
         )
-    print(format_report(report))
+    print(format_report(report, verbose=args.verbose))
+    if not args.verbose:
+        print(f"report: {Path(args.output_dir) / REPORT_FILE} (--verbose prints it)")
     return 0

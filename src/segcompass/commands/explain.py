@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._args import CommandError, command, default_model_path
+from ._args import CommandError, command, resolve_model
 
 __all__ = ["ExplainArguments", "explain_command", "summary_lines"]
 
@@ -87,7 +87,7 @@ def explain_command(args: ExplainArguments) -> int:
 
     if args.num_samples < 1:
         raise CommandError(f"--num-samples must be >= 1, got {args.num_samples}.")
-    path = args.model or default_model_path()
+    path = resolve_model(args.model)
     try:
         model = AutoModel.from_pretrained(path)
         processor = AutoProcessor.from_pretrained(path)

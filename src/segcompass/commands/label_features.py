@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._args import CommandError, command, default_model_path
+from ._args import CommandError, command, resolve_model
 
 __all__ = ["LabelFeaturesArguments", "label_features_command"]
 
@@ -53,10 +53,10 @@ def label_features_command(args: LabelFeaturesArguments) -> int:
     from ..evaluation.datasets import load_evaluation_dataset
     from ..interpret.features import build_feature_dictionary
 
-    model_path = args.model or default_model_path()
-    if args.output_dir is None and not Path(model_path).is_dir():
-        raise CommandError(f"--model {model_path} is not a local directory, so the dictionary cannot go beside it; "
+    if args.output_dir is None and args.model and not Path(args.model).is_dir():  # never beside a Hub cache copy
+        raise CommandError(f"--model {args.model} is not a local directory, so the dictionary cannot go beside it; "
                            "pass --output-dir.")
+    model_path = resolve_model(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(model_path).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)

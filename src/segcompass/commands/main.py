@@ -39,12 +39,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segcompass ARGV...`` and return its exit status (0). A failure is one ``error: ...`` line on stderr
     and ``SystemExit`` with status 2 (:class:`~segcompass.commands._args.CommandExit`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]:  # one global option, anywhere
+        from . import _args
+
+        argv.remove("--debug")
+        previous, _args.DEBUG = _args.DEBUG, True
+        try:
+            return main(argv)
+        finally:
+            _args.DEBUG = previous
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: segcompass <command> [options]   (segcompass <command> --help for its options)\n")
         width = max(map(len, COMMANDS)) + 2
         for name, (_, _, summary) in COMMANDS.items():
             print(f"  {name:<{width}} {summary}")
         print(f"\n  {'--version':<{width}} Print the installed version.")
+        print(f"  {'--debug':<{width}} Show the full traceback of an error (default: one 'error:' line).")
         return 0
     if argv[0] == "--version":
         print(f"segcompass {version()}")

@@ -20,4 +20,6 @@ COMMANDS = {
             "Serve the browser app on 127.0.0.1: reasoning, overlay, slot heatmaps and concepts (needs [app])."),
     "label-features": ("label_features", "label_features_command",
                        "Label every SAE feature from its activations over a dataset (writes feature_dictionary.json)."),
+    "build": ("build", "build_command",
+              "Assemble a full-size checkpoint from a pretrained backbone, SAM and SAE (--dry-run: sizes only)."),
 }

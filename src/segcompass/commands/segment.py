@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ._args import command, default_model_path
+from ._args import command, require_segcompass_checkpoint, resolve_model
 
 __all__ = ["SegmentArguments", "segment_command"]
 
@@ -23,7 +23,9 @@ class SegmentArguments:
     model: str | None = field(
         default=None, metadata={"help": "SegCompass checkpoint directory (default: the embedded model)."}
     )
-    output: str | None = field(default=None, metadata={"help": "Write an overlay PNG here."})
+    output: str | None = field(
+        default=None, metadata={"help": "Write an overlay PNG here (in an existing directory; never the input image)."}
+    )
     threshold: float | None = field(default=None, metadata={"help": "Confidence to keep a slot."})
     max_new_tokens: int = field(default=256, metadata={"help": "Reasoning length limit."})
     top_concepts: int = field(default=5, metadata={"help": "SAE concepts listed per instance."})
@@ -36,8 +38,10 @@ def segment_command(args: SegmentArguments) -> int:
     from ..image_utils import load_image
     from ..visualize import render_overlay, save_image_atomic
 
-    image = load_image(args.image)
-    pipe = pipeline("reasoning-segmentation", model=args.model or default_model_path())
+    if args.output:
+        _check_output(args.image, args.output)
+    image = load_image(args.image, exif_transpose=True)  # masks in the orientation the user sees
+    pipe = pipeline("reasoning-segmentation", model=require_segcompass_checkpoint(resolve_model(args.model)))
     result = pipe(image, args.instruction, threshold=args.threshold, max_new_tokens=args.max_new_tokens,
                   top_concepts=args.top_concepts)
     print(f"instruction: {args.instruction}")
@@ -61,3 +65,20 @@ def segment_command(args: SegmentArguments) -> int:
         save_image_atomic(overlay, args.output)
         print(f"overlay written to {args.output}")
     return 0
+
+
+def _check_output(image: str, output: str) -> None:
+    """Refuse an ``--output`` that is the input image itself (it would be overwritten) or that lies in a directory
+    which does not exist (refused rather than created, so a typo in the path does not scatter directories)."""
+    import os
+    from pathlib import Path
+
+    out = Path(output).expanduser()
+    if out.exists() and Path(image).expanduser().exists() and os.path.samefile(out, Path(image).expanduser()):
+        raise ValueError(f"--output {output!r} is the input image; it would be overwritten. Choose another file "
+                         "name, e.g. overlay.png.")
+    if out.is_dir():
+        raise ValueError(f"--output {output!r} is a directory; give a file name such as {str(out / 'overlay.png')!r}.")
+    if not out.parent.expanduser().is_dir():
+        raise ValueError(f"--output {output!r}: directory {str(out.parent)!r} does not exist; create it first or "
+                         "choose an existing directory.")

@@ -8,8 +8,9 @@
     segcompass train ... --save-strategy steps --save-steps 100 --resume-from-checkpoint true  # resume the last
 
 Options are the fields of :class:`segcompass.training.launch.TrainArguments` (model, data, warm-up) and of
-[`SegCompassGRPOConfig`] (every GRPO / ``TrainingArguments`` field); underscores or dashes. The trained model and
-processor are saved into ``--output-dir``; prints the warm-up and GRPO losses.
+[`SegCompassGRPOConfig`] (every GRPO / ``TrainingArguments`` field); underscores or dashes. ``--help`` shows the
+options people change first (:func:`first_options`), ``--help-all`` all of them. The trained model and processor are
+saved into ``--output-dir``; prints the warm-up and GRPO losses.
 """
 
 from __future__ import annotations
@@ -26,7 +27,34 @@ def _arguments():
     return TrainArguments, SegCompassGRPOConfig
 
 
-@command("train", _arguments)
+def first_options() -> dict[str, list[str]]:
+    """What ``segcompass train --help`` shows, by group: the options people change first, and every field
+    SegCompassGRPOConfig adds to TRL's GRPOConfig (``--help-all`` lists the rest)."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from ..training.grpo_config import SegCompassGRPOConfig
+
+    inherited = {f.name for f in dataclasses.fields(GRPOConfig)}
+    return {
+        "model, data and output": ["model_name_or_path", "tiny", "train_data", "data_dir", "data_split",
+                                   "max_train_samples", "output_dir"],
+        "steps and optimisation": ["max_steps", "num_train_epochs", "per_device_train_batch_size",
+                                   "gradient_accumulation_steps", "learning_rate", "warmup_steps", "seed", "use_cpu",
+                                   "bf16", "activation_checkpointing"],
+        "GRPO rollouts": ["num_generations", "max_completion_length", "beta", "epsilon"],
+        "supervised warm-up (before GRPO)": ["sft_steps", "sft_batch_size", "sft_learning_rate",
+                                             "sft_generated_share"],
+        "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"],
+        "logging and checkpoints": ["logging_steps", "report_to", "save_strategy", "save_steps",
+                                    "resume_from_checkpoint"],
+        "SegCompass losses, learning-rate groups and schedule": [
+            f.name for f in dataclasses.fields(SegCompassGRPOConfig) if f.name not in inherited],
+    }
+
+
+@command("train", _arguments, first_options=first_options)
 def train_command(cli, args) -> int:
     from ..training.launch import build_trainer, resume_target, run_warmup
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data import available_datasets
 from ..metrics import SegmentationMetricAccumulator
+from ..presets import resolve_checkpoint
 from ..utils.logging import get_logger
 from .datasets import load_evaluation_dataset, register_synthetic_dataset
 from .predictions import PREDICTIONS_FILE, load_predictions, prediction_record
@@ -20,8 +21,49 @@ logger = get_logger(__name__)
 __all__ = ["RUN_FILE", "evaluate_model", "rescore"]
 
 RUN_FILE = "run.json"
-# run.json fields a resumed run must share (num_samples may grow: rows are always the first num_samples of the split)
-_RUN_IDENTITY = ("model", "dataset", "split", "data_dir", "loader_kwargs", "threshold", "max_new_tokens", "ablation")
+# run.json fields a resumed run must share: everything that changes a prediction (num_samples may grow: rows are
+# always the first num_samples of the split; batch_size and device do not change greedy predictions)
+_RUN_IDENTITY = ("model", "dtype", "dataset", "split", "data_dir", "loader_kwargs", "threshold", "max_new_tokens",
+                 "ablation")
+# files of one run: moved aside together by resume=False (report-rescored.json is derived from the predictions too)
+_RUN_FILES = (PREDICTIONS_FILE, RUN_FILE, REPORT_FILE, "report-rescored.json")
+
+
+def _read_run_file(out: Path) -> dict[str, Any]:
+    """The run description ``out/run.json`` (``{}`` when absent); a damaged one is a one-line ``ValueError``."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it, or pass resume=False (--no-resume) to "
+                         "start a new run there (the old files are moved aside).") from None
+    if not isinstance(run, dict):  # bad input is a ValueError here, as everywhere
+        raise ValueError(  # noqa: TRY004
+            f"{path} holds {type(run).__name__}, not a run description (a JSON object); delete it, or pass "
+            "resume=False (--no-resume) to start a new run there."
+        )
+    return run
+
+
+def _move_previous_run(out: Path) -> Path | None:
+    """Move the files of the run in ``out`` into ``out/previous-<UTC timestamp>/`` (nothing is deleted)."""
+    import time
+
+    present = [name for name in _RUN_FILES if (out / name).is_file()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = out / f"previous-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = out / f"previous-{stamp}-{n}"
+    target.mkdir()
+    for name in present:
+        os.replace(out / name, target / name)
+    return target
 
 
 def _check_threshold(threshold: float | None) -> None:
@@ -31,19 +73,9 @@ def _check_threshold(threshold: float | None) -> None:
 
 
 def _resolve_model_path(path: str | os.PathLike) -> str:
-    """Refuse a model path that does not exist before anything heavy is loaded."""
-    text = str(path)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ValueError(f"model {text!r} has no config.json; pass a directory written by "
-                             "model.save_pretrained(...) (with its processor saved next to it).")
-        return str(local.resolve())
-    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
-    if looks_local or not text:
-        raise ValueError(f"model path {text!r} does not exist; pass a checkpoint directory written by "
-                         "save_pretrained (segcompass.from_scratch.save_random_checkpoint writes a small random one).")
-    return text  # a Hub repository id
+    """Refuse a model path or name that does not exist before anything heavy is loaded
+    (:func:`segcompass.presets.resolve_checkpoint`)."""
+    return resolve_checkpoint(path)
 
 
 def _sam_image_size(model_or_path) -> int:
@@ -119,7 +151,8 @@ def evaluate_model(
         threshold: slot confidence to keep a slot; default ``model.config.confidence_threshold``.
         num_samples: evaluate only the first ``num_samples`` rows.
         resume: skip rows whose ``sample_id`` is already in ``predictions.jsonl`` (the run description in
-            ``run.json`` must match); ``False`` starts the file afresh.
+            ``run.json`` must match, dtype included); ``False`` moves the old run's files into
+            ``output_dir/previous-<UTC timestamp>/`` and starts afresh (nothing is deleted).
         metric_options: ``protocol``, ``empty_policy``, ``pr_thresholds``, ``eval_size`` for
             :class:`~segcompass.metrics.SegmentationMetricAccumulator` (its defaults otherwise).
         processor: the processor when ``model_or_path`` is a model object without a loadable ``name_or_path``.
@@ -168,6 +201,7 @@ def evaluate_model(
         "loader_kwargs": json_safe(loader_kwargs),
         "num_samples": num_samples,
         "threshold": threshold,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "max_new_tokens": int(max_new_tokens),
         "batch_size": int(batch_size),
         "ablation": ablation,
@@ -175,18 +209,25 @@ def evaluate_model(
     predictions_path = out / PREDICTIONS_FILE
     done: dict[str, dict[str, Any]] = {}
     if resume and predictions_path.is_file():
-        previous_run = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
+        previous_run = _read_run_file(out)
         changed = [k for k in _RUN_IDENTITY if k in previous_run and previous_run[k] != json_safe(run[k])]
         if changed:
             differences = ", ".join(f"{k}: {previous_run[k]!r} -> {run[k]!r}" for k in changed)
             raise ValueError(
-                f"{out} holds predictions of another run ({differences}); "
-                "pass another output_dir, or resume=False to predict again from scratch."
+                f"{out} holds predictions of another run ({differences}); resume with the same "
+                f"{', '.join(changed)}, pass another output_dir, or resume=False (--no-resume) to predict again "
+                "(the old run is moved to previous-<timestamp>/)."
             )
         done = load_predictions(out, repair=True)
-    elif predictions_path.is_file():
-        logger.warning("resume=False: discarding the %s in %s.", PREDICTIONS_FILE, out)
-        predictions_path.unlink()
+        # the report is rebuilt from the predictions at the end; until then none (an interrupted run leaves no
+        # report that disagrees with predictions.jsonl)
+        (out / REPORT_FILE).unlink(missing_ok=True)
+    elif not resume:
+        moved = _move_previous_run(out)
+        if moved is not None:
+            logger.warning("resume=False: the previous run in %s was moved to %s.", out, moved)
+    else:
+        (out / REPORT_FILE).unlink(missing_ok=True)  # a report without predictions describes nothing here
     write_json(out / RUN_FILE, run)
 
     ids = dataset["sample_id"]

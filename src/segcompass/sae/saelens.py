@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..utils.io import atomic_path, write_text_atomic
 from ..utils.logging import get_logger
 from .configuration_sae import SparseAutoencoderConfig
 
@@ -143,5 +144,6 @@ def save_saelens(model, path, hook_name: str | None = None) -> None:
     tensors = {name: getattr(model, name).detach().cpu().contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if config.activation == "jumprelu":
         tensors["threshold"] = model.threshold.detach().cpu().contiguous()
-    save_file(tensors, str(directory / WEIGHTS_NAME))
-    (directory / CFG_NAME).write_text(json.dumps(cfg, indent=2))
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp))
+    write_text_atomic(directory / CFG_NAME, json.dumps(cfg, indent=2))

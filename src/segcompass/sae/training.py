@@ -15,20 +15,53 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.io import write_json_atomic
 from ..utils.logging import get_logger
 from .activations import ActivationStore
 from .modeling_sae import SparseAutoencoder
 
 logger = get_logger(__name__)
 _CHECKPOINT = re.compile(r"checkpoint-epoch-(\d+)$")
+
+
+class NonFiniteLossError(ValueError):
+    """Training met a loss (or gradient norm) that is inf or NaN; nothing with non-finite weights is saved."""
+
+
+def check_finite_loss(loss, where: str, hint: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``where`` (step / epoch) and ``hint`` (what to check) when ``loss``
+    (a number or a tensor) is not finite."""
+    value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"non-finite loss {value} at {where}; training stopped and nothing with NaN weights "
+                                 f"was saved. {hint}")
+
+
+def _check_finite_weights(model: torch.nn.Module, where: str) -> None:
+    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        raise NonFiniteLossError(f"non-finite weights ({', '.join(bad[:3])}) at {where}; not saved. Check the "
+                                 "activation cache for huge or NaN values, or lower --learning_rate.")
+
+
+def _save_pretrained_atomic(model, directory: Path) -> None:
+    """``model.save_pretrained`` into a temporary directory beside ``directory``, then each file moved in with
+    ``os.replace`` (a reader sees whole files, never a partly written one)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+        model.save_pretrained(tmp)
+        for item in Path(tmp).iterdir():
+            os.replace(item, directory / item.name)
 
 
 @dataclass
@@ -45,10 +78,16 @@ class SAETrainingArguments:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (0: decay fights sparsity)."})
     eval_fraction: float = field(default=0.05, metadata={"help": "Fraction of sequences held out for evaluation."})
     dead_feature_window: int = field(default=1000, metadata={"help": "Steps without firing after which a feature counts as dead."})
-    init_b_dec_from_data: bool = field(default=True, metadata={"help": "Start b_dec at the mean activation."})
+    init_b_dec_from_data: bool = field(
+        default=True, metadata={"help": "Start b_dec at the mean activation of the first batches "
+                                        "(--no_init_b_dec_from_data: start it at zero)."}
+    )
     logging_steps: int = field(default=50, metadata={"help": "Log training metrics every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed for the split, shuffling and initialisation."})
-    resume: bool = field(default=True, metadata={"help": "Continue from the latest checkpoint in output_dir."})
+    resume: bool = field(
+        default=True, metadata={"help": "Continue from the latest checkpoint-epoch-N in output_dir when there is one "
+                                        "(--no_resume: start fresh, ignoring it)."}
+    )
     save_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N epoch checkpoints."})
 
     def __post_init__(self):
@@ -120,6 +159,7 @@ class SAETrainer:
         self.steps_since_fired = torch.zeros(sae.config.d_sae, dtype=torch.long)
         self.global_step = 0
         self.start_epoch = 0
+        self.resumed_metrics: dict = {}  # the held-out metrics of the checkpoint resumed from
 
     # -------------------------------------------------------------------------------- checkpoints
     def latest_checkpoint(self) -> Path | None:
@@ -130,13 +170,20 @@ class SAETrainer:
         return max(found)[1] if found else None
 
     def _save_checkpoint(self, epoch: int, metrics: dict) -> None:
+        _check_finite_weights(self.sae, f"epoch {epoch} (step {self.global_step})")
         path = self.output_dir / f"checkpoint-epoch-{epoch}"
-        self.sae.save_pretrained(path)
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
-        torch.save({"steps_since_fired": self.steps_since_fired}, path / "feature_state.pt")
+        # written in a temporary directory and renamed: a checkpoint directory is complete or absent
+        staging = self.output_dir / f".checkpoint-epoch-{epoch}.{os.getpid()}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.sae.save_pretrained(staging)
+        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+        torch.save({"steps_since_fired": self.steps_since_fired}, staging / "feature_state.pt")
         state = {"epoch": epoch, "global_step": self.global_step, "metrics": metrics, "args": asdict(self.args)}
-        (path / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        (staging / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if path.exists():  # a checkpoint of an earlier run started with --no_resume
+            shutil.rmtree(path)
+        os.replace(staging, path)
         checkpoints = sorted(
             (int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _CHECKPOINT.search(p.name))
         )
@@ -152,6 +199,7 @@ class SAETrainer:
         self.steps_since_fired = torch.load(path / "feature_state.pt", weights_only=True)["steps_since_fired"]
         self.global_step = state["global_step"]
         self.start_epoch = state["epoch"] + 1
+        self.resumed_metrics = dict(state.get("metrics") or {})
         logger.info("Resumed SAE training from %s (epoch %d done).", path, state["epoch"])
 
     # -------------------------------------------------------------------------------- loop
@@ -177,16 +225,22 @@ class SAETrainer:
                 sae.b_dec.copy_(first.mean(0))
         sae.train()
         progress = tqdm(total=self.total_steps, initial=self.global_step, desc="Training SAE", unit="step")
-        metrics: dict[str, float] = {}
+        # a finished job run again trains nothing: its metrics are those of the checkpoint it resumed from
+        metrics: dict[str, float] = dict(self.resumed_metrics)
+        hint = ("Check the activation cache for huge or NaN values (one 1e30 is enough), or lower --learning_rate; "
+                "the last good checkpoint-epoch-N in output_dir is kept.")
         for epoch in range(self.start_epoch, args.num_epochs):
             for batch in self.store.iter_batches(
                 args.batch_size, split="train", eval_fraction=args.eval_fraction, seed=args.seed, epoch=epoch
             ):
                 out = sae(batch)
+                where = f"step {self.global_step + 1} (epoch {epoch})"
+                check_finite_loss(out.loss, where, hint)
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 sae.remove_decoder_parallel_grad_()
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), args.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), args.max_grad_norm)
+                check_finite_loss(grad_norm, f"{where} (gradient norm)", hint)
                 self.optimizer.step()
                 self.scheduler.step()
                 sae.normalize_decoder_()
@@ -211,6 +265,10 @@ class SAETrainer:
             self._save_checkpoint(epoch, metrics)
         progress.close()
         sae.eval()
-        sae.save_pretrained(self.output_dir)
-        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _check_finite_weights(sae, f"the end of training (step {self.global_step})")
+        _save_pretrained_atomic(sae, self.output_dir)
+        metrics_path = self.output_dir / "metrics.json"
+        if not metrics and metrics_path.is_file():  # nothing new to report: keep what an earlier run wrote
+            return json.loads(metrics_path.read_text())
+        write_json_atomic(metrics_path, metrics)
         return metrics

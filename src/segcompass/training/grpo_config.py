@@ -12,11 +12,63 @@ Importing this module imports ``trl`` (about 5 s); :mod:`segcompass.training` it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
 __all__ = ["SegCompassGRPOConfig"]
+
+# (field, lower bound, lower bound included, upper bound or None, what the field is): checked in __post_init__ for
+# every value that is set (None means "use the default" where the field allows it)
+_RANGES = (
+    ("beta", 0.0, True, None, "the KL coefficient (0 turns the KL term off)"),
+    ("epsilon", 0.0, False, None, "the clipping range"),
+    ("epsilon_high", 0.0, False, None, "the upper clipping range"),
+    ("learning_rate", 0.0, True, None, "the peak learning rate"),
+    ("weight_decay", 0.0, True, None, "the AdamW weight decay"),
+    ("max_grad_norm", 0.0, True, None, "the gradient clipping norm (0 turns clipping off)"),
+    ("temperature", 0.0, False, None, "the sampling temperature"),
+    ("top_p", 0.0, False, 1.0, "the nucleus sampling probability"),
+    ("min_p", 0.0, True, 1.0, "the min-p sampling probability"),
+    ("top_k", 0, True, None, "the top-k sampling cut-off (0 turns it off)"),
+    ("repetition_penalty", 0.0, False, None, "the repetition penalty"),
+    ("num_generations", 2, True, None, "the rollouts per prompt (GRPO compares at least 2)"),
+    ("num_iterations", 1, True, None, "the optimisation steps per generation"),
+    ("max_completion_length", 1, True, None, "the completion length limit"),
+    ("steps_per_generation", 1, True, None, "the steps per generation"),
+    ("generation_batch_size", 1, True, None, "the generation batch size"),
+    ("per_device_train_batch_size", 1, True, None, "the batch size per device"),
+    ("gradient_accumulation_steps", 1, True, None, "the gradient accumulation steps"),
+    ("warmup_steps", 0, True, None, "the warm-up length"),
+    ("logging_steps", 0.0, False, None, "the logging interval"),
+    ("lambda_seg", 0.0, True, None, "a loss weight"),
+    ("lambda_conf", 0.0, True, None, "a loss weight"),
+    ("lambda_dice", 0.0, True, None, "a loss weight"),
+    ("backbone_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
+    ("codebook_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
+    ("slot_mapper_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
+    ("mask_decoder_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
+    ("one_cycle_final_div_factor", 1.0, True, None, "final LR = peak / factor"),
+    ("mask_confidence_threshold", 0.0, True, 1.0, "a confidence probability"),
+    ("dataset_check_rows", 1, True, None, "the rows checked before training (None: every row)"),
+)
+
+
+def _check_ranges(config) -> None:
+    """Refuse an out-of-range or non-finite value of a :data:`_RANGES` field with a message naming the field."""
+    for name, low, low_included, high, what in _RANGES:
+        value = getattr(config, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        allowed = f"{'[' if low_included else '('}{low}, {high if high is not None else 'inf'}{']' if high else ')'}"
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= low if low_included
+                                                                           else value > low)
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            raise ValueError(f"`{name}` = {value!r} is out of range: {what} must be in {allowed}; pass e.g. "
+                             f"--{name} {getattr(type(config), name, low)}.")
 
 
 @dataclass
@@ -26,7 +78,9 @@ class SegCompassGRPOConfig(GRPOConfig):
 
     Changed defaults (paper): ``beta=0.2``, ``learning_rate=2e-6``, ``weight_decay=0.01``, ``loss_type="grpo"``,
     ``num_generations=8``, ``epsilon=0.2``, ``max_grad_norm=1.0``, ``reward_weights`` 0.3 / 0.7 for the default
-    reward functions (format, mask), ``logging_steps=1``.
+    reward functions (format, mask), ``logging_steps=1``. Activation checkpointing stays on by default as in TRL, under
+    transformers 5's name ``activation_checkpointing`` (TRL sets the deprecated ``gradient_checkpointing=True``, which
+    made every config warn); ``gradient_checkpointing`` is still read when given.
 
     Args:
         lambda_seg: λ_s, weight of the segmentation term (heatmap BCE + λ_d · decoder dice).
@@ -61,6 +115,17 @@ class SegCompassGRPOConfig(GRPOConfig):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (paper 1.0)."})
     loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation (paper: 'grpo')."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass to save memory (about 20%% slower); unset "
+                          "means on (TRL's default); --activation_checkpointing false turns it off.",
+                  "nargs": "?", "const": True},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of --activation_checkpointing (transformers 5); used only when "
+                          "--activation_checkpointing is not given.", "nargs": "?", "const": True},
+    )
 
     # ---- segmentation losses
     lambda_seg: float = field(default=1.0, metadata={"help": "λ_s: segmentation loss weight (paper 1.0)."})
@@ -98,6 +163,9 @@ class SegCompassGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, without the deprecated name's FutureWarning
+        _check_ranges(self)  # before TRL's own checks: one message naming the field and its range
         super().__post_init__()
         for name in ("lambda_seg", "lambda_conf", "lambda_dice"):
             value = getattr(self, name)

@@ -61,7 +61,9 @@ from trl.trainer.utils import RepeatSampler, add_fused_lm_head, disable_dropout_
 
 from ..modeling_segcompass import SegCompassForReasoningSegmentation
 from ..processing_segcompass import SegCompassProcessor
+from ..sae.training import check_finite_loss
 from ..sam_frame import valid_region_mask
+from ..utils.io import atomic_path
 from ..utils.logging import get_logger
 from . import grpo_checkpoint
 from .grpo_config import SegCompassGRPOConfig
@@ -405,7 +407,14 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
             if name == "num_matched":
                 continue
             self._metrics[mode][f"seg/{name}"].append(value)
-        return loss + losses.loss.to(loss.dtype) / scale
+        total = loss + losses.loss.to(loss.dtype) / scale
+        # before backward: no update (and so no saved checkpoint) ever holds NaN weights
+        if not torch.isfinite(total.detach()).all():
+            check_finite_loss(total, f"GRPO step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}; "
+                                     f"policy loss {float(loss.detach()):.4g}, segmentation loss "
+                                     f"{float(losses.loss.detach()):.4g})",
+                              "Check the dataset's masks and images, or lower --learning_rate / the lr multipliers.")
+        return total
 
     # -------------------------------------------------------------------------------------------- saving
     def _peft_policy(self):
@@ -428,7 +437,8 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             logger.warning("DeepSpeed / FSDP: saving this process's SegCompass parameters as they are (not gathered).")
         grpo_checkpoint.save_segcompass(self.segcompass, output_dir, self._peft_policy(), self.processing_class)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        with atomic_path(os.path.join(output_dir, "training_args.bin")) as tmp:
+            torch.save(self.args, tmp)
 
     # -------------------------------------------------------------------------------------------- resuming
     def _get_train_sampler(self, dataset=None):

@@ -28,7 +28,8 @@ class TrainArguments:
     """Model, data and warm-up options of ``segcompass train`` (GRPO options live in SegCompassGRPOConfig)."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "SegCompass checkpoint directory (model + processor) to start from."}
+        default=None, metadata={"help": "SegCompass checkpoint directory (model + processor) to start from (or "
+                                        "--tiny)."}
     )
     tiny: bool = field(
         default=False, metadata={"help": "Start from a tiny random checkpoint written to OUTPUT_DIR/init (demo)."}
@@ -41,7 +42,8 @@ class TrainArguments:
     data_dir: str | None = field(default=None, metadata={"help": "Data directory of a registered dataset."})
     data_split: str = field(default="train", metadata={"help": "Split to train on."})
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use the first N rows (synthetic: generate N rows; default 64)."}
+        default=None, metadata={"help": "Use the first N rows (None: every row; synthetic: generate N rows, None "
+                                        "means 64)."}
     )
     synthetic_image_size: int = field(default=128, metadata={"help": "Image side of the synthetic dataset."})
     instruction_column: str = field(default="instruction", metadata={"help": "Column holding the instruction."})
@@ -52,7 +54,8 @@ class TrainArguments:
                                        "reasoning (no LM loss on those rows)."}
     )
     sft_learning_rate: float | None = field(
-        default=None, metadata={"help": "Warm-up base learning rate (default: --learning_rate); multipliers apply."}
+        default=None, metadata={"help": "Warm-up base learning rate (None: --learning_rate); the per-component "
+                                        "multipliers apply."}
     )
     lora_r: int = field(
         default=0, metadata={"help": "LoRA rank on the backbone (0: off, full fine-tuning). The saved model is merged; "
@@ -62,8 +65,8 @@ class TrainArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(
         default=DEFAULT_LORA_TARGET_MODULES,
-        metadata={"help": "Modules to adapt: a regex over full module names (default: the language model's "
-                          "attention and MLP projections) or a comma-separated list of module names."},
+        metadata={"help": "Modules to adapt: a regex over full module names (the default matches the language "
+                          "model's attention and MLP projections) or a comma-separated list of module names."},
     )
 
 

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..answer_format import DEFAULT_REF_TOKEN, reference_completion
+from ..sae.training import check_finite_loss
 from ..sam_frame import valid_region_mask
 from ..utils.logging import get_logger
 from .freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
@@ -172,6 +174,9 @@ def supervised_warmup(
             (generated at that step, ``max_new_tokens`` at most) instead of the target; those rows carry no LM
             loss. The mask path then learns from what it sees at inference.
 
+    Progress shows as one progress bar (``loss``, ``seg`` and ``lm`` of the last step); the first and last loss are
+    logged once at the end.
+
     Returns:
         one dict per step: ``loss``, ``lm``, ``seg``, ``bce``, ``dice``, ``conf`` (+ ``matched_iou``).
     """
@@ -207,7 +212,8 @@ def supervised_warmup(
     history = []
     n = len(dataset)
     cached = None
-    for step in range(num_steps):
+    progress = tqdm(range(num_steps), desc="Supervised warm-up", unit="step")
+    for step in progress:
         if fixed_batch and cached is not None:
             data = cached
         else:
@@ -244,17 +250,23 @@ def supervised_warmup(
         has_labels = bool((data["labels"] != -100).any())  # a batch of generated rows only has no LM target
         lm = out.loss if (lambda_lm and out.loss is not None and has_labels) else torch.zeros((), device=device)
         loss = lambda_lm * lm + losses.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"supervised warm-up step {step}: non-finite loss {float(loss)}; lower the lr.")
+        hint = "Check the training data (masks, images) for bad values, or lower the learning rate."
+        check_finite_loss(loss, f"supervised warm-up step {step}", hint)  # NonFiniteLossError before any update
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            check_finite_loss(grad_norm, f"supervised warm-up step {step} (gradient norm)", hint)
         optimizer.step()
         record = {**losses.metrics(), "loss": float(loss.detach()), "lm": float(lm.detach()),
                   "seg_total": float(losses.loss.detach())}
         record.pop("num_matched", None)
         history.append(record)
-        logger.info("sft step %d: %s", step, {k: round(v, 4) for k, v in record.items()})
+        progress.set_postfix(loss=f"{record['loss']:.4g}", seg=f"{record['seg']:.4g}", lm=f"{record['lm']:.4g}",
+                             refresh=False)
+    progress.close()
     optimizer.zero_grad(set_to_none=True)  # no stale gradients for whatever trains next
+    logger.info("supervised warm-up: %d steps, loss %.4g -> %.4g (seg %.4g -> %.4g, lm %.4g -> %.4g)", num_steps,
+                history[0]["loss"], history[-1]["loss"], history[0]["seg"], history[-1]["seg"], history[0]["lm"],
+                history[-1]["lm"])
     return history
