@@ -230,11 +230,12 @@ def save_random_checkpoint(directory, backbone_type: str = "qwen2_5_vl", num_slo
     import torch
 
     from .modeling_segcompass import SegCompassForReasoningSegmentation
+    from .utils.io import save_pretrained_atomic
 
     processor = small_processor(backbone_type=backbone_type, num_slots=num_slots)
     config = config_for_processor(processor, **config_overrides)
     torch.manual_seed(seed)
     model = SegCompassForReasoningSegmentation(config).eval()
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_pretrained_atomic(model, directory)
+    save_pretrained_atomic(processor, directory)
     return model, processor

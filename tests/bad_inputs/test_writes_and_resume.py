@@ -287,3 +287,36 @@ def test_grpo_config_accepts_the_edges(tmp_path):
     config = SegCompassGRPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=0.0, top_p=1.0, num_generations=2,
                                   mask_confidence_threshold=1.0, codebook_lr_multiplier=0.0, dataset_check_rows=None)
     assert config.beta == 0.0 and config.num_generations == 2
+
+
+def test_repairing_a_cut_log_with_non_ascii_text_keeps_every_whole_record(tmp_path):
+    """The interrupted last line is cut by bytes, so records holding non-ASCII text survive the repair intact."""
+    import json
+
+    from segcompass.evaluation import PREDICTIONS_FILE, load_predictions
+
+    records = [{"sample_id": f"s{i}", "instruction": "la forme à gauche — ★", "mask": {"size": [1, 1], "counts": "1"}}
+               for i in range(2)]
+    path = tmp_path / PREDICTIONS_FILE
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) + '{"sample_id": "s2", "ins',
+                    encoding="utf-8")
+    assert list(load_predictions(tmp_path, repair=True)) == ["s0", "s1"]
+    with open(path, "a", encoding="utf-8") as handle:  # the runner appends the next record
+        handle.write(json.dumps({**records[0], "sample_id": "s2"}, ensure_ascii=False) + "\n")
+    assert list(load_predictions(tmp_path)) == ["s0", "s1", "s2"]
+    assert load_predictions(tmp_path)["s1"]["instruction"] == "la forme à gauche — ★"
+
+
+def test_save_pretrained_atomic_replaces_whole_files(tmp_path):
+    from segcompass.utils.io import save_pretrained_atomic
+
+    class Fails:
+        def save_pretrained(self, directory):
+            (Path(directory) / "config.json").write_text("{half")
+            raise OSError("disk full")
+
+    (tmp_path / "config.json").write_text('{"old": true}')
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained_atomic(Fails(), tmp_path)
+    assert (tmp_path / "config.json").read_text() == '{"old": true}'  # the previous file is untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".save-")]  # no temporary left behind

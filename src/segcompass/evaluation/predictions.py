@@ -65,13 +65,13 @@ def load_predictions(output_dir: str | os.PathLike, *, repair: bool = False) -> 
     path = Path(output_dir) / PREDICTIONS_FILE
     if not path.is_file():
         return {}
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     records: dict[str, dict[str, Any]] = {}
-    good_chars = 0
+    good_bytes = 0  # the file is truncated by bytes: count each line's UTF-8 bytes, not its characters
     for number, line in enumerate(lines, start=1):
         if not line.strip():
-            good_chars += len(line) + 1
+            good_bytes += len(line.encode("utf-8")) + 1
             continue
         try:
             record = json.loads(line)
@@ -81,14 +81,14 @@ def load_predictions(output_dir: str | os.PathLike, *, repair: bool = False) -> 
             if number == len(lines):  # the unfinished last line of an interrupted run
                 logger.warning("%s: dropping an incomplete last line (interrupted write).", path)
                 if repair:
-                    with open(path, "r+") as handle:
-                        handle.truncate(good_chars)
+                    with open(path, "rb+") as handle:
+                        handle.truncate(good_bytes)
                 break
             raise ValueError(
                 f"{path}, line {number}: {err}; delete the line (or the file, to predict again)."
             ) from err
         records[record["sample_id"]] = record
-        good_chars += len(line) + 1
+        good_bytes += len(line.encode("utf-8")) + 1
     return records
 
 

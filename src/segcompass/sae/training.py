@@ -18,14 +18,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..utils.io import write_json_atomic
+from ..utils.io import save_pretrained_atomic, write_json_atomic
 from ..utils.logging import get_logger
 from .activations import ActivationStore
 from .modeling_sae import SparseAutoencoder
@@ -52,16 +51,6 @@ def _check_finite_weights(model: torch.nn.Module, where: str) -> None:
     if bad:
         raise NonFiniteLossError(f"non-finite weights ({', '.join(bad[:3])}) at {where}; not saved. Check the "
                                  "activation cache for huge or NaN values, or lower --learning_rate.")
-
-
-def _save_pretrained_atomic(model, directory: Path) -> None:
-    """``model.save_pretrained`` into a temporary directory beside ``directory``, then each file moved in with
-    ``os.replace`` (a reader sees whole files, never a partly written one)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
-        model.save_pretrained(tmp)
-        for item in Path(tmp).iterdir():
-            os.replace(item, directory / item.name)
 
 
 @dataclass
@@ -266,7 +255,7 @@ class SAETrainer:
         progress.close()
         sae.eval()
         _check_finite_weights(sae, f"the end of training (step {self.global_step})")
-        _save_pretrained_atomic(sae, self.output_dir)
+        save_pretrained_atomic(sae, self.output_dir)
         metrics_path = self.output_dir / "metrics.json"
         if not metrics and metrics_path.is_file():  # nothing new to report: keep what an earlier run wrote
             return json.loads(metrics_path.read_text())

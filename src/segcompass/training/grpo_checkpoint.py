@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..modeling_segcompass import SegCompassForReasoningSegmentation
+from ..utils.io import save_pretrained_atomic
 from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -66,14 +67,14 @@ def save_segcompass(segcompass: SegCompassForReasoningSegmentation, output_dir: 
     os.makedirs(output_dir, exist_ok=True)
     logger.info("Saving SegCompass checkpoint to %s", output_dir)
     if policy is None:
-        segcompass.save_pretrained(output_dir)
+        save_pretrained_atomic(segcompass, output_dir)
     else:
         merged = merged_segcompass(segcompass, policy)
-        merged.save_pretrained(output_dir)
+        save_pretrained_atomic(merged, output_dir)
         del merged
-        policy.save_pretrained(os.path.join(output_dir, "adapter"))
+        save_pretrained_atomic(policy, os.path.join(output_dir, "adapter"))
     if processor is not None:
-        processor.save_pretrained(output_dir)
+        save_pretrained_atomic(processor, output_dir)
 
 
 def load_segcompass_checkpoint(segcompass: SegCompassForReasoningSegmentation, checkpoint: str | os.PathLike,

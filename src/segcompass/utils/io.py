@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "save_pretrained_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -37,3 +39,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
     """``payload`` as indented JSON, written atomically (see :func:`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(payload, indent=2))
+
+
+def save_pretrained_atomic(obj, directory: str | os.PathLike) -> None:
+    """``obj.save_pretrained`` (a model, processor, tokenizer, PEFT adapter ...) into a temporary directory inside
+    ``directory``, then each file (or sub-directory) moved into place with ``os.replace``: a reader sees whole files,
+    never a partly written one, and a failed save leaves the previous files untouched."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+        obj.save_pretrained(tmp)
+        for item in Path(tmp).iterdir():
+            target = directory / item.name
+            if item.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
-from ...utils.io import write_json_atomic, write_text_atomic
+from ...utils.io import save_pretrained_atomic, write_json_atomic, write_text_atomic
 from ...utils.logging import get_logger
 from .build import build_tiny_model_and_processor
 from .card import render_model_card
@@ -163,8 +163,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     t = lap("feature_dictionary", t)
     sae_fve_final = final_sae_fve(model, processor, validation, config)
 
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    save_pretrained_atomic(model, output_dir)
+    save_pretrained_atomic(processor, output_dir)
     runner = evaluate_with_runner(output_dir, config)
     t = lap("evaluate_runner", t)
     metrics = {
