@@ -9,9 +9,10 @@ raised by SegCompass's own validation, never from deep inside numpy / pycocotool
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -286,3 +286,92 @@ def test_importing_training_package_does_not_load_trl():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------- properties
+# Hypothesis, deterministic (derandomize, no example database) and small: each property runs in about a second.
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PROPERTY = settings(max_examples=60, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+UNIT = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def _rollout(draw, max_slots: int = 4, max_targets: int = 3):
+    """``(pred (K, H, W), confidences (K,), gt (G, H, W))`` with probabilities in [0, 1] and binary ground truth."""
+    k, g = draw(st.integers(0, max_slots)), draw(st.integers(0, max_targets))
+    h, w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    pred = draw(st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]), min_size=k * h * w, max_size=k * h * w))
+    gt = draw(st.lists(st.booleans(), min_size=g * h * w, max_size=g * h * w))
+    conf = draw(st.lists(UNIT, min_size=k, max_size=k))
+    return (torch.tensor(pred, dtype=torch.float32).reshape(k, h, w), torch.tensor(conf, dtype=torch.float32),
+            torch.tensor(gt, dtype=torch.float32).reshape(g, h, w))
+
+
+@PROPERTY
+@given(_rollout(), st.sampled_from([None, True]), st.sampled_from(["matched", "max"]), UNIT, st.booleans())
+def test_mask_score_is_a_fraction(rollout, multi_object, denominator, threshold, with_confidences):
+    pred, conf, gt = rollout  # multi_object=None picks the single-object rule when K = G = 1
+    score = mask_reward_score(pred, conf if with_confidences else None, gt, confidence_threshold=threshold,
+                              multi_object=multi_object, denominator=denominator)
+    assert 0.0 <= score <= 1.0
+
+
+@PROPERTY
+@given(_rollout(max_targets=1), UNIT)
+def test_single_object_score_is_a_fraction(rollout, threshold):
+    pred, conf, gt = rollout
+    if pred.shape[0] == 0:
+        pred, conf = torch.zeros(1, *pred.shape[1:]), torch.zeros(1)
+    score = mask_reward_score(pred, conf, gt, confidence_threshold=threshold, multi_object=False)
+    assert 0.0 <= score <= 1.0
+
+
+@PROPERTY
+@given(_rollout(), st.floats(0.0, 0.99))
+def test_both_empty_scores_one(rollout, below):
+    """No slot kept (every confidence below the threshold) and no target -> 1.0, whatever the maps hold."""
+    pred, _, _ = rollout
+    conf = torch.full((pred.shape[0],), below)
+    empty = torch.zeros(0, *pred.shape[1:])
+    assert mask_reward_score(pred, conf, empty, confidence_threshold=1.0, multi_object=True) == 1.0
+    assert mask_reward_score(torch.zeros(0, *pred.shape[1:]), None, empty) == 1.0
+
+
+@PROPERTY
+@given(_rollout(), st.randoms(use_true_random=False), st.sampled_from(["matched", "max"]))
+def test_mask_score_is_invariant_to_slot_and_instance_order(rollout, random, denominator):
+    pred, conf, gt = rollout
+    slots, instances = list(range(pred.shape[0])), list(range(gt.shape[0]))
+    random.shuffle(slots)
+    random.shuffle(instances)
+    kwargs = {"multi_object": True, "denominator": denominator}
+    expected = mask_reward_score(pred, conf, gt, **kwargs)
+    assert mask_reward_score(pred[slots], conf[slots], gt[instances], **kwargs) == pytest.approx(expected, abs=1e-6)
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from(["<think>", "</think>", "<REF_POS>", "the mug", " ", "\n", "<|im_end|>", "x" * 50]),
+                max_size=8))
+def test_format_score_takes_three_values(parts):
+    text = "".join(parts)
+    assert format_reward_score(text) in (0.0, 0.9, 1.0)
+    assert format_reward(completions=[text, [{"role": "assistant", "content": text}]]) == [format_reward_score(text)] * 2
+
+
+@PROPERTY
+@given(st.text(alphabet="abcXYZ019 .,;\n\t", min_size=1, max_size=40).filter(str.strip))
+def test_clean_format_scores_one(content):
+    assert format_reward_score(f"<think>{content}</think><REF_POS>") == 1.0
+
+
+@PROPERTY
+@given(UNIT, UNIT, UNIT)
+def test_combined_score_is_a_fraction_and_monotone(format_score, mask_score, format_weight):
+    mask_weight = 1.0 - format_weight
+    value = combined_reward_score(format_score, mask_score, format_weight=format_weight, mask_weight=mask_weight)
+    assert -1e-12 <= value <= 1.0 + 1e-12
+    assert combined_reward_score(1.0, mask_score) >= combined_reward_score(format_score, mask_score) - 1e-12
+    assert combined_reward_score(format_score, 1.0) >= combined_reward_score(format_score, mask_score) - 1e-12

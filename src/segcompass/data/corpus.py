@@ -16,7 +16,9 @@ Files: JSON Lines (``.jsonl``), a JSON list (``.json``), CSV (``.csv``, pairs) o
 may be one file or a directory (all such files, recursively, sorted). An image (``img``) is a path (relative to
 ``image_root``, default the file's folder), a ``{"bytes", "path"}`` dict or raw bytes. Remote ``http(s)://`` images
 (as in the raw OBELICS release) cannot be fetched offline: those rows are skipped and counted in the load report, as
-are documents without images and pairs without an image. A local image path that does not exist raises.
+are documents without images and pairs without an image. A local image that does not exist or cannot be read (its
+header is checked), ``texts`` / ``images`` that are not lists, and a text that is not a string raise a ValueError
+naming the record. Empty files give an empty dataset.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._common import (
     decode_text,
     file_stamp,
     image_by_path,
+    image_size,
 )
 
 logger = get_logger(__name__)
@@ -49,7 +52,7 @@ CORPUS_FEATURES = datasets.Features({"image": datasets.Image(), "text": datasets
 """Schema of :func:`load_image_text_corpus`: an image and its paired text."""
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-CONVERSION_VERSION = "1"
+CONVERSION_VERSION = "2"
 """Part of the cache key: bump it whenever the conversion of a record changes."""
 REMOTE_IMAGE = "remote image URL (download the images and point the records at local files)"
 NO_IMAGE_DOCUMENT = "document without images"
@@ -120,12 +123,19 @@ def detect_format(record: Any, where: str) -> str:
 
 
 def _image(value: Any, root: Path, where: str) -> dict[str, Any] | str:
-    """Image storage, or a skip reason string for a remote URL."""
+    """Image storage (its header checked to be a readable image), or a skip reason string for a remote URL."""
     if isinstance(value, dict):
+        if value.get("bytes") is not None and not isinstance(value["bytes"], (bytes, bytearray)):
+            raise ValueError(
+                f"{where}: image 'bytes' must be bytes, got {type(value['bytes']).__name__}; store the encoded image "
+                "file's bytes, or a path."
+            )
         if value.get("bytes"):
-            return {"bytes": bytes(value["bytes"]), "path": None}
-        value = value.get("path")
+            value = bytes(value["bytes"])
+        else:
+            value = value.get("path")
     if isinstance(value, (bytes, bytearray)):
+        image_size(bytes(value), where)
         return {"bytes": bytes(value), "path": None}
     if not isinstance(value, str) or not value:
         raise ValueError(f"{where}: unsupported image value of type {type(value).__name__}.")
@@ -134,7 +144,16 @@ def _image(value: Any, root: Path, where: str) -> dict[str, Any] | str:
     path = Path(value) if os.path.isabs(value) else root / value
     if not path.is_file():
         raise data_file_not_found(path, f"{where}: image not found; set image_root= to the folder the paths are under")
+    image_size(path, f"{where} ({path})")
     return image_by_path(path)
+
+
+def _text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: 'text' must be a string, got {type(value).__name__}.")
+    return value
 
 
 def _adjacent_text(texts: list[Any], index: int) -> str:
@@ -157,7 +176,7 @@ def _corpus_rows(
             if format != "auto" and kind != format:
                 raise ValueError(f"{where}: format={format!r} but the record looks like {kind!r}; pass format='auto'.")
             if kind == "pairs":
-                text = record.get("text", record.get("caption"))
+                text = _text(record.get("text", record.get("caption")), where)
                 if record.get("image") in (None, ""):
                     yield Skip(NO_IMAGE_PAIR, where)
                     continue
@@ -165,8 +184,11 @@ def _corpus_rows(
                 if isinstance(image, str):
                     yield Skip(image, where)
                 else:
-                    yield {"image": image, "text": str(text or "")}
+                    yield {"image": image, "text": text}
                 continue
+            for column in ("texts", "images"):
+                if record.get(column) is not None and not isinstance(record[column], list):
+                    raise ValueError(f"{where}: {column!r} must be a list, got {type(record[column]).__name__}.")
             texts, images = list(record.get("texts") or []), list(record.get("images") or [])
             if len(texts) != len(images):
                 raise ValueError(f"{where}: 'texts' ({len(texts)}) and 'images' ({len(images)}) differ in length.")

@@ -22,7 +22,16 @@ import datasets
 
 from ..utils.logging import get_logger
 from ._common import LoadReport, PathLike, data_file_not_found, dataset_from_rows, progress, read_json
-from .refcoco import CocoIndex, resolve_image_dir, select_split, sentence_rows
+from .refcoco import (
+    NO_SENTENCES,
+    CocoIndex,
+    as_id,
+    check_refs,
+    drop_duplicate_refs,
+    resolve_image_dir,
+    select_split,
+    sentence_rows,
+)
 from .safe_pickle import safe_load_pickle
 from .schema import SEGMENTATION_FEATURES
 
@@ -42,23 +51,31 @@ def _read_grefs(folder: Path) -> tuple[list[dict[str, Any]], Path]:
         raise data_file_not_found(
             json_path, "gRefCOCO refs file not found (nor grefs(unc).p); download gRefCOCO into <data_dir>/grefcoco"
         )
-    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
-        raise ValueError(f"{path} does not hold a list of refs (dicts); download it again.")
-    required = {"ref_id", "ann_id", "image_id", "split", "sentences"}
-    for ref in refs:
-        missing = required - set(ref)
-        if missing:
-            raise ValueError(f"{path}: ref {ref.get('ref_id', '?')} lacks {sorted(missing)}; not a gRefCOCO file.")
-    return refs, path
+    return check_refs(refs, path, multi_target=True), path
 
 
 def target_ann_ids(ref: dict[str, Any], where: str) -> list[int]:
-    """The ref's annotation ids; ``[]`` for a no-target ref (``ann_id == [-1]`` and/or ``no_target``)."""
+    """The ref's annotation ids; ``[]`` for a no-target ref (``ann_id == [-1]`` and/or ``no_target``).
+
+    An id listed twice (it would give two identical target masks), a non-integer id or a ``no_target`` that is not a
+    boolean raise a ValueError naming ``where``.
+    """
     raw = ref["ann_id"]
-    ann_ids = [int(a) for a in (raw if isinstance(raw, (list, tuple)) else [raw])]
+    ann_ids = [as_id(a, "ann_id", where) for a in (raw if isinstance(raw, (list, tuple)) else [raw])]
     marker_empty = ann_ids == [-1] or not ann_ids
     if -1 in ann_ids and not marker_empty:
         raise ValueError(f"{where}: ann_id {ann_ids} mixes -1 (no target) with real annotation ids.")
+    repeated = sorted({a for a in ann_ids if ann_ids.count(a) > 1})
+    if repeated:
+        raise ValueError(
+            f"{where}: ann_id {ann_ids} lists annotation {repeated[0]} twice; a target would count as two instances. "
+            "Fix the refs file or download it again."
+        )
+    if "no_target" in ref and not (isinstance(ref["no_target"], bool) or ref["no_target"] in (0, 1)):
+        raise ValueError(
+            f"{where}: no_target={ref['no_target']!r} must be true or false; the refs file is corrupted, download it "
+            "again."
+        )
     if "no_target" in ref and bool(ref["no_target"]) != marker_empty:
         raise ValueError(
             f"{where}: no_target={ref['no_target']} disagrees with ann_id={ann_ids}; the refs file is inconsistent, "
@@ -99,14 +116,18 @@ def load_grefcoco(
         verify_image_sizes=verify_image_sizes,
     )
     report = LoadReport(source=SOURCE, split=split)
+    refs = drop_duplicate_refs(refs, report)
     rows = []
     for ref in progress(refs, desc=f"grefcoco {split}", unit="ref"):
-        ref_id, image_id = ref["ref_id"], int(ref["image_id"])
+        ref_id, image_id = ref["ref_id"], int(ref["image_id"])  # checked by check_refs
         where = f"{refs_path} ref {ref_id}"
         ann_ids = target_ann_ids(ref, where)
         image, height, width = coco.image(image_id, where)
         instances = [coco.instance(ann_id, image_id, where) for ann_id in ann_ids]
         sentences = list(ref["sentences"])
+        if not sentences:
+            report.skip(NO_SENTENCES, f"ref{ref_id}")
+            continue
         if any(instance is None for instance in instances):
             report.skip(NO_SEGMENTATION, f"ref{ref_id}", count=max(len(sentences), 1))
             continue

@@ -7,7 +7,8 @@ Flavours (detected from the columns with ``flavour="auto"``):
     mask (list<list<bool>>, img_height x img_width), image_id, ann_id, img_height, img_width[, bbox]``. The dense
     mask is RLE-encoded (the one place where a full mask is read, since that is the stored form); ``boxes`` are
     the mask's tight box (the ``bbox`` column's convention is undocumented). A 3-D ``mask`` gives one instance per
-    plane. An all-false or missing mask is skipped (ReasonSeg test has two files without polygons). In the
+    plane (bool, or integers read nonzero as foreground; null cells or float values other than 0 / 1 raise). An
+    all-false or missing mask, or an empty ``text``, is skipped (ReasonSeg test has two files without polygons). In the
     ReasonSeg mirrors the ignore regions were merged into the mask as foreground; the report carries a note.
 ``visionreasoner``
     ``Ricky06662/refCOCOg_9k_840``, ``VisionReasoner_multi_object_*_840`` (RL training sets): ``id, problem,
@@ -25,8 +26,9 @@ Flavours (detected from the columns with ``flavour="auto"``):
     single polygon stored there is available (multi-part COCO objects lose their other parts).
 
 Images are kept as stored (bytes), so the dataset is built with ``Dataset.from_generator`` into the datasets
-cache (``HF_HOME`` or ``cache_dir``); the cache key includes every file's size and mtime and
-:data:`CONVERSION_VERSION`.
+cache (``HF_HOME`` or ``cache_dir``); the cache key includes every file's
+:func:`~segcompass.data._common.file_stamp` (size, mtime, ctime and a content digest: a mirror rewritten with the same
+size and mtime is converted again) and :data:`CONVERSION_VERSION`. Row ids (``id`` / ``question_id``) must be unique.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from ._common import (
     LoadReport,
     PathLike,
     Skip,
+    checked_box,
+    checked_xyxy_box,
     data_file_not_found,
     dataset_from_generator,
     file_stamp,
@@ -57,7 +61,6 @@ from ._common import (
     make_row,
     rle_box,
     segmentation_to_rle,
-    xyxy_to_xywh,
 )
 from .schema import SEGMENTATION_FEATURES
 
@@ -71,7 +74,7 @@ FLAVOUR_COLUMNS: dict[str, tuple[str, ...]] = {
 """flavour -> columns that identify it (and are required)."""
 
 BATCH_ROWS = 32
-CONVERSION_VERSION = "1"
+CONVERSION_VERSION = "2"
 """Part of the cache key: bump it whenever the conversion of a row changes."""
 MISSING_MASK = "missing mask"
 EMPTY_MASK = "empty (all-false) mask"
@@ -151,16 +154,40 @@ def _masks(value: pa.Scalar, where: str) -> list[np.ndarray] | None:
         depth, kind = depth + 1, kind.value_type
     if depth not in (2, 3):
         raise ValueError(f"{where}: 'mask' must be 2-D or 3-D nested lists, got type {value.type}.")
+    if not (pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise ValueError(f"{where}: 'mask' must hold booleans, got type {value.type}; the file is not a mask mirror.")
     planes = [value.values] if depth == 2 else [value.values[i].values for i in range(len(value.values))]
     out = []
     for rows in planes:
         height = len(rows)
         lengths = pc.list_value_length(rows).to_numpy(zero_copy_only=False) if height else np.zeros(0)
-        if height == 0 or (lengths != lengths[0]).any():
-            raise ValueError(f"{where}: 'mask' rows are ragged or empty; the file is corrupted.")
-        flat = rows.flatten().to_numpy(zero_copy_only=False)
-        out.append(flat.reshape(height, int(lengths[0])).astype(bool))
+        if height == 0 or rows.null_count or (lengths != lengths[0]).any():
+            raise ValueError(f"{where}: 'mask' rows are ragged, missing or empty; the file is corrupted.")
+        cells = rows.flatten()
+        if cells.null_count:
+            raise ValueError(
+                f"{where}: 'mask' has {cells.null_count} null cell(s); a pixel is either in the mask or not, so the "
+                "file is corrupted: download it again."
+            )
+        flat = cells.to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(kind):
+            odd = flat[(flat != 0) & (flat != 1)]  # NaN included
+            if odd.size:
+                raise ValueError(
+                    f"{where}: 'mask' holds float values other than 0 and 1 ({odd[0]:g}); the mirror's masks are "
+                    "boolean, so the file is corrupted: download it again."
+                )
+        out.append(flat.reshape(height, int(lengths[0])) != 0)
     return out
+
+
+def _text(value: Any, column: str, where: str) -> str:
+    """A text column's value, stripped (``""`` for a missing one); a non-string raises naming the column."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {column!r} must be a string, got {type(value).__name__}.")
+    return value.strip()
 
 
 def _sample_id(row: dict[str, Any], stem: str, index: int) -> str:
@@ -172,6 +199,8 @@ def _sample_id(row: dict[str, Any], stem: str, index: int) -> str:
 
 def _check_size(size: tuple[int, int], row: dict[str, Any], where: str) -> None:
     declared = (row.get("img_height"), row.get("img_width"))
+    if None not in declared and not all(isinstance(v, int) and not isinstance(v, bool) for v in declared):
+        raise ValueError(f"{where}: img_height x img_width = {declared[0]!r}x{declared[1]!r} are not integers.")
     if None not in declared and (int(declared[0]), int(declared[1])) != size:
         raise ValueError(
             f"{where}: img_height x img_width = {declared[0]}x{declared[1]} but the stored image is "
@@ -187,6 +216,10 @@ def _seg_zero_rows(
 ) -> Iterator[Row | Skip]:
     """One row with the RLE of each non-empty mask plane, or a :class:`Skip`."""
     _check_size(size, row, where)
+    instruction = _text(row.get("text"), "text", where)
+    if not instruction:
+        yield Skip(NO_EXPRESSION, common["sample_id"])
+        return
     planes = _masks(mask_value, where)
     if planes is None:
         yield Skip(MISSING_MASK, common["sample_id"])
@@ -208,7 +241,7 @@ def _seg_zero_rows(
     if len(ann_ids) != len(masks):
         ann_ids = [f"{common['sample_id']}/{k}" for k in range(len(masks))]
     yield make_row(
-        instruction=str(row.get("text") or "").strip(), masks=masks, boxes=[rle_box(m) for m in masks],
+        instruction=instruction, masks=masks, boxes=[rle_box(m) for m in masks],
         instance_ids=ann_ids, **common,
     )
 
@@ -223,14 +256,29 @@ def _visionreasoner_rows(row: Row, common: Row, where: str, bbox_only: str) -> I
             f"{where}: row {common['sample_id']} has boxes only (no mask); pass bbox_only='skip' to skip such rows "
             "(they are counted in the load report) or 'keep' to keep their boxes with empty masks."
         )
+    instruction = _text(row.get("problem"), "problem", where)
+    if not instruction:
+        yield Skip(NO_EXPRESSION, common["sample_id"])
+        return
     solution = row.get("solution")
     try:
         items = json.loads(solution) if isinstance(solution, str) else (solution or [])
     except json.JSONDecodeError:
         raise ValueError(f"{where}: 'solution' is not valid JSON: {str(solution)[:80]!r}.") from None
-    boxes = [xyxy_to_xywh(item["bbox_2d"]) for item in items if isinstance(item, dict) and "bbox_2d" in item]
+    if not isinstance(items, list):
+        raise ValueError(
+            f"{where}: 'solution' must be a JSON list of {{\"bbox_2d\": [x1, y1, x2, y2], ...}} objects, got "
+            f"{type(items).__name__}; the file is corrupted: download it again."
+        )
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or "bbox_2d" not in item:
+            raise ValueError(
+                f"{where}: 'solution' item {index} must be an object with 'bbox_2d', got "
+                f"{type(item).__name__}; the file is corrupted: download it again."
+            )
+    boxes = [checked_xyxy_box(item["bbox_2d"], where) for item in items]
     yield make_row(
-        instruction=str(row.get("problem") or "").strip(), masks=[], boxes=boxes,
+        instruction=instruction, masks=[], boxes=boxes,
         instance_ids=[f"{common['sample_id']}/{k}" for k in range(len(boxes))], **{**common, "no_target": not boxes},
     )
 
@@ -248,7 +296,7 @@ def _lmms_lab_rows(row: Row, size: tuple[int, int], common: Row, where: str, per
         yield Skip(NO_POLYGON, common["sample_id"])
         return
     bbox = row.get("bbox")
-    box = [float(v) for v in bbox] if bbox is not None and len(bbox) == 4 else rle_box(rle)
+    box = rle_box(rle) if bbox is None or len(bbox) == 0 else checked_box(bbox, where)
     match = COCO_NAME.search(str(row.get("file_name") or ""))
     image_id = str(int(match.group(1))) if match else common["image_id"]
     instance = match.group(2) if match and match.group(2) else common["sample_id"]
@@ -262,7 +310,7 @@ def _lmms_lab_rows(row: Row, size: tuple[int, int], common: Row, where: str, per
 
 def _mirror_rows(
     files: list[str],
-    stamps: list[tuple[str, int, int]],
+    stamps: list[tuple[str, int, int, int, str]],
     flavour: str,
     split: str,
     source: str,

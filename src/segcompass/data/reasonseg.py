@@ -20,12 +20,17 @@ Decisions:
   decoded).
 * **Query type**: ``is_sentence`` marks long (sentence) versus short (phrase) queries. The schema has no column
   for it, so select with ``query_type="long"`` / ``"short"`` (default ``"all"``).
-* Files without any target polygon (two test files) are skipped and counted in the load report.
+* Files without any target polygon (two test files) are skipped and counted in the load report, as are files
+  without any instruction text. Degenerate polygons (fewer than 3 points, or no pixel inside) are dropped; a
+  polygon with NaN / infinite / non-numeric points, ``points`` that are not ``[[x, y], ...]`` or an ``is_sentence``
+  that is not a boolean raise a ValueError naming the file.
 * Rasterisation is pycocotools' (may differ from LISA's OpenCV fill on boundary pixels).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -74,6 +79,44 @@ def _texts(annotation: Mapping[str, Any], path: Path) -> list[str]:
     raise ValueError(f"{path}: 'text' must be a string or a list of strings, got {type(text).__name__}.")
 
 
+def _points(shape: Mapping[str, Any], where: str) -> list:
+    """A labelme shape's ``points``, which must be ``[[x, y], ...]`` (the values are checked when rasterised)."""
+    points = shape.get("points", [])
+    if isinstance(points, list) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
+        return points
+    if not isinstance(points, list):
+        got = f"{type(points).__name__} {points!r}"[:80]
+    elif all(isinstance(p, (list, tuple)) for p in points) and len({len(p) for p in points}) == 1:
+        got = f"shape ({len(points)}, {len(points[0])})"
+    else:
+        got = "a ragged list (or not a list of points)"
+    raise ValueError(f"{where}: 'points' must be [[x, y], ...], got {got}; fix the annotation or download it again.")
+
+
+def _flag(annotation: Mapping[str, Any], key: str, path: Path) -> bool:
+    value = annotation.get(key, False)
+    if isinstance(value, bool) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{path}: {key!r} must be true or false, got {value!r}; fix the annotation or download it again.")
+
+
+def _declared_size(annotation: Mapping[str, Any], path: Path) -> tuple[int, int] | None:
+    """``(imageHeight, imageWidth)`` when the annotation declares both, checked to be positive integers."""
+    declared = []
+    for key in ("imageHeight", "imageWidth"):
+        value = annotation.get(key)
+        if value is None:
+            return None
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and float(value).is_integer() and value > 0):
+            raise ValueError(
+                f"{path}: {key} {value!r} is not a positive integer; fix it or remove it (the image header gives the "
+                "size)."
+            )
+        declared.append(int(value))
+    return declared[0], declared[1]
+
+
 def _shapes(annotation: Mapping[str, Any], path: Path, height: int, width: int) -> tuple[list, list, list[str]]:
     """Per-polygon ``(area, is_ignore, rle)`` for targets and ignores, plus unexpected labels seen."""
     shapes = annotation.get("shapes")
@@ -81,13 +124,21 @@ def _shapes(annotation: Mapping[str, Any], path: Path, height: int, width: int) 
         raise ValueError(f"{path}: 'shapes' must be a list of labelme shapes; this is not a ReasonSeg annotation.")
     targets, ignores, odd_labels = [], [], []
     for index, shape in enumerate(shapes):
+        if not isinstance(shape, Mapping):
+            raise ValueError(
+                f"{path}: shape {index} must be an object with 'label' and 'points', got {type(shape).__name__}; "
+                "this is not a ReasonSeg annotation."
+            )
         label = str(shape.get("label", "")).strip().lower()
         if label == "flag":
             continue
-        polygons = valid_polygons([shape.get("points", [])])
+        where = f"{path} shape {index}"
+        polygons = valid_polygons([_points(shape, where)], where)
         if not polygons:
             continue
-        rle = polygons_to_rle(polygons, height, width, f"{path} shape {index}")
+        rle = polygons_to_rle(polygons, height, width, where)
+        if rle_area(rle) == 0:  # a degenerate polygon with no pixel inside
+            continue
         if "ignore" in label:
             ignores.append(rle)
         else:
@@ -162,12 +213,12 @@ def load_reasonseg(
         annotation = read_json(json_path, "ReasonSeg annotation")
         if not isinstance(annotation, Mapping):
             raise ValueError(f"{json_path}: expected a JSON object with 'text', 'is_sentence' and 'shapes'.")
-        is_sentence = bool(annotation.get("is_sentence", False))
+        is_sentence = _flag(annotation, "is_sentence", json_path)
         if query_type != "all" and is_sentence != (query_type == "long"):
             continue
         height, width = image_size(image_path, f"{image_path}")
-        declared = (annotation.get("imageHeight"), annotation.get("imageWidth"))
-        if None not in declared and (int(declared[0]), int(declared[1])) != (height, width):
+        declared = _declared_size(annotation, json_path)
+        if declared is not None and declared != (height, width):
             raise ValueError(
                 f"{json_path}: annotation is for a {declared[0]}x{declared[1]} (HxW) image but {image_path} is "
                 f"{height}x{width}; use the original image."
@@ -175,6 +226,9 @@ def load_reasonseg(
         instructions = _texts(annotation, json_path)
         if texts == "first":
             instructions = instructions[:1]
+        if not instructions:
+            report.skip(EMPTY_TEXT, f"{name}/0")
+            continue
         targets, ignores, odd = _shapes(annotation, json_path, height, width)
         for label in odd:
             odd_labels[label] = odd_labels.get(label, 0) + 1

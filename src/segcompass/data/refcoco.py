@@ -19,6 +19,7 @@ and ``google`` (train / val).
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -28,6 +29,8 @@ from ..utils.logging import get_logger
 from ._common import (
     LoadReport,
     PathLike,
+    check_image_size,
+    checked_box,
     data_file_not_found,
     dataset_from_rows,
     image_by_path,
@@ -56,6 +59,40 @@ IMAGE_DIR_CANDIDATES = ("images/mscoco/images/train2014", "images/train2014", "t
 NO_SEGMENTATION = "annotation has no usable segmentation"
 EMPTY_EXPRESSION = "empty expression"
 NO_SENTENCES = "ref has no sentences"
+DUPLICATE_REF = "duplicate ref (listed twice in the refs file)"
+
+
+def as_id(value: Any, name: str, where: str) -> int:
+    """An integer id (an int, or a string of digits as some json releases write them); anything else (None, a
+    fraction, NaN, a word) raises a ValueError naming ``where`` and the value."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError(f"{where}: {name} {value!r} is not an integer id; the file is corrupted: download it again.")
+
+
+def _index(items: Any, kind: str, path: Path) -> dict[int, dict[str, Any]]:
+    """``instances.json``'s ``images`` / ``annotations`` by id. Two entries with one id and different content raise
+    (one would silently replace the other's mask); an entry listed twice verbatim is kept once."""
+    if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+        raise ValueError(
+            f"{path}: '{kind}s' must be a list of objects, got {type(items).__name__}"
+            + ("" if not isinstance(items, list) else " with non-object entries")
+            + "; this is not a COCO instances file: download it again."
+        )
+    index: dict[int, dict[str, Any]] = {}
+    for position, item in enumerate(items):
+        if "id" not in item:
+            raise ValueError(f"{path}: {kind} {position} lacks 'id'; the file is corrupted: download it again.")
+        item_id = as_id(item["id"], "id", f"{path} {kind} {position}")
+        if item_id in index and index[item_id] != item:
+            raise ValueError(
+                f"{path}: {kind} id {item_id} occurs twice with different content; one would silently replace the "
+                "other. Remove the wrong entry or download the file again."
+            )
+        index[item_id] = item
+    return index
 
 
 def resolve_image_dir(data_dir: Path, image_dir: PathLike | None) -> Path:
@@ -93,8 +130,8 @@ class CocoIndex:
         self.path = path
         self.image_dir = image_dir
         self.verify_image_sizes = verify_image_sizes
-        self.images = {int(image["id"]): image for image in data["images"]}
-        self.annotations = {int(ann["id"]): ann for ann in data["annotations"]}
+        self.images = _index(data["images"], "image", path)
+        self.annotations = _index(data["annotations"], "annotation", path)
         self._checked: dict[int, tuple[dict[str, Any], int, int]] = {}
         self._instances: dict[int, tuple[dict[str, Any], list[float]] | None] = {}
 
@@ -105,12 +142,23 @@ class CocoIndex:
         info = self.images.get(image_id)
         if info is None:
             raise ValueError(f"{where}: image id {image_id} is not in {self.path}; the two files do not match.")
-        path = self.image_dir / info["file_name"]
+        file_name = info.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise ValueError(
+                f"{self.path}: image {image_id} lacks 'file_name' (got {file_name!r}); the file is corrupted: "
+                "download it again."
+            )
+        path = self.image_dir / file_name
         if not path.is_file():
             raise data_file_not_found(
                 path, f"{where}: image {image_id} not found; put COCO train2014 there or pass image_dir="
             )
         height, width = info.get("height"), info.get("width")
+        if height is not None or width is not None:
+            check_image_size(
+                height, width, f"{where}: image {image_id} ({path}) in {self.path}",
+                "fix instances.json, or pass verify_image_sizes=True to compare it with the image",
+            )
         if self.verify_image_sizes or height is None or width is None:
             actual = image_size(path, f"image {image_id} ({path})")
             if height is not None and width is not None and actual != (int(height), int(width)):
@@ -133,18 +181,24 @@ class CocoIndex:
         ann = self.annotations.get(ann_id)
         if ann is None:
             raise ValueError(f"{where}: annotation id {ann_id} is not in {self.path}; the two files do not match.")
-        if int(ann["image_id"]) != image_id:
+        if "image_id" not in ann:
+            raise ValueError(
+                f"{self.path}: annotation {ann_id} lacks 'image_id'; the file is corrupted: download it again."
+            )
+        if as_id(ann["image_id"], "image_id", f"{self.path} annotation {ann_id}") != image_id:
             raise ValueError(
                 f"{where}: annotation {ann_id} belongs to image {ann['image_id']}, not {image_id}; the files do not "
                 "match."
             )
         _, height, width = self.image(image_id, where)
-        rle = segmentation_to_rle(ann.get("segmentation"), height, width, f"{self.path} annotation {ann_id}")
+        ann_where = f"{self.path} annotation {ann_id}"
+        rle = segmentation_to_rle(ann.get("segmentation"), height, width, ann_where)
         if rle is None:
             result = None
         else:
             bbox = ann.get("bbox")
-            box = [float(v) for v in bbox] if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else rle_box(rle)
+            missing = bbox is None or (isinstance(bbox, list) and not bbox)
+            box = rle_box(rle) if missing else checked_box(bbox, ann_where)
             result = (rle, box)
         self._instances[ann_id] = result
         return result
@@ -163,7 +217,11 @@ def _refs_path(data_dir: Path, dataset: str, split_by: str) -> Path:
     return path
 
 
-def _check_refs(refs: Any, path: Path) -> list[dict[str, Any]]:
+def check_refs(refs: Any, path: Path, *, multi_target: bool = False) -> list[dict[str, Any]]:
+    """The refs of a refer / gRefCOCO file, checked: a list of dicts with ``ref_id``, ``ann_id``, ``image_id``,
+    ``split`` and ``sentences`` (a list of sentence objects whose ``sent`` / ``raw`` are strings). ``ann_id`` is one
+    integer id, or a list of them for gRefCOCO (``multi_target``). A missing field or a wrong type raises a
+    ValueError naming the file, the ref and the value."""
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise ValueError(f"{path} does not hold a list of refs (dicts); download it again.")
     required = {"ref_id", "ann_id", "image_id", "split", "sentences"}
@@ -171,9 +229,46 @@ def _check_refs(refs: Any, path: Path) -> list[dict[str, Any]]:
         missing = required - set(ref)
         if missing:
             raise ValueError(
-                f"{path}: ref {ref.get('ref_id', '?')} lacks {sorted(missing)}; this is not a refer refs file."
+                f"{path}: ref {ref.get('ref_id', '?')} lacks {sorted(missing)}; this is not a "
+                f"{'gRefCOCO' if multi_target else 'refer refs'} file."
             )
+        where = f"{path} ref {ref['ref_id']}"
+        as_id(ref["ref_id"], "ref_id", where)
+        as_id(ref["image_id"], "image_id", where)
+        ann_ids = ref["ann_id"] if multi_target and isinstance(ref["ann_id"], (list, tuple)) else [ref["ann_id"]]
+        for ann_id in ann_ids:
+            as_id(ann_id, "ann_id", where)
+        sentences = ref["sentences"]
+        if not isinstance(sentences, list) or not all(isinstance(s, Mapping) for s in sentences):
+            raise ValueError(
+                f"{where}: 'sentences' must be a list of sentence objects, got {type(sentences).__name__}"
+                + (" with non-object entries" if isinstance(sentences, list) else "")
+                + "; the file is corrupted: download it again."
+            )
+        for sentence in sentences:
+            for field in ("sent", "raw"):
+                if sentence.get(field) is not None and not isinstance(sentence[field], str):
+                    raise ValueError(
+                        f"{where} sentence {sentence.get('sent_id', '?')}: {field!r} must be a string, got "
+                        f"{type(sentence[field]).__name__}; the file is corrupted: download it again."
+                    )
     return refs
+
+
+def drop_duplicate_refs(refs: list[dict[str, Any]], report: LoadReport) -> list[dict[str, Any]]:
+    """The refs without verbatim repeats (same ``ref_id`` and content), each repeat counted in ``report`` per
+    sentence. Two different refs sharing a ``ref_id`` stay and fail the sample-id uniqueness check if their ids
+    collide."""
+    seen: dict[Any, list[dict[str, Any]]] = {}
+    kept = []
+    for ref in refs:
+        earlier = seen.setdefault(ref["ref_id"], [])
+        if any(ref == other for other in earlier):
+            report.skip(DUPLICATE_REF, f"ref{ref['ref_id']}", count=max(len(ref["sentences"]), 1))
+            continue
+        earlier.append(ref)
+        kept.append(ref)
+    return kept
 
 
 def select_split(refs: list[dict[str, Any]], split: str, path: Path) -> list[dict[str, Any]]:
@@ -253,16 +348,17 @@ def load_refcoco(
         raise ValueError(f"sentence_field={sentence_field!r} must be 'sent' or 'raw'.")
     data_dir = Path(data_dir)
     refs_path = _refs_path(data_dir, dataset, split_by)
-    refs = select_split(_check_refs(safe_load_pickle(refs_path), refs_path), split, refs_path)
+    refs = select_split(check_refs(safe_load_pickle(refs_path), refs_path), split, refs_path)
     coco = CocoIndex(
         data_dir / dataset / "instances.json",
         resolve_image_dir(data_dir, image_dir),
         verify_image_sizes=verify_image_sizes,
     )
     report = LoadReport(source=dataset, split=split)
+    refs = drop_duplicate_refs(refs, report)
     rows = []
     for ref in progress(refs, desc=f"{dataset}({split_by}) {split}", unit="ref"):
-        ref_id, image_id, ann_id = ref["ref_id"], int(ref["image_id"]), int(ref["ann_id"])
+        ref_id, image_id, ann_id = ref["ref_id"], int(ref["image_id"]), int(ref["ann_id"])  # checked by check_refs
         where = f"{refs_path} ref {ref_id}"
         sentences = list(ref["sentences"])
         if per == "object":

@@ -27,7 +27,7 @@ import datasets
 import evaluate
 
 from ..utils.masks import encode_rle, is_rle, normalize_rle
-from .functional import reasoning_segmentation_metrics, split_batch
+from .functional import check_rle_fields, reasoning_segmentation_metrics, split_batch
 
 RLE_FEATURE = {"size": datasets.List(datasets.Value("int32")), "counts": datasets.Value("string")}
 
@@ -67,6 +67,9 @@ CITATION_RES = """\
 }
 """
 
+COMPUTE_OPTIONS = ("protocol", "empty_policy", "pr_thresholds", "eval_size")
+"""Keyword options of ``compute`` besides the input columns."""
+
 REFERENCE_URLS = [
     "https://github.com/dvlab-research/LISA",
     "https://github.com/henghuiding/ReLA",
@@ -77,11 +80,21 @@ def sample_to_rle_instances(sample: Any, role: str) -> list[dict]:
     """One sample's prediction/reference as a list of RLE dicts (one dense mask becomes a one-item list)."""
     if sample is None:
         raise ValueError(f"The {role} of a sample is None; pass [] for a sample with no instances.")
-    if is_rle(sample):
-        return [normalize_rle(sample)]
-    if isinstance(sample, (list, tuple)):
-        return [normalize_rle(item) if is_rle(item) else encode_rle(item) for item in sample]
-    return [encode_rle(sample)]
+    try:
+        if is_rle(sample):
+            check_rle_fields(sample, f"The {role} of a sample")
+            return [normalize_rle(sample)]
+        if isinstance(sample, (list, tuple)):
+            for item in sample:
+                if is_rle(item):
+                    check_rle_fields(item, f"An instance of the {role} of a sample")
+            return [normalize_rle(item) if is_rle(item) else encode_rle(item) for item in sample]
+        return [encode_rle(sample)]
+    except TypeError as err:  # a value of an unexpected type deep inside the conversion
+        raise ValueError(
+            f"Cannot read the {role} of a sample as a mask ({err}); pass a 2-D bool / 0-1 array or tensor, a COCO RLE "
+            "dict or a list of them."
+        ) from None
 
 
 class MaskMetric(evaluate.Metric):
@@ -182,7 +195,18 @@ class MaskMetric(evaluate.Metric):
         no_target_predictions: Any = None,
         **kwargs: Any,
     ) -> dict | None:
-        """Score everything added so far plus the given samples; ``kwargs`` are the metric's options."""
+        """Score everything added so far plus the given samples; ``kwargs`` are the metric's options.
+
+        Raises ``ValueError`` for an unknown option, for ``predictions`` without ``references`` (or the reverse), and
+        when there is nothing to score (no samples given or added since the last ``compute``).
+        """
+        unknown = sorted(set(kwargs) - set(COMPUTE_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for {type(self).__name__}.compute; the options are "
+                f"{list(COMPUTE_OPTIONS)} (and the inputs predictions=, references=, ignore_masks=, "
+                "no_target_predictions=)."
+            )
         if predictions is not None or references is not None:
             self.add_batch(
                 predictions=predictions,
@@ -194,6 +218,11 @@ class MaskMetric(evaluate.Metric):
             raise ValueError(
                 "`ignore_masks` / `no_target_predictions` were given without predictions and references; pass "
                 "them together (or with add_batch)."
+            )
+        elif self.num_process == 1 and self.writer is None:
+            raise ValueError(
+                f"No samples to score; pass predictions= and references= to {type(self).__name__}.compute, or add "
+                "them first with add_batch / add."
             )
         return super().compute(**kwargs)
 

@@ -31,8 +31,9 @@ Switches (defaults follow LISA, the code most reasoning-segmentation papers copy
   ``"gsva"`` (GSVA ``eval_gres``): as ``"rela"``, but a rejected target sample keeps its mask IoU.
   With decisions read from mask emptiness (no ``no_target_predictions``) all three protocols give the same
   numbers; they differ only when an explicit decision disagrees with the mask.
-* ``eval_size`` — ``None`` (original resolution, shapes must agree) or a fixed ``(H, W)`` / ``int`` to which
-  prediction, ground truth and ignore mask are all resized with nearest neighbour (ReLA scores at 480 × 480).
+* ``eval_size`` — ``None`` (original resolution, shapes must agree) or a fixed ``(H, W)`` / ``int`` (each side at
+  most :data:`MAX_EVAL_SIDE`) to which prediction, ground truth and ignore mask are all resized with nearest
+  neighbour (ReLA scores at 480 × 480).
 
 Values are fractions in ``[0, 1]`` (papers print ×100); undefined values (no target samples for Pr@X, no
 no-target samples for N-acc, every sample skipped) are ``nan``.
@@ -40,6 +41,7 @@ no-target samples for N-acc, every sample skipped) are ``nan``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,9 @@ logger = get_logger(__name__)
 EMPTY_POLICIES = ("one", "zero", "skip")
 PROTOCOLS = ("lisa", "rela", "gsva")
 DEFAULT_PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+MAX_EVAL_SIDE = 8192
+"""Largest ``eval_size`` side: beyond it every resized mask is hundreds of megabytes (a typo such as ``10**6`` would
+try to allocate a terabyte)."""
 
 __all__ = [
     "DEFAULT_PR_THRESHOLDS",
@@ -71,6 +76,39 @@ __all__ = [
     "split_batch",
     "t_acc",
 ]
+
+
+# ----------------------------------------------------------------------------------------------- input checks
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_rle_fields(rle: dict, where: str = "RLE") -> None:
+    """Check the fields of a COCO RLE dict that :mod:`segcompass.utils.masks` reads with ``int()``: ``size`` must be
+    two non-negative ints and a ``counts`` list must hold non-negative ints (``int()`` would truncate ``8.7`` or
+    fail on ``None`` with a TypeError). The run-length sum and the compressed alphabet are checked on decoding."""
+    size = rle.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+        raise ValueError(
+            f"{where}: RLE 'size' must be [H, W] with two non-negative ints, got {size!r}. Build RLEs with "
+            "segcompass.utils.masks.encode_rle(mask)."
+        )
+    counts = rle.get("counts")
+    if isinstance(counts, (list, tuple)) or (isinstance(counts, np.ndarray) and counts.dtype.kind not in "SU"):
+        odd = [c for c in counts if not (_is_int(c) and c >= 0)]
+        if odd:
+            odd = odd[0]
+            raise ValueError(
+                f"{where}: RLE 'counts' list must hold non-negative integers, got {odd!r}; the RLE is corrupt. Build "
+                "RLEs with segcompass.utils.masks.encode_rle(mask)."
+            )
+
+
+def _describe_value(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(tuple(shape)) == 0:
+        return f"a 0-d {type(x).__name__}"
+    return _describe(x)
 
 
 # ----------------------------------------------------------------------------------------------- one sample
@@ -97,11 +135,25 @@ def _read_sample_mask(x: Any, role: str, threshold: float) -> np.ndarray | None:
         raise ValueError(
             f"The {role} of a sample is None; pass [] for a sample with no instances, or a mask of zeros."
         )
+    try:
+        return _read_mask_or_instances(x, role, threshold)
+    except TypeError as err:  # a value of an unexpected type deep inside the conversion
+        raise ValueError(
+            f"Cannot read the {role} of a sample as a mask ({err}); pass a 2-D bool / 0-1 array or tensor, a COCO RLE "
+            "dict or a list of them."
+        ) from None
+
+
+def _read_mask_or_instances(x: Any, role: str, threshold: float) -> np.ndarray | None:
     if is_rle(x):
+        check_rle_fields(x, f"The {role} of a sample")
         return to_binary_mask(x, threshold=threshold)
     if isinstance(x, (list, tuple)):
         if len(x) == 0:
             return None
+        for item in x:
+            if is_rle(item):
+                check_rle_fields(item, f"An instance of the {role} of a sample")
         try:
             return union_masks([to_binary_mask(item, threshold=threshold) for item in x])
         except ValueError as err:
@@ -122,14 +174,19 @@ def _read_sample_mask(x: Any, role: str, threshold: float) -> np.ndarray | None:
 def _normalize_eval_size(eval_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if eval_size is None:
         return None
-    if isinstance(eval_size, (int, np.integer)) and not isinstance(eval_size, bool):
+    if _is_int(eval_size):
         size = (int(eval_size), int(eval_size))
-    elif isinstance(eval_size, (list, tuple)) and len(eval_size) == 2:
+    elif isinstance(eval_size, (list, tuple)) and len(eval_size) == 2 and all(_is_int(v) for v in eval_size):
         size = (int(eval_size[0]), int(eval_size[1]))
     else:
-        raise ValueError(f"`eval_size` must be None, an int or (H, W), got {eval_size!r}.")
+        raise ValueError(f"`eval_size` must be None, an int or (H, W) of ints, got {eval_size!r}.")
     if min(size) <= 0:
         raise ValueError(f"`eval_size` must be positive, got {eval_size!r}.")
+    if max(size) > MAX_EVAL_SIDE:
+        raise ValueError(
+            f"`eval_size` {eval_size!r} is too large: each side must be at most {MAX_EVAL_SIDE} pixels (ReLA scores "
+            "at 480); pass None to score at the original resolution."
+        )
     return size
 
 
@@ -223,6 +280,10 @@ def _describe(x: Any) -> str:
 
 def _as_sample_list(x: Any, name: str) -> list:
     """Split a batch into per-sample items: a list/tuple, or an array/tensor batch ``(B, H, W)``."""
+    if x is None:
+        raise ValueError(
+            f"`{name}` is None; pass one entry per sample (a list, or a (B, H, W) batch for masks)."
+        )
     if is_rle(x):
         raise ValueError(
             f"`{name}` must be a sequence with one entry per sample, got a single RLE dict; wrap it: [rle]."
@@ -231,6 +292,10 @@ def _as_sample_list(x: Any, name: str) -> list:
         return list(x)
     ndim = getattr(x, "ndim", None)
     if ndim is not None:
+        if ndim == 0 or (ndim == 1 and name in ("predictions", "references", "ignore_masks")):
+            raise ValueError(
+                f"`{name}` must be a list of per-sample entries or a (B, H, W) batch, got {_describe_value(x)}."
+            )
         if ndim == 2 and name in ("predictions", "references", "ignore_masks"):
             raise ValueError(
                 f"`{name}` must hold one mask per sample, got a single 2-D mask of shape {tuple(x.shape)}; "
@@ -262,8 +327,30 @@ def split_batch(
     for name, column in (("ignore_masks", ignores), ("no_target_predictions", decisions)):
         if len(column) != len(refs):
             raise ValueError(f"Got {len(column)} {name} for {len(refs)} samples; pass one per sample.")
-    decisions = [None if d is None else bool(d) for d in decisions]
+    decisions = [_decision(d, i) for i, d in enumerate(decisions)]
     return preds, refs, ignores, decisions
+
+
+def _decision(d: Any, index: int) -> bool | None:
+    """One explicit no-target decision: None, a bool (Python, numpy or a one-element bool array / tensor) or 0 / 1;
+    anything else (a string, NaN, a probability) is refused rather than read by truthiness."""
+    if d is None:
+        return None
+    if isinstance(d, (bool, np.bool_)):
+        return bool(d)
+    if _is_int(d) and d in (0, 1):
+        return bool(d)
+    dtype = getattr(d, "dtype", None)
+    size = getattr(d, "size", None)
+    size = size() if callable(size) else size
+    if dtype is not None and str(dtype) in ("bool", "torch.bool") and getattr(d, "ndim", 1) <= 1:
+        numel = d.numel() if hasattr(d, "numel") else int(np.prod(size))
+        if numel == 1:
+            return bool(d)
+    raise ValueError(
+        f"no_target_predictions[{index}] = {d!r} is not a bool; pass True (the model says there is no target), False "
+        "or None (read it from the predicted mask) per sample."
+    )
 
 
 class SegmentationMetricAccumulator:
@@ -302,11 +389,16 @@ class SegmentationMetricAccumulator:
             raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {protocol!r}.")
         if empty_policy not in EMPTY_POLICIES:
             raise ValueError(f"`empty_policy` must be one of {EMPTY_POLICIES}, got {empty_policy!r}.")
+        is_sequence = isinstance(pr_thresholds, (Sequence, np.ndarray)) and not isinstance(pr_thresholds, (str, bytes))
+        if not is_sequence or not all(isinstance(t, numbers.Real) and not isinstance(t, bool) for t in pr_thresholds):
+            raise ValueError(
+                f"`pr_thresholds` must be a sequence of numbers in [0, 1], got {pr_thresholds!r}; e.g. (0.5, 0.7)."
+            )
         thresholds = tuple(float(t) for t in pr_thresholds)
         bad = [t for t in thresholds if not 0.0 <= t <= 1.0]
         if bad:
             raise ValueError(f"`pr_thresholds` must lie in [0, 1], got {bad}.")
-        if not 0.0 <= float(threshold) <= 1.0:
+        if not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0):
             raise ValueError(f"`threshold` is a probability cut in [0, 1], got {threshold!r}.")
         self.protocol = protocol
         self.empty_policy = empty_policy
@@ -345,7 +437,26 @@ class SegmentationMetricAccumulator:
         return stats
 
     def add_statistics(self, stats: SampleStatistics) -> None:
-        """Add one sample already reduced to :class:`SampleStatistics` (e.g. gathered from other processes)."""
+        """Add one sample already reduced to :class:`SampleStatistics` (e.g. gathered from other processes).
+
+        Raises ``ValueError`` unless the counts are non-negative integers with ``intersection <= union`` (anything
+        else would give metrics outside [0, 1]).
+        """
+        if not isinstance(stats, SampleStatistics):
+            raise ValueError(
+                f"add_statistics expects a SampleStatistics, got {type(stats).__name__}; build one with "
+                "sample_statistics(prediction, reference)."
+            )
+        inter, union = stats.intersection, stats.union
+        if not (_is_int(inter) and _is_int(union)):
+            raise ValueError(f"SampleStatistics counts must be integers, got intersection {inter!r}, union {union!r}.")
+        if inter < 0 or union < 0:
+            raise ValueError(f"SampleStatistics has a negative pixel count (intersection {inter}, union {union}).")
+        if inter > union:
+            raise ValueError(
+                f"SampleStatistics has intersection {inter} > union {union}; the statistics are corrupt (an "
+                "intersection is part of its union)."
+            )
         self._intersection.append(int(stats.intersection))
         self._union.append(int(stats.union))
         self._target.append(bool(stats.target))

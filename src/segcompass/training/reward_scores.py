@@ -8,6 +8,8 @@ rule of the confident slots is :func:`segcompass.prediction.kept_slots` (probabi
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -20,29 +22,44 @@ from .matching import hungarian_match, pairwise_soft_iou
 __all__ = ["combined_reward_score", "mask_reward_score", "mask_stack", "rollout_iou"]
 
 
-def _as_float_tensor(x: Any, name: str) -> torch.Tensor:
+def _as_float_tensor(x: Any, name: str, what: str = "tensor") -> torch.Tensor:
+    if x is None:
+        raise ValueError(f"`{name}` is None; pass a {what}.")
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"`{name}` has dtype {x.dtype}; pass real probabilities (float; bool for binary masks).")
         return x.detach().float()
+    if isinstance(x, (str, bytes)) or (isinstance(x, np.ndarray) and x.dtype.kind not in "biuf"):
+        kind = type(x).__name__ if not isinstance(x, np.ndarray) else f"an array of dtype {x.dtype}"
+        raise ValueError(f"`{name}` must be a tensor, numpy array or nested list of numbers, got {kind}.")
     try:
-        return torch.as_tensor(np.asarray(x, dtype=np.float32))
+        array = np.asarray(x)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"dtype {array.dtype}")
+        return torch.as_tensor(array.astype(np.float32))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"`{name}` must be a tensor, numpy array or nested list of numbers: {err}") from err
+        raise ValueError(f"`{name}` must be a tensor, numpy array or nested list of numbers: {err}") from None
 
 
 def mask_stack(x: Any, name: str, count: str = "K") -> torch.Tensor:
     """A stack of masks ``(N, H, W)`` (``(H, W)`` gets N = 1) as a float32 tensor, from a tensor (detached), an
     array or nested lists; ``name`` and ``count`` (the letter of N) only word the errors."""
-    stack = _as_float_tensor(x, name)
+    stack = _as_float_tensor(x, name, f"({count}, H, W) probability tensor")
     if stack.dim() == 2:
         stack = stack.unsqueeze(0)  # (1, H, W)
     if stack.dim() != 3:
         raise ValueError(f"`{name}` must have shape ({count}, H, W) or (H, W), got {tuple(stack.shape)}.")
+    if stack.shape[-1] == 0 or stack.shape[-2] == 0:
+        raise ValueError(f"`{name}` has no pixels (H, W) = {tuple(stack.shape[-2:])}; masks need at least one pixel.")
     return stack
 
 
 def _check_unit_range(x: torch.Tensor, name: str, fix: str) -> None:
     if x.numel() == 0:
         return
+    nans = int(torch.isnan(x).sum())
+    if nans:
+        raise ValueError(f"`{name}` contains {nans} NaN value(s); values must lie in [0, 1]. {fix}")
     low, high = torch.aminmax(x)
     if bool(torch.isnan(low)) or bool(low < 0) or bool(high > 1):
         raise ValueError(f"`{name}` must hold values in [0, 1], got [{float(low):g}, {float(high):g}]. {fix}")
@@ -83,15 +100,19 @@ def mask_reward_score(
     """
     if denominator not in ("matched", "max"):
         raise ValueError(f"`denominator` must be 'matched' or 'max', got {denominator!r}.")
-    if not 0.0 <= confidence_threshold <= 1.0:
+    if multi_object is not None and not isinstance(multi_object, bool):
+        raise ValueError(f"`multi_object` must be None, True or False, got {multi_object!r}.")
+    if not _is_number(confidence_threshold) or not 0.0 <= confidence_threshold <= 1.0:
         raise ValueError(
-            f"`confidence_threshold` is a probability threshold in [0, 1], got {confidence_threshold}. "
+            f"`confidence_threshold` is a probability threshold in [0, 1], got {confidence_threshold!r}. "
             "(The authors' code compared logits with 0.5; the equivalent probability threshold is "
             "sigmoid(0.5) ≈ 0.622.)"
         )
     pred = mask_stack(pred_probs, "pred_probs", "K")  # (K, H, W)
     _check_unit_range(pred, "pred_probs", "Pass probabilities (sigmoid of the mask logits), not logits.")
     num_slots = pred.shape[0]
+    if gt_masks is None:
+        raise ValueError("`gt_masks` is None; pass a (G, H, W) tensor of the ground truth (G = 0 for no target).")
     gt = mask_stack(gt_masks, "gt_masks", "G").to(pred.device)  # (G, H, W)
     if gt.shape[-2:] != pred.shape[-2:]:
         raise ValueError(
@@ -139,11 +160,24 @@ def combined_reward_score(
 ) -> float:
     """``format_weight · format_score + mask_weight · mask_score`` (paper: 0.3 and 0.7).
 
+    Both scores must be numbers in ``[0, 1]`` and both weights finite and non-negative; anything else (NaN, a score
+    above 1, a string) raises a ValueError naming it rather than giving the policy a meaningless reward.
+
     Example:
         >>> round(combined_reward_score(0.9, 0.5), 6)
         0.62
     """
+    for name, value in (("format_score", format_score), ("mask_score", mask_score)):
+        if not _is_number(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+    for name, value in (("format_weight", format_weight), ("mask_weight", mask_weight)):
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     return format_weight * format_score + mask_weight * mask_score
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5,
@@ -153,7 +187,20 @@ def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.T
 
     Args:
         pred_probs (`(K, m, m)`), confidences (`(K,)`), gt (`(G, m, m)`), valid (`(m, m)` bool, optional).
+
+    Raises:
+        ValueError: a ground truth or ``valid`` of another size than the slots, or confidences that are not
+            probabilities (NaN, outside [0, 1]).
     """
+    if gt.dim() != 3 or pred_probs.dim() != 3 or gt.shape[-2:] != pred_probs.shape[-2:]:
+        raise ValueError(
+            f"`gt` has spatial size {tuple(gt.shape[-2:])} but `pred_probs` is {tuple(pred_probs.shape[-2:])} (need "
+            "(G, m, m) and (K, m, m)); put the ground truth on the prediction grid (targets.masks_on_grid)."
+        )
+    if valid is not None and tuple(valid.shape) != tuple(pred_probs.shape[-2:]):
+        raise ValueError(f"`valid` has shape {tuple(valid.shape)} but the masks are {tuple(pred_probs.shape[-2:])}.")
+    _check_unit_range(_as_float_tensor(confidences, "confidences").reshape(-1), "confidences",
+                      "Pass probabilities: apply sigmoid to confidence logits.")
     pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold)  # (m, m) bool
     target = (gt >= 0.5).any(0) if gt.shape[0] else torch.zeros_like(pred)
     if valid is not None:

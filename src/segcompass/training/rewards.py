@@ -63,6 +63,15 @@ format_reward_score = format_score
 
 
 # ----------------------------------------------------------------------------------------------- TRL adapters
+def _check_column(values: Any, name: str, what: str = "one entry per completion") -> None:
+    """A per-row column must be a list (or tuple / batched tensor), never a string or a scalar: a string would be
+    scored character by character."""
+    if isinstance(values, (list, tuple)):
+        return
+    if isinstance(values, (str, bytes, dict)) or not (hasattr(values, "__len__") and hasattr(values, "__getitem__")):
+        raise ValueError(f"`{name}` must be a list with {what}, got {type(values).__name__}.")
+
+
 def completion_text(completion: Any) -> str:
     """The response text of one TRL completion.
 
@@ -86,9 +95,13 @@ def completion_text(completion: Any) -> str:
         if isinstance(content, str):
             return content
         if isinstance(content, (list, tuple)):
-            return "".join(
-                part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-            )
+            texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+            odd = [t for t in texts if not isinstance(t, str)]
+            if odd:
+                raise ValueError(
+                    f"In a chat-list completion, a text part's 'text' must be a str, got {type(odd[0]).__name__}."
+                )
+            return "".join(texts)
         raise ValueError(
             f"Unsupported message content of type {type(content).__name__}; expected str or a list of parts."
         )
@@ -133,6 +146,7 @@ class FormatReward:
         )
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        _check_column(completions, "completions", "one completion per row")
         return [self.score(c) for c in completions]
 
     def __repr__(self) -> str:
@@ -192,6 +206,7 @@ class MaskReward:
         pred_confidences: Sequence[Any] | None,
         masks: Sequence[Any] | None,
     ) -> list[float | None]:
+        _check_column(completions, "completions", "one completion per row")
         n = len(completions)
         if pred_masks is None:
             raise ValueError(
@@ -205,6 +220,10 @@ class MaskReward:
                 f"{self.__name__} needs the ground truth as the `masks` column (the SegCompass dataset schema); the "
                 "dataset rows reaching the trainer have no `masks` key."
             )
+        _check_column(pred_masks, "pred_masks")
+        _check_column(masks, "masks")
+        if pred_confidences is not None:
+            _check_column(pred_confidences, "pred_confidences")
         lengths = {"pred_masks": len(pred_masks), "masks": len(masks)}
         if pred_confidences is not None:
             lengths["pred_confidences"] = len(pred_confidences)

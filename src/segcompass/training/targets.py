@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metrics.functional import check_rle_fields
 from ..sam_frame import resize_masks
 from ..utils.masks import decode_rle, is_rle
 
@@ -38,6 +39,8 @@ def image_hw(image: Any, where: str) -> tuple[int, int]:
     if image is None:
         raise ValueError(f"{where}: the `image` is None; every row needs an image.")
     if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3):
+            raise ValueError(f"{where}: an image array must be (H, W) or (H, W, C), got shape {image.shape}.")
         return int(image.shape[0]), int(image.shape[1])
     if hasattr(image, "size") and isinstance(image.size, tuple):  # PIL: (W, H); the header is enough
         width, height = image.size
@@ -56,6 +59,21 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _array(x: Any, where: str) -> np.ndarray:
+    """:func:`_as_array` with errors naming ``where`` (a ragged nested list cannot be a mask)."""
+    try:
+        return _as_array(x)
+    except ValueError:
+        raise ValueError(
+            f"{where}: cannot read a mask from a ragged nested list (rows of different lengths); pass an (H, W) "
+            "array, tensor or nested list with equal rows, or a COCO RLE dict."
+        ) from None
+
+
+MAX_GRID_SIDE = 8192
+"""Largest prediction grid side :func:`masks_on_grid` accepts (SAM's is 256)."""
+
+
 def mask_items(masks: Any, where: str) -> list:
     """The instances of one row's ``masks`` as a list (RLE dicts and/or 2-D arrays)."""
     if masks is None:
@@ -71,8 +89,8 @@ def mask_items(masks: Any, where: str) -> list:
             return list(masks)
         raise ValueError(f"{where}: an array of masks must have shape (G, H, W) or (H, W), got {masks.shape}.")
     if isinstance(masks, (list, tuple)):
-        if masks and not is_rle(masks[0]) and _as_array(masks[0]).ndim == 1:  # one nested-list (H, W) mask
-            return [np.asarray(masks)]
+        if masks and not is_rle(masks[0]) and _array(masks[0], f"{where}[0]").ndim == 1:  # one (H, W) nested list
+            return [_array(masks, where)]
         return list(masks)
     raise ValueError(f"{where}: `masks` must be a list of COCO RLE dicts or arrays, got {type(masks).__name__}.")
 
@@ -80,9 +98,10 @@ def mask_items(masks: Any, where: str) -> list:
 def mask_hw(item: Any, where: str) -> tuple[int, int]:
     """(H, W) of one instance (an RLE dict's ``size``, or a 2-D array's shape), without decoding it."""
     if is_rle(item):
+        check_rle_fields(item, where)
         height, width = item["size"]
         return int(height), int(width)
-    array = _as_array(item)
+    array = _array(item, where)
     if array.ndim != 2:
         raise ValueError(f"{where}: each mask must be 2-D (H, W), got shape {array.shape}.")
     return int(array.shape[0]), int(array.shape[1])
@@ -95,7 +114,9 @@ def _float_mask(array: np.ndarray, where: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         return (array != 0).astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and (np.isnan(array).any() or array.min() < 0 or array.max() > 1):
+        if array.size and np.isnan(array).any():
+            raise ValueError(f"{where}: float ground-truth masks must lie in [0, 1], got NaN.")
+        if array.size and (array.min() < 0 or array.max() > 1):
             raise ValueError(
                 f"{where}: float ground-truth masks must lie in [0, 1], got "
                 f"[{np.nanmin(array):g}, {np.nanmax(array):g}]."
@@ -117,7 +138,9 @@ def decode_masks(masks: Any, where: str = "masks") -> np.ndarray:
     """
     planes = []
     for j, item in enumerate(mask_items(masks, where)):
-        plane = decode_rle(item) if is_rle(item) else _as_array(item)  # (H0, W0)
+        if is_rle(item):
+            check_rle_fields(item, f"{where}[{j}]")
+        plane = decode_rle(item) if is_rle(item) else _array(item, f"{where}[{j}]")  # (H0, W0)
         mask_hw(plane, f"{where}[{j}]")  # 2-D check
         planes.append(_float_mask(plane, f"{where}[{j}]"))
     if not planes:
@@ -139,7 +162,7 @@ def rle_key(masks: Any) -> tuple | None:
     try:
         return tuple((tuple(int(s) for s in x["size"]), x["counts"] if isinstance(x["counts"], (str, bytes))
                       else tuple(x["counts"])) for x in items)
-    except TypeError:
+    except (TypeError, ValueError):  # a malformed RLE: not cached, reported when decoded
         return None
 
 
@@ -157,7 +180,12 @@ def masks_on_grid(
     letterboxed frame (``letterbox=True``: scaled so the longest side fits, zero-padded bottom/right) or stretched to
     ``grid`` (``letterbox=False``); ground truth already at ``grid`` is used as is. ``cache`` (a dict owned by the
     caller) keeps the decoded arrays of RLE rows by :func:`rle_key`, so repeated annotations are decoded once.
+    ``grid`` must be two ints in ``[1, MAX_GRID_SIDE]``.
     """
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= MAX_GRID_SIDE
+                    for v in grid)):
+        raise ValueError(f"`grid` must be two ints in [1, {MAX_GRID_SIDE}], got {grid!r}; pass the model's mask grid.")
     key = rle_key(masks) if cache is not None else None
     if key is not None and key in cache:
         array = cache[key]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
@@ -66,6 +68,7 @@ class SyntheticConfig:
     max_attempts: int = 200
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not isinstance(self.image_size, int) or self.image_size < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"image_size={self.image_size!r} is too small: shapes stop being identifiable below "
@@ -112,6 +115,34 @@ class SyntheticConfig:
             )
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts={self.max_attempts} < 1; pass a positive number of attempts.")
+
+    def _check_types(self) -> None:
+        """Wrong types raise a ValueError naming the field (a comparison would raise a bare TypeError, a truthy string
+        would silently switch a flag on, a NaN weight would reach numpy's sampler)."""
+
+        def is_int(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+        def is_number(value) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+        for name in ("min_shapes", "max_shapes", "max_attempts"):
+            if not is_int(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an int.")
+        for name in ("no_target_fraction", "min_visible_fraction"):
+            if not is_number(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a number; pass a fraction such as 0.5.")
+        for name in ("occlusion", "textured_background"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
+        weights = self.family_weights
+        if not isinstance(weights, Mapping) or not all(is_number(w) and math.isfinite(w) for w in weights.values()):
+            raise ValueError(
+                f"family_weights={dict(weights) if isinstance(weights, Mapping) else weights!r} must be finite, "
+                "non-negative numbers per family name, e.g. {'spatial': 1.0}."
+            )
+        if not isinstance(self.split_offsets, Mapping):
+            raise ValueError(f"split_offsets={self.split_offsets!r} must map each split name to an int offset.")
 
     def normalized_family_weights(self) -> dict[str, float]:
         """Family probabilities over :data:`FAMILIES` (in that order), summing to one."""

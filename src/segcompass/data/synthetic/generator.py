@@ -143,6 +143,16 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split={split!r} is not one of {SPLITS}; pass one of them.")
 
 
+def _check_num_samples(num_samples: Any) -> None:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"num_samples={num_samples!r} must be a non-negative int.")
+    if num_samples > SAMPLES_PER_SPLIT_LIMIT:
+        raise ValueError(
+            f"num_samples={num_samples} is more than one split's seed range holds; pass at most "
+            f"{SAMPLES_PER_SPLIT_LIMIT} (or use another seed= for more)."
+        )
+
+
 def build_synthetic_dataset(
     split: str, num_samples: int, *, config: SyntheticConfig | None = None, seed: int = 0
 ) -> datasets.Dataset:
@@ -155,8 +165,7 @@ def build_synthetic_dataset(
     """
     config = config or SyntheticConfig()
     _check_split(split)
-    if not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples={num_samples!r} must be a non-negative int.")
+    _check_num_samples(num_samples)
     start = time.perf_counter()
     rows = []
     for index in range(num_samples):
@@ -212,6 +221,14 @@ def load_synthetic(
         base = SyntheticConfig(**{**{f: getattr(base, f) for f in known}, **config_overrides})
     if num_samples is None:
         num_samples = DEFAULT_NUM_SAMPLES[split]
+    _check_num_samples(num_samples)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative int.")
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise ValueError(
+            f"data_dir={str(data_dir)!r}: {data_dir} is not a directory; pass a folder for the synthetic cache, or "
+            "None to generate in memory."
+        )
     if data_dir is None:
         return build_synthetic_dataset(split, num_samples, config=base, seed=seed)
     cache = Path(data_dir) / f"synthetic-v{GENERATOR_VERSION}-{split}-n{num_samples}-seed{seed}-{base.fingerprint()}"
