@@ -23,6 +23,7 @@ PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src" / "segcompass")
 class Raises:
     type: type[BaseException]
     match: str
+    ours: bool = True  # raised by SegCompass's own validation (False: a library wraps our error, e.g. transformers)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Returns:
 @dataclass(frozen=True)
 class Case:
     name: str
-    build: Callable[[Path], Callable[[], Any]]
+    build: Callable[..., Callable[[], Any]]  # (tmp_path[, context]) -> the call
     expect: Raises | Returns
 
     def __str__(self) -> str:  # the pytest id

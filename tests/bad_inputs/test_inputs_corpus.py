@@ -9,38 +9,16 @@ from __future__ import annotations
 
 import shutil
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from bad_input_cases import PACKAGE_DIR, Case, Raises, Returns  # tests/bad_inputs is on sys.path
 from PIL import Image
 
 from segcompass.image_utils import load_image
 
 INSTRUCTION = "the red circle"
-PACKAGE_DIR = str(Path(__file__).resolve().parents[2] / "src" / "segcompass")
-
-
-@dataclass(frozen=True)
-class Raises:
-    type: type[BaseException]
-    match: str
-    ours: bool = True  # raised by SegCompass's own validation (False: transformers' pipeline factory wraps our error)
-
-
-@dataclass(frozen=True)
-class Returns:
-    check: Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    build: Callable[[Path, Any], Callable[[], Any]]
-    expect: Raises | Returns
 
 
 @pytest.fixture(scope="module")
