@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 
-import evaluate
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import segcompass.metrics
 from segcompass.metrics import (
     SegmentationMetricAccumulator,
     ciou,
@@ -80,15 +78,6 @@ def independent(preds, refs, ignores):
         ious.append(inter / union if union else 1.0)
     total = sum(unions)
     return (sum(inters) / total if total else 1.0), float(np.mean(ious))
-
-
-@pytest.fixture(scope="module")
-def modules():
-    return {
-        "ciou": evaluate.load(segcompass.metrics.CIOU, keep_in_memory=True),
-        "giou": evaluate.load(segcompass.metrics.GIOU, keep_in_memory=True),
-        "all": evaluate.load(segcompass.metrics.REASONING_SEGMENTATION, keep_in_memory=True),
-    }
 
 
 def _same(a: dict, b: dict) -> None:

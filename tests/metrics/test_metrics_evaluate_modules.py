@@ -14,15 +14,6 @@ from segcompass.metrics import reasoning_segmentation_metrics
 from segcompass.utils.masks import encode_rle
 
 
-@pytest.fixture(scope="module")
-def modules():
-    return {
-        "ciou": evaluate.load(segcompass.metrics.CIOU, keep_in_memory=True),
-        "giou": evaluate.load(segcompass.metrics.GIOU, keep_in_memory=True),
-        "all": evaluate.load(segcompass.metrics.REASONING_SEGMENTATION, keep_in_memory=True),
-    }
-
-
 def _split(seed=0, n=10):
     rng = np.random.default_rng(seed)
     preds, refs, ignores, decisions = [], [], [], []
