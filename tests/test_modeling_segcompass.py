@@ -30,7 +30,12 @@ def test_output_shapes(batch, num_slots):
     assert out.confidence_logits.shape == (batch, num_slots) and out.iou_scores.shape == (batch, num_slots)
     assert out.concept_indices.shape == (batch, n) and out.concept_mask.dtype == torch.bool
     assert out.slot_concept_attention.shape == (batch, num_slots, n)
-    assert out.logits.shape == (batch, ids.shape[1], model.config.get_text_config().vocab_size)
+    vocab = model.config.get_text_config().vocab_size
+    assert out.logits.shape == (batch, 1, vocab)  # no labels: only the last position's logits
+    full = model(input_ids=ids, attention_mask=mask, image_embeddings=out.image_embeddings, logits_to_keep=0)
+    assert full.logits.shape == (batch, ids.shape[1], vocab)
+    torch.testing.assert_close(full.logits[:, -1:], out.logits)
+    torch.testing.assert_close(full.mask_logits, out.mask_logits)
     assert out.image_embeddings.shape == (batch, 32, 8, 8)
     # provenance: each slot's attention over real concepts is a distribution share; padding gets none
     assert (out.slot_concept_attention.masked_select(~out.concept_mask[:, None, :].expand_as(out.slot_concept_attention)) == 0).all()
@@ -117,6 +122,13 @@ def test_last_activation_distance_counts_back_from_the_last_valid_token():
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0]])
     distances = last_activation_distance(acts > 0, mask)
     assert distances.tolist() == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]
+    # holes in the mask (tokens the GRPO policy sequence holds but the scoring sequence does not) are not counted,
+    # and a feature firing only on a hidden token does not count as fired
+    holes = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 0, 1]])
+    acts[1, 3, 1] = 1.0  # fires on a hidden token only
+    acts[1, 0, 2] = 1.0  # fires on valid token 0; valid tokens are 0, 2, 5 -> 2 valid tokens after it
+    distances = last_activation_distance(acts > 0, holes)
+    assert distances.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 2.0]]
 
 
 def test_concept_window_pools_over_the_last_tokens_only():

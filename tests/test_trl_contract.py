@@ -104,3 +104,24 @@ def test_trainer_loop_calls_the_gradient_hooks_we_override():
     assert "model.zero_grad()" in loop and "on_step_end" in loop
     assert loop.index("model.zero_grad()") < loop.index("on_step_end")
     assert "self.create_optimizer()" in inspect.getsource(Trainer._prepare_for_training)
+
+
+def test_the_loss_computes_policy_log_probs_once_through_the_helper_we_share():
+    """The shared forward (segcompass/training/grpo_loss.py) answers TRL's one `_get_per_token_logps_and_entropies`
+    call in `_compute_loss` with the full batch, through the fused LM head (`labels=`, `fused_lm_head=True`,
+    `.log_probs` / `.entropy` of the shifted positions), and stops generation with `self.eos_token_ids` /
+    `self.generation_config` / `self.generation_kwargs`."""
+    loss = inspect.getsource(GRPOTrainer._compute_loss)
+    assert loss.count("self._get_per_token_logps_and_entropies(") == 1
+    assert "input_ids = torch.cat([prompt_ids, completion_ids], dim=1)" in loss
+    assert "logits_to_keep = completion_ids.size(1)" in loss and "batch_size=" not in loss.split("compute_entropy")[0]
+    helper = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert "fused_lm_head=True" in helper and "outputs.log_probs[:, -logits_to_keep:]" in helper
+    from trl.trainer import utils
+
+    fused = inspect.getsource(utils.add_fused_lm_head)
+    assert "hidden_states = backbone_outputs.last_hidden_state[:, :-1]" in fused and "labels = labels[:, 1:]" in fused
+    assert 'getattr(self, backbone_attr)(*args, **kwargs)' in fused  # output_hidden_states reaches the base model
+    init = inspect.getsource(GRPOTrainer.__init__)
+    assert '"eos_token_id": self.eos_token_ids' in init and "self.generation_config = GenerationConfig(" in init
+    assert "completion_mask = (sequence_indices <= eos_idx.unsqueeze(1)).int()" in inspect.getsource(GRPOTrainer)

@@ -44,7 +44,7 @@ class SegCompassOutput(ModelOutput):
 
     Args:
         loss (`()`, *optional*): language-model loss when ``labels`` are given.
-        logits (`(B, T, vocab)`): language-model logits.
+        logits (`(B, T', vocab)`): language-model logits of the last T' positions (see ``logits_to_keep``).
         heatmap_logits (`(B, K, m, m)`): the K-slot heatmaps H_k (logits).
         confidence_logits (`(B, K)`): slot confidences c_k (logits).
         mask_logits (`(B, K, m, m)`): decoder mask logits.
@@ -300,6 +300,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         reshaped_input_sizes: torch.LongTensor | None = None,
         valid_mask_sizes: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        logits_to_keep: int | None = None,
         **backbone_kwargs,
     ) -> SegCompassOutput:
         """
@@ -313,11 +314,14 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             valid_mask_sizes (`(B, 2)`, *optional*): instead of ``reshaped_input_sizes``: the unpadded (height,
                 width) on the m × m mask grid, already computed.
             labels (`(B, T)`, *optional*): language-model labels (-100 to ignore).
+            logits_to_keep (*optional*): language-model logits of the last ``logits_to_keep`` positions (0 = all).
+                Default: all when ``labels`` are given, else only the last position - the masks need hidden states,
+                not the ``(B, T, vocab)`` logits.
             backbone_kwargs: the backbone's image inputs (``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``
                 for Qwen2.5-VL; ``pixel_values`` for LLaVA).
         """
         batch = input_ids.shape[0]
-        positions = self.slot_positions(input_ids)  # (B, K)
+        self.slot_positions(input_ids)  # fail fast, before the backbone runs, on rows without the slot tokens
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if image_embeddings is None:
@@ -329,11 +333,42 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             if valid_mask_sizes is not None:
                 raise ValueError("Pass `reshaped_input_sizes` or `valid_mask_sizes`, not both.")
             valid_mask_sizes = self.valid_mask_sizes(reshaped_input_sizes).to(image_embeddings.device)  # (B, 2)
-
+        if logits_to_keep is None:
+            logits_to_keep = 0 if labels is not None else 1
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                            output_hidden_states=True, return_dict=True, **backbone_kwargs)
-        hook_states = self._hook_states(out)  # (B, T, D)
-        last_states = out.hidden_states[-1]  # (B, T, D)
+                            output_hidden_states=True, return_dict=True, logits_to_keep=logits_to_keep,
+                            **backbone_kwargs)
+        result = self.segment_from_hidden_states(
+            input_ids, attention_mask, self._hook_states(out), out.hidden_states[-1], image_embeddings,
+            valid_mask_sizes,
+        )
+        result.loss, result.logits = out.loss, out.logits
+        return result
+
+    def segment_from_hidden_states(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        hook_states: torch.Tensor,
+        last_states: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        valid_mask_sizes: torch.LongTensor | None = None,
+    ) -> SegCompassOutput:
+        """Everything after the backbone: SAE concepts, concept interface, slot mapper and mask decoder, from the
+        hidden states of a backbone forward that already ran (:meth:`forward`; GRPO reads them from the policy's own
+        forward, :mod:`segcompass.training.grpo_forward`).
+
+        Args:
+            input_ids (`(B, T)`): the sequences, each holding the K concentration tokens once.
+            attention_mask (`(B, T)`): 1 on the tokens the concept path reads; it may have holes (tokens the policy
+                forward holds but the scoring sequence does not), which the concepts skip.
+            hook_states (`(B, T, D)`): ``hidden_states[L]``; last_states (`(B, T, D)`): the last layer's states.
+            image_embeddings (`(B, C, h, w)`); valid_mask_sizes (`(B, 2)`, *optional*): see :meth:`forward`.
+
+        Returns:
+            a [`SegCompassOutput`] without ``loss`` / ``logits``.
+        """
+        positions = self.slot_positions(input_ids)  # (B, K)
         slot_embeddings = torch.gather(
             last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
         )  # (B, K, D)
@@ -366,8 +401,6 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes,
                                                     image_positional_embeddings=key_positions)  # one dense PE for both
         return SegCompassOutput(
-            loss=out.loss,
-            logits=out.logits,
             heatmap_logits=heatmap_logits,
             confidence_logits=confidence_logits,
             mask_logits=mask_logits,

@@ -2,8 +2,8 @@
 union of their masks; no slot kept means "no target" (the LISA / gRefCOCO protocol's empty prediction).
 
 Every consumer calls these two functions: the pipeline, the evaluation runner (records and re-scoring), the recipe's
-scoring, the GRPO trainer's logged rollout IoU, the mask reward (which keeps slots, then matches instead of taking the
-union) and the interpretability analyses. The comparison is ``float64(confidence) >= float64(threshold)``, so a
+scoring, the GRPO trainer's logged rollout IoU, the mask reward (which keeps the same slots at the model's threshold
+and scores the soft IoU of their union; :mod:`segcompass.training.reward_scores`) and the interpretability analyses. The comparison is ``float64(confidence) >= float64(threshold)``, so a
 float32 tensor, a numpy array and a list of Python floats all give the same decision.
 
 A leaf module (numpy and torch only).

@@ -36,6 +36,8 @@ P = torch.zeros(2, 4, 4)
 P[0, :2] = 1.0  # slot 0 covers the top half
 G = torch.zeros(1, 4, 4)
 G[0, :2] = 1.0  # one instance: the top half
+MASK_REWARD = mask_reward.with_threshold(0.5)  # the GRPO trainer gives the defaults the model's threshold
+SEGMENTATION_REWARD = segmentation_reward.with_threshold(0.5)
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[Path], Callable[[], Any]]:
@@ -156,23 +158,28 @@ CASES = [
          Raises(ValueError, r"`masks` must be a list with one entry per completion, got int")),
     Case("mask-reward/no-completions", call(mask_reward, completions=[], pred_masks=[], pred_confidences=[],
                                             masks=[]), equals([])),
-    Case("mask-reward/rle-counts-null", call(mask_reward, completions=["a"], pred_masks=[P], pred_confidences=[
+    Case("mask-reward/rle-counts-null", call(MASK_REWARD, completions=["a"], pred_masks=[P], pred_confidences=[
         [0.9, 0.1]], masks=[[{"size": [4, 4], "counts": [None]}]]),
          Raises(ValueError, r"masks\[0\]\[0\]: RLE 'counts' list must hold non-negative integers, got None")),
-    Case("mask-reward/rle-size-string", call(mask_reward, completions=["a"], pred_masks=[P], pred_confidences=[
+    Case("mask-reward/rle-size-string", call(MASK_REWARD, completions=["a"], pred_masks=[P], pred_confidences=[
         [0.9, 0.1]], masks=[[{"size": "4x4", "counts": "x"}]]),
          Raises(ValueError, r"masks\[0\]\[0\]: RLE 'size' must be \[H, W\] with two non-negative ints, got '4x4'")),
-    Case("mask-reward/gt-nan", call(mask_reward, completions=["a"], pred_masks=[P], pred_confidences=[[0.9, 0.1]],
+    Case("mask-reward/gt-nan", call(MASK_REWARD, completions=["a"], pred_masks=[P], pred_confidences=[[0.9, 0.1]],
                                     masks=[np.full((1, 4, 4), NAN)]),
          Raises(ValueError, r"masks\[0\]\[0\]: float ground-truth masks must lie in \[0, 1\], got NaN")),
-    Case("mask-reward/rle-ground-truth", call(mask_reward, completions=["a"], pred_masks=[P],
+    Case("mask-reward/rle-ground-truth", call(MASK_REWARD, completions=["a"], pred_masks=[P],
                                               pred_confidences=[[0.9, 0.1]],
                                               masks=[[{"size": [4, 4], "counts": [0, 2, 2, 2, 2, 2, 2, 2, 2]}]]),
          equals([1.0])),
+    Case("mask-reward/threshold-unset", call(mask_reward, completions=["a"], pred_masks=[P],
+                                             pred_confidences=[[0.9, 0.1]], masks=[G]),
+         Raises(ValueError, r"mask_reward has no confidence threshold .*model\.config\.confidence_threshold")),
+    Case("mask-reward/threshold-out-of-range", call(lambda: type(mask_reward)(confidence_threshold=2.0)),
+         Raises(ValueError, r"`confidence_threshold` must be None .* or a probability in \[0, 1\], got 2\.0")),
     Case("segmentation-reward/completion-number", call(segmentation_reward, completions=[5], pred_masks=[P],
                                                        pred_confidences=[[0.9, 0.1]], masks=[G]),
          Raises(ValueError, r"A completion must be a str or a chat list of messages, got int")),
-    Case("segmentation-reward/clean", call(segmentation_reward, completions=[CLEAN], pred_masks=[P],
+    Case("segmentation-reward/clean", call(SEGMENTATION_REWARD, completions=[CLEAN], pred_masks=[P],
                                            pred_confidences=[[0.9, 0.1]], masks=[G]), equals([1.0])),
     # rollout IoU
     Case("rollout-iou/conf-nan", call(rollout_iou, P, torch.tensor([NAN, 0.1]), G),

@@ -78,12 +78,20 @@ def test_single_object_soft_iou():
     assert mask_reward_score(torch.tensor([TOP]), None, torch.tensor([TL])) == pytest.approx(0.5)  # 1 / (2 + 1 - 1)
     soft = torch.tensor([[0.5, 0.5], [0.0, 0.0]])  # Σpg = 0.5, Σp = 1, Σg = 1 -> 0.5 / 1.5
     assert mask_reward_score(soft, None, torch.tensor(TL)) == pytest.approx(1 / 3)
-    # confidences play no part for one slot and one instance
-    assert mask_reward_score(soft[None], torch.tensor([0.01]), torch.tensor([TL])) == pytest.approx(1 / 3)
-    # multi_object=False with K = 2 scores the most confident slot
+    # the prediction is evaluation's: a slot below the threshold is not predicted ("no target") -> 0
+    assert mask_reward_score(soft[None], torch.tensor([0.01]), torch.tensor([TL])) == 0.0
+    assert mask_reward_score(soft[None], torch.tensor([0.01]), torch.tensor([TL]),
+                             confidence_threshold=0.0) == pytest.approx(1 / 3)
+    # one target and K = 2: the union of the kept slots, no matching (G = 1 picks the single-object rule)
     two = torch.tensor([TOP, TL])
-    assert mask_reward_score(two, [0.2, 0.9], torch.tensor([TL]), multi_object=False) == pytest.approx(1.0)
+    assert mask_reward_score(two, [0.2, 0.9], torch.tensor([TL])) == pytest.approx(1.0)
     assert mask_reward_score(two, [0.9, 0.2], torch.tensor([TL]), multi_object=False) == pytest.approx(0.5)
+    # both kept: the union is TOP, so the extra slot costs what it costs gIoU (the old rule matched TL and gave 1)
+    assert mask_reward_score(two, [0.9, 0.9], torch.tensor([TL])) == pytest.approx(0.5)
+    assert mask_reward_score(two, [0.9, 0.9], torch.tensor([TL]), multi_object_rule="matched") == pytest.approx(0.5)
+    # the union is the pixelwise maximum: two 0.4 maps stay 0.4 (not predicted at 0.5, as at evaluation)
+    half = torch.full((2, 2, 2), 0.4)
+    assert mask_reward_score(half, None, torch.ones(1, 2, 2)) == pytest.approx(0.4)
 
 
 def _slots():
@@ -97,20 +105,31 @@ def test_multi_object_threshold_matching_and_denominator():
     pred, gt = _slots(), torch.tensor([TL, BR])
     conf = torch.tensor([0.9, 0.6, 0.4])
     # kept: s0, s1 -> pairs (s0, TL) = 1 and (s1, BR) = 0.5 -> mean 0.75
-    assert mask_reward_score(pred, conf, gt) == pytest.approx(0.75)
+    assert mask_reward_score(pred, conf, gt, multi_object_rule="matched") == pytest.approx(0.75)
+    assert mask_reward_score(pred, conf, gt, denominator="matched") == pytest.approx(0.75)  # older spelling
     assert mask_reward_score(pred, conf, gt, denominator="max") == pytest.approx(1.5 / 2)
+    # default "union": union of s0, s1 = TL + 0.5·BR vs TL + BR -> 1.5 / (1.5 + 2 - 1.5)
+    assert mask_reward_score(pred, conf, gt) == pytest.approx(0.75)
     # all slots kept (no confidences): best assignment s0-TL + s1-BR = 1.5 (s2 instead of s1 would give 1.25)
-    assert mask_reward_score(pred, None, gt) == pytest.approx(0.75)
+    assert mask_reward_score(pred, None, gt, multi_object_rule="matched") == pytest.approx(0.75)
     assert mask_reward_score(pred, None, gt, denominator="max") == pytest.approx(1.5 / 3)  # max(K'=3, G=2)
+    assert mask_reward_score(pred, None, gt) == pytest.approx(2 / 4)  # s2 fills the union: 2 of its 4 pixels
     # the threshold is on probabilities: 0.55 is kept at 0.5 (a logit >= 0.5 rule would drop it)
-    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt) == pytest.approx(0.75)
-    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt, confidence_threshold=0.6) == pytest.approx(1.0)  # only s0
+    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt, multi_object_rule="matched") == pytest.approx(0.75)
+    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt, confidence_threshold=0.6,
+                             multi_object_rule="matched") == pytest.approx(1.0)  # only s0
+    assert mask_reward_score(pred, [0.9, 0.55, 0.1], gt, confidence_threshold=0.6) == pytest.approx(0.5)  # TL of 2
+    with pytest.raises(ValueError, match="name different rules"):
+        mask_reward_score(pred, conf, gt, multi_object_rule="union", denominator="max")
+    with pytest.raises(ValueError, match="multi_object_rule"):
+        mask_reward_score(pred, conf, gt, multi_object_rule="hungarian")
 
 
 def test_multi_object_more_instances_than_kept_slots():
     pred, gt = torch.tensor([TL]), torch.tensor([TL, BR])  # K = 1, G = 2 -> multi-object rule
-    assert mask_reward_score(pred, [0.8], gt) == pytest.approx(1.0)  # mean over the one matched pair
+    assert mask_reward_score(pred, [0.8], gt, multi_object_rule="matched") == pytest.approx(1.0)  # matched pairs
     assert mask_reward_score(pred, [0.8], gt, denominator="max") == pytest.approx(0.5)
+    assert mask_reward_score(pred, [0.8], gt) == pytest.approx(0.5)  # the missed instance halves the union IoU
 
 
 def test_empty_sides():
@@ -176,12 +195,12 @@ def test_mask_reward_adapter_ground_truth_forms():
     gts = [
         [_rle(big_tl), _rle(big_br)],  # SegCompass schema: list of RLEs at original size
         torch.tensor([TL, BR]),  # tensor (G, H, W) on the prediction grid
-        [TL],  # one 2-D nested list -> G = 1, matched to s0; s1 is kept but unmatched
+        [TL],  # one 2-D nested list -> G = 1: single-object rule, the union TL + BR vs TL -> 1 / 2
         [],  # no target, but both slots kept -> 0
         np.stack([big_tl, big_br]).astype(np.uint8) * 255,  # uint8 0/255 array: nonzero is foreground
     ]
     n = len(gts)
-    out = mask_reward(
+    out = mask_reward.with_threshold(0.5)(
         prompts=["p"] * n,
         completions=["x"] * n,
         completion_ids=[[1]] * n,
@@ -190,11 +209,22 @@ def test_mask_reward_adapter_ground_truth_forms():
         masks=gts,
         image=[None] * n,
     )
-    assert out == pytest.approx([1.0, 1.0, 1.0, 0.0, 1.0])
-    # same rows scored with the authors' max(K', G) denominator: row 2 becomes 1 / 2
-    strict = MaskReward(denominator="max")(completions=["x"] * n, pred_masks=[pred] * n,
-                                          pred_confidences=[conf] * n, masks=gts)
+    assert out == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0])
+    # the authors' max(K', G) denominator: the same here (row 2 has one target: the single-object rule)
+    strict = MaskReward(denominator="max", confidence_threshold=0.5)(completions=["x"] * n, pred_masks=[pred] * n,
+                                                                     pred_confidences=[conf] * n, masks=gts)
     assert strict == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0])
+    # the keep threshold decides: at 0.85 only s0 is kept, so rows 2 and 3 change
+    high = MaskReward(confidence_threshold=0.85)(completions=["x"] * n, pred_masks=[pred] * n,
+                                                 pred_confidences=[conf] * n, masks=gts)
+    assert high == pytest.approx([0.5, 0.5, 1.0, 0.0, 0.5])
+    # without a threshold (None = the model's, filled in by the GRPO trainer) confidences cannot be applied
+    with pytest.raises(ValueError, match=r"no confidence threshold.*with_threshold"):
+        mask_reward(completions=["x"], pred_masks=[pred], pred_confidences=[conf], masks=[gts[1]])
+    assert mask_reward.confidence_threshold is None and mask_reward.with_threshold(0.2).confidence_threshold == 0.2
+    assert MaskReward(confidence_threshold=0.3).with_threshold(0.2).confidence_threshold == 0.3  # explicit wins
+    with pytest.raises(ValueError, match=r"`confidence_threshold` must be None .* got 1\.5"):
+        MaskReward(confidence_threshold=1.5)
 
 
 def test_mask_reward_adapter_letterbox_vs_stretch():
@@ -228,7 +258,7 @@ def test_segmentation_reward_combines_and_keeps_masks_for_bad_format():
         [{"role": "assistant", "content": CLEAN + "<|im_end|>"}],  # format 1.0
         [{"role": "assistant", "content": "<think>no token</think>"}],  # format 0.0, mask still scored
     ]
-    out = segmentation_reward(
+    out = segmentation_reward.with_threshold(0.5)(
         prompts=[[{"role": "user", "content": "q"}]] * 2,
         completions=completions,
         completion_ids=[[1], [2]],
@@ -242,7 +272,9 @@ def test_segmentation_reward_combines_and_keeps_masks_for_bad_format():
     assert out == pytest.approx([0.3 * 1.0 + 0.7 * 0.75, 0.7 * 0.75])
     assert logged == pytest.approx({"segmentation_reward/format": 0.5, "segmentation_reward/mask": 0.75})
     assert segmentation_reward.__name__ == "segmentation_reward" and mask_reward.__name__ == "mask_reward"
-    custom = SegmentationReward(format_weight=0.5, mask_weight=0.5)
+    assert segmentation_reward.with_threshold(0.5).__name__ == "segmentation_reward"
+    assert segmentation_reward.confidence_threshold is None  # the module's default is never changed
+    custom = SegmentationReward(format_weight=0.5, mask_weight=0.5, confidence_threshold=0.5)
     out = custom(completions=[CLEAN], pred_masks=[pred], pred_confidences=[conf], masks=[gt])
     assert out == pytest.approx([0.5 * 1.0 + 0.5 * 0.75])
 

@@ -156,13 +156,13 @@ def last_activation_distance(active: torch.Tensor, attention_mask: torch.Tensor)
     Args:
         active (`(B, T, N)` bool): where each kept feature is active (``PooledConcepts.active``: the selection's own
             decision).
-        attention_mask (`(B, T)`): 1 for valid tokens.
+        attention_mask (`(B, T)`): 1 for valid tokens (holes allowed: distances count valid tokens only).
 
     Returns:
         `(B, N)` float distances (0 for a feature that last fired on the final token; padding entries 0).
     """
-    num_tokens = active.shape[1]
-    positions = torch.arange(num_tokens, device=active.device)  # (T,)
-    last = torch.where(active, positions[None, :, None], -1).amax(1)  # (B, N)
-    end = torch.where(attention_mask.bool(), positions[None], -1).amax(1, keepdim=True)  # (B, 1)
+    valid = attention_mask.bool()
+    positions = valid.long().cumsum(1) - 1  # (B, T) index among the valid tokens: holes in the mask are not counted
+    last = torch.where(active & valid[..., None], positions[..., None], -1).amax(1)  # (B, N)
+    end = torch.where(valid, positions, -1).amax(1, keepdim=True)  # (B, 1)
     return torch.where(last >= 0, end - last, 0).float()

@@ -4,7 +4,8 @@ Paper defaults (§4.1, appendix B): G = 8 rollouts per prompt, β = 0.2 (KL to t
 (clipping), lr 2e-6 for the backbone with ×25 for the concept codebook (``concept_interface``), ×80 for the slot
 mapper and ×10 for the mask decoder, AdamW with weight decay 0.01, a one-cycle schedule without warm-up whose final
 learning rate is the peak divided by 6.7, gradient clipping at 1.0, rewards 0.3 · format + 0.7 · mask, and the
-supervised terms λ_s = 1.0 (segmentation), λ_c = 0.2 (confidence), λ_d = 0.6 (dice inside the segmentation term).
+supervised terms λ_s = 1.0 (segmentation), λ_c = 0.2 (confidence), λ_d = 0.6 (dice inside the segmentation term),
+completions of up to 2,000 tokens and, for Qwen2.5-VL, images resized into 3,136 to 705,600 pixels (appendix A.2).
 K = 6 slots is a property of the model (``SegCompassConfig.num_slots``), not of this config.
 
 Importing this module imports ``trl`` (about 5 s); :mod:`segcompass.training` itself does not.
@@ -51,6 +52,8 @@ _RANGES = (
     ("mask_decoder_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
     ("one_cycle_final_div_factor", 1.0, True, None, "final LR = peak / factor"),
     ("mask_confidence_threshold", 0.0, True, 1.0, "a confidence probability"),
+    ("min_pixels", 1, True, None, "the smallest image pixel count of the backbone"),
+    ("max_pixels", 1, True, None, "the largest image pixel count of the backbone"),
     ("dataset_check_rows", 1, True, None, "the rows checked before training (None: every row)"),
 )
 
@@ -78,7 +81,8 @@ class SegCompassGRPOConfig(GRPOConfig):
 
     Changed defaults (paper): ``beta=0.2``, ``learning_rate=2e-6``, ``weight_decay=0.01``, ``loss_type="grpo"``,
     ``num_generations=8``, ``epsilon=0.2``, ``max_grad_norm=1.0``, ``reward_weights`` 0.3 / 0.7 for the default
-    reward functions (format, mask), ``logging_steps=1``. Activation checkpointing stays on by default as in TRL, under
+    reward functions (format, mask), ``logging_steps=1``, ``max_completion_length=2000`` (TRL: 512; the paper's
+    response length, appendix A.2). Activation checkpointing stays on by default as in TRL, under
     transformers 5's name ``activation_checkpointing`` (TRL sets the deprecated ``gradient_checkpointing=True``, which
     made every config warn); ``gradient_checkpointing`` is still read when given.
 
@@ -102,8 +106,23 @@ class SegCompassGRPOConfig(GRPOConfig):
         one_cycle_final_div_factor: final learning rate = peak / this factor (paper 6.7).
         dataset_check_rows: rows of each dataset checked (columns, mask sizes) before training starts; ``None``
             checks every row. Every rollout batch is checked again as it is used.
-        mask_confidence_threshold: confidence probability above which a slot counts as predicted, for the logged
-            rollout IoU.
+        mask_confidence_threshold: confidence probability at or above which a slot counts as predicted, for the
+            default mask reward and the logged rollout IoU. ``None`` (default) takes the model's
+            ``config.confidence_threshold`` (the tuned value inference and evaluation use), so the reward keeps the
+            slots the evaluation keeps; the trainer fills it in (:func:`.grpo_setup.check_grpo_args`). A value set
+            here overrides the model's; a reward function given its own threshold keeps it.
+        min_pixels / max_pixels: the pixel-count range Qwen2.5-VL's image processor resizes images into (paper
+            appendix A.2: 3,136 to 705,600; Qwen2.5-VL's own processor allows up to 12,845,056). The trainer narrows
+            the processor's range to this one (:func:`.grpo_setup.apply_pixel_limits`): its ``longest_edge`` becomes
+            ``min(own, max_pixels)``, its ``shortest_edge`` ``max(own, min_pixels)``, so a processor already inside
+            the range (e.g. a fixed image size) is unchanged; ``None`` leaves that side as the processor has it.
+            To widen a processor's range, set its ``image_processor.size`` and pass None here. No effect on LLaVA
+            (its CLIP processor has a fixed size).
+
+    Precision: trainable parameters must be float32 (``bf16=True``, the default, then computes in bfloat16 under
+    autocast with fp32 master weights, the paper's "bfloat16 for parameters, fp32 for reductions"); a model loaded in
+    bfloat16 / float16 is refused by :func:`.grpo_setup.check_grpo_args`, since AdamW on 16-bit weights rounds most
+    updates at lr 2e-6 away.
     """
 
     # ---- paper defaults for inherited fields
@@ -115,6 +134,9 @@ class SegCompassGRPOConfig(GRPOConfig):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (paper 1.0)."})
     loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation (paper: 'grpo')."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    max_completion_length: int | None = field(
+        default=2000, metadata={"help": "Maximum completion length in tokens (paper 2000; TRL's default is 512)."}
+    )
     activation_checkpointing: bool | None = field(
         default=None,
         metadata={"help": "Recompute activations in the backward pass to save memory (about 20%% slower); unset "
@@ -144,6 +166,12 @@ class SegCompassGRPOConfig(GRPOConfig):
     train_slot_token_embeddings: bool = field(
         default=False, metadata={"help": "Train the concentration tokens' embedding rows (only those rows)."}
     )
+    shared_policy_forward: bool = field(
+        default=True,
+        metadata={"help": "One backbone forward per completion: the segmentation loss reads its hidden states from "
+                          "the policy forward (generation stops at <REF_POS>). False: a separate segmentation forward "
+                          "(twice the backbone compute; kept as the benchmark's reference)."},
+    )
 
     # ---- schedule
     use_one_cycle_schedule: bool = field(
@@ -158,8 +186,22 @@ class SegCompassGRPOConfig(GRPOConfig):
     dataset_check_rows: int | None = field(
         default=256, metadata={"help": "Rows checked before training (None: all)."}
     )
-    mask_confidence_threshold: float = field(
-        default=0.5, metadata={"help": "Slot confidence threshold for the logged rollout IoU."}
+    mask_confidence_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Slot confidence threshold of the default mask reward and the logged rollout IoU; unset "
+                          "means the model's config.confidence_threshold (what inference and evaluation use)."},
+    )
+
+    # ---- backbone image size (Qwen2.5-VL)
+    min_pixels: int | None = field(
+        default=3136,
+        metadata={"help": "Smallest image pixel count for Qwen2.5-VL (paper 3136); the processor's range is narrowed "
+                          "to [min_pixels, max_pixels]. Unset: the processor's own. No effect on LLaVA."},
+    )
+    max_pixels: int | None = field(
+        default=705600,
+        metadata={"help": "Largest image pixel count for Qwen2.5-VL (paper 705600); larger images are resized down. "
+                          "Unset: the processor's own. No effect on LLaVA."},
     )
 
     def __post_init__(self):
@@ -181,9 +223,20 @@ class SegCompassGRPOConfig(GRPOConfig):
                 f"`one_cycle_final_div_factor` must be >= 1 (final LR = peak / factor), got "
                 f"{self.one_cycle_final_div_factor}."
             )
-        if not 0.0 <= self.mask_confidence_threshold <= 1.0:
+        if self.mask_confidence_threshold is not None and not 0.0 <= self.mask_confidence_threshold <= 1.0:
             raise ValueError(
-                f"`mask_confidence_threshold` must be a probability in [0, 1], got {self.mask_confidence_threshold}."
+                f"`mask_confidence_threshold` must be a probability in [0, 1] or None (the model's "
+                f"config.confidence_threshold), got {self.mask_confidence_threshold}."
+            )
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"`{name}` must be a whole pixel count or None, got {value!r}; pass e.g. "
+                                 f"--{name} {getattr(type(self), name)}.")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"`min_pixels` ({self.min_pixels}) is above `max_pixels` ({self.max_pixels}); the image pixel range "
+                "must be non-empty (paper: 3136 to 705600)."
             )
         if self.dataset_check_rows is not None and self.dataset_check_rows < 1:
             raise ValueError(

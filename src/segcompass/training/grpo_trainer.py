@@ -29,13 +29,16 @@ How it fits TRL 1.16's ``GRPOTrainer`` (this module holds the trainer and its TR
   :func:`.grpo_rollout.decode_rollout_masks`) decodes the K masks of every completion. They reach the reward functions as ``pred_masks`` (``(K, m, m)``
   probabilities on SAM's letterboxed frame) and ``pred_confidences`` (``(K,)`` probabilities). Completions are
   re-decoded keeping ``<REF_POS>`` (TRL strips special tokens), so the format reward can see it.
-* **Loss** (:meth:`_generate_and_score_completions`, :meth:`_compute_loss`): the scoring inputs, SAM image keys and
-  ground-truth masks on the m × m grid (:func:`.grpo_data.rollout_targets`) travel in the batch dict (shuffled and
-  split with it); the policy loss of TRL plus ``λ_s · seg + λ_c · conf`` (:func:`segmentation_losses`) is returned,
-  so one backward covers both.
-  TODO: the segmentation loss runs a second backbone forward over the scoring sequence (prompt + completion cut at
-  ``<REF_POS>`` + slot tokens). Capturing hidden states from TRL's policy forward with a hook (snippet E) would
-  need the slot tokens inside the policy sequence; not done.
+* **Loss** (:meth:`_generate_and_score_completions`, :meth:`_compute_loss`): the SAM image keys and ground-truth
+  masks on the m × m grid (:func:`.grpo_data.rollout_targets`) travel in the batch dict (shuffled and split with it);
+  the policy loss of TRL plus ``λ_s · seg + λ_c · conf`` (:func:`segmentation_losses`) is returned, so one backward
+  covers both. **One backbone forward per completion** (``shared_policy_forward=True``, :mod:`.grpo_forward`): the
+  slot tokens are teacher-forced after each completion in the very forward that gives TRL its log-probabilities
+  (TRL's fused LM head scores only the completion tokens; the slot tokens see exactly the scoring sequence through
+  the attention mask), and the heads read ``hidden_states[L]`` and the last layer from it. Generation stops at
+  ``<REF_POS>`` so that this is exact; a micro-batch where it is not (a custom stop list) falls back to a separate
+  segmentation forward (:meth:`segmentation_forward`, also what ``shared_policy_forward=False`` runs). The rollout's
+  no-grad scoring forward decodes the masks for the rewards and computes no language-model logits.
 
 Logged per step, besides TRL's metrics (``rewards/<fn>/mean`` per reward component, ``kl``, ``entropy`` ...):
 ``seg/loss``, ``seg/seg``, ``seg/bce``, ``seg/dice``, ``seg/conf``, ``seg/matched_iou``, ``seg/rollout_iou`` (mean IoU
@@ -61,7 +64,6 @@ from trl.trainer.utils import RepeatSampler, add_fused_lm_head, disable_dropout_
 
 from ..modeling_segcompass import SegCompassForReasoningSegmentation
 from ..processing_segcompass import SegCompassProcessor
-from ..sae.training import check_finite_loss
 from ..sam_frame import valid_region_mask
 from ..utils.io import atomic_path
 from ..utils.logging import get_logger
@@ -72,12 +74,12 @@ from .grpo_data import (
     rollout_targets,
     validate_grpo_dataset,
 )
+from .grpo_loss import SegmentationLossMixin
 from .grpo_optim import HeadOptimizationMixin, ZeroHeadGradients
-from .grpo_rollout import backbone_image_kwargs, decode_rollout_masks, sam_image_embeddings, scoring_inputs
+from .grpo_rollout import decode_rollout_masks, sam_image_embeddings, scoring_inputs
 from .grpo_setup import check_grpo_args, load_model_and_processor, prepare_model_for_grpo
-from .losses import segmentation_losses
 from .reward_scores import rollout_iou
-from .rewards import format_reward, mask_reward
+from .rewards import format_reward, mask_reward, resolve_reward_threshold
 
 logger = get_logger(__name__)
 
@@ -108,7 +110,7 @@ class _EpochRepeatSampler(RepeatSampler):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
+class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTrainer):
     r"""GRPO for SegCompass: the backbone is TRL's policy; masks are decoded for every rollout and the supervised
     segmentation / confidence losses join the policy loss (see the module docstring).
 
@@ -180,6 +182,9 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
             ref_backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         self._rollout: dict | None = None
         self._prompt_cache: dict | None = None
+        self._shared_request: dict | None = None  # set by _compute_loss for _get_per_token_logps_and_entropies
+        self._shared_output = None
+        self._warned_inexact = False
         args.beta, args.sync_ref_model = 0.0, False
         try:
             super().__init__(model=model.backbone, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
@@ -188,6 +193,7 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
         finally:
             args.beta, args.sync_ref_model = beta, sync_ref
         self.beta = beta
+        self._stop_at_ref_token(model.config.ref_token_id)
         if peft_config is not None:
             self._adopt_peft_backbone()
         if self.tools or self.environment_factories is not None or self.rollout_func is not None:
@@ -212,11 +218,18 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
 
     @staticmethod
     def _build_reward_functions(reward_funcs, args: SegCompassGRPOConfig) -> list:
-        """Default ``[format_reward, mask_reward]`` weighted 0.3 / 0.7 (when ``args.reward_weights`` is None)."""
+        """Default ``[format_reward, mask_reward]`` weighted 0.3 / 0.7 (when ``args.reward_weights`` is None). A mask
+        or segmentation reward without a keep threshold (``confidence_threshold=None``, the default) gets
+        ``args.mask_confidence_threshold`` (the model's ``config.confidence_threshold`` unless set; filled in by
+        :func:`check_grpo_args`) through ``with_threshold`` (a copy); one with its own threshold keeps it."""
         if reward_funcs is None:
             reward_funcs = [format_reward, mask_reward]
             if args.reward_weights is None:
                 args.reward_weights = [0.3, 0.7]
+        if isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [resolve_reward_threshold(f, args.mask_confidence_threshold) for f in reward_funcs]
+        else:
+            reward_funcs = resolve_reward_threshold(reward_funcs, args.mask_confidence_threshold)
         return reward_funcs
 
     def _adopt_peft_backbone(self) -> None:
@@ -274,14 +287,6 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
             fields["mm_token_type_ids"] = [row[m].tolist() for row, m in zip(encoded["mm_token_type_ids"], keep)]
         self._prompt_cache = {**{k: encoded[k] for k in _SAM_KEYS}, **fields}
         return prompt_ids, images, fields
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args,
-                                           sam_pixel_values=None, original_sizes=None, reshaped_input_sizes=None,
-                                           **kwargs):
-        """TRL's log-probabilities; drops the SAM inputs that the SegCompass processor adds to TRL's
-        ``forward_kwargs`` (the policy is the backbone alone)."""
-        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args,
-                                                          **kwargs)
 
     def _decode_completion(self, ids: Sequence[int]) -> str:
         """Decode keeping ``<REF_POS>`` (other special tokens are dropped, as TRL does)."""
@@ -369,52 +374,6 @@ class SegCompassGRPOTrainer(HeadOptimizationMixin, GRPOTrainer):
         self._metrics[mode]["seg/rollout_iou"].append(iou)
         self._metrics[mode]["seg/malformed_ratio"].append(malformed)
         return output
-
-    # -------------------------------------------------------------------------------------------- loss
-    def segmentation_forward(self, inputs: dict[str, Any]):
-        """The SegCompass forward (with gradients) on the batch's scoring sequences: returns
-        ``(SegCompassOutput, SegmentationLossOutput)``."""
-        batch = inputs["seg_input_ids"].shape[0]
-        kwargs = {}
-        if inputs.get("pixel_values") is not None:
-            fields = {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs.get("image_grid_thw")}
-            kwargs = backbone_image_kwargs(fields, 0, batch)
-        if "seg_mm_token_type_ids" in inputs:
-            kwargs["mm_token_type_ids"] = inputs["seg_mm_token_type_ids"]
-        self._head_mode(self.model.training)
-        image_embeddings = inputs["seg_image_embeddings"]
-        with self.accelerator.autocast():
-            if not self.args.freeze_vision_encoder:  # the rollout's keys have no graph: recompute with gradients
-                image_embeddings = self.segcompass.get_image_embeddings(inputs["seg_sam_pixel_values"])
-            out = self.segcompass(
-                input_ids=inputs["seg_input_ids"], attention_mask=inputs["seg_attention_mask"],
-                image_embeddings=image_embeddings, valid_mask_sizes=inputs["seg_valid_sizes"], **kwargs,
-            )
-        losses = segmentation_losses(
-            out.heatmap_logits.float(), out.mask_logits.float(), out.confidence_logits.float(),
-            list(inputs["seg_gt_masks"]), lambda_seg=self.args.lambda_seg, lambda_conf=self.args.lambda_conf,
-            lambda_dice=self.args.lambda_dice, valid_mask=valid_region_mask(inputs["seg_valid_sizes"], self._grid),
-        )
-        return out, losses
-
-    def _compute_loss(self, model, inputs):
-        """TRL's GRPO loss + ``λ_s · seg + λ_c · conf`` (scaled like TRL's loss for gradient accumulation)."""
-        loss = super()._compute_loss(model, inputs)
-        _, losses = self.segmentation_forward(inputs)
-        mode = "train" if self.model.training else "eval"
-        scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        for name, value in losses.metrics().items():
-            if name == "num_matched":
-                continue
-            self._metrics[mode][f"seg/{name}"].append(value)
-        total = loss + losses.loss.to(loss.dtype) / scale
-        # before backward: no update (and so no saved checkpoint) ever holds NaN weights
-        if not torch.isfinite(total.detach()).all():
-            check_finite_loss(total, f"GRPO step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}; "
-                                     f"policy loss {float(loss.detach()):.4g}, segmentation loss "
-                                     f"{float(losses.loss.detach()):.4g})",
-                              "Check the dataset's masks and images, or lower --learning_rate / the lr multipliers.")
-        return total
 
     # -------------------------------------------------------------------------------------------- saving
     def _peft_policy(self):

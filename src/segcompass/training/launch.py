@@ -135,7 +135,12 @@ def _load_model(cli: TrainArguments, output_dir: str):
         source = cli.model_name_or_path
     else:
         raise ValueError("Pass --model_name_or_path DIR (a SegCompass checkpoint) or --tiny.")
-    return SegCompassForReasoningSegmentation.from_pretrained(source), SegCompassProcessor.from_pretrained(source)
+    # fp32 master weights whatever dtype the checkpoint was saved in (transformers 5 loads "auto", so a bf16
+    # checkpoint would train with pure-bf16 AdamW, which the trainer refuses); --bf16 turns on bf16 autocast compute.
+    import torch
+
+    model = SegCompassForReasoningSegmentation.from_pretrained(source, dtype=torch.float32)
+    return model, SegCompassProcessor.from_pretrained(source)
 
 
 def build_trainer(cli: TrainArguments, args):

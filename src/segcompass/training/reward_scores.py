@@ -19,7 +19,15 @@ import torch
 from ..prediction import keep_and_union, kept_slots
 from .matching import hungarian_match, pairwise_soft_iou
 
-__all__ = ["combined_reward_score", "mask_reward_score", "mask_stack", "rollout_iou"]
+__all__ = [
+    "MULTI_OBJECT_RULES",
+    "combined_reward_score",
+    "mask_reward_score",
+    "mask_stack",
+    "resolve_multi_object_rule",
+    "rollout_iou",
+    "soft_union",
+]
 
 
 def _as_float_tensor(x: Any, name: str, what: str = "tensor") -> torch.Tensor:
@@ -65,6 +73,43 @@ def _check_unit_range(x: torch.Tensor, name: str, fix: str) -> None:
         raise ValueError(f"`{name}` must hold values in [0, 1], got [{float(low):g}, {float(high):g}]. {fix}")
 
 
+MultiObjectRule = Literal["union", "max", "matched"]
+MULTI_OBJECT_RULES: tuple[str, ...] = ("union", "max", "matched")
+
+
+def resolve_multi_object_rule(multi_object_rule: str | None, denominator: str | None) -> str:
+    """The multi-object rule from ``multi_object_rule`` and its legacy spelling ``denominator`` (``"matched"`` /
+    ``"max"``: the Hungarian rule with that denominator). Default ``"union"``.
+
+    Raises:
+        ValueError: an unknown value, or the two arguments naming different rules.
+    """
+    if multi_object_rule is not None and multi_object_rule not in MULTI_OBJECT_RULES:
+        raise ValueError(f"`multi_object_rule` must be one of {MULTI_OBJECT_RULES}, got {multi_object_rule!r}.")
+    if denominator is not None and denominator not in ("matched", "max"):
+        raise ValueError(
+            f"`denominator` must be 'matched' or 'max', got {denominator!r}; or pass "
+            f"multi_object_rule='union' (the default) instead."
+        )
+    if multi_object_rule is not None and denominator is not None and multi_object_rule != denominator:
+        raise ValueError(
+            f"`multi_object_rule={multi_object_rule!r}` and `denominator={denominator!r}` name different rules; "
+            "pass only multi_object_rule ('union', 'max' or 'matched')."
+        )
+    return multi_object_rule or denominator or "union"
+
+
+def soft_union(stack: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` probabilities -> ``(1, H, W)``: the pixelwise maximum (all zeros when N = 0).
+
+    The maximum keeps the evaluation's decision exactly: ``max_k p_k > 0.5`` iff some slot's mask ``p_k > 0.5``,
+    i.e. the union :func:`segcompass.prediction.keep_and_union` takes of the binarised slots (a probabilistic OR,
+    ``1 - Π(1 - p_k)``, would turn two 0.4 pixels into a predicted 0.64)."""
+    if stack.shape[0] == 0:
+        return torch.zeros((1, *stack.shape[-2:]), dtype=stack.dtype, device=stack.device)
+    return stack.amax(0, keepdim=True)
+
+
 def mask_reward_score(
     pred_probs: torch.Tensor | np.ndarray,
     confidences: torch.Tensor | np.ndarray | Sequence[float] | None,
@@ -72,25 +117,42 @@ def mask_reward_score(
     *,
     confidence_threshold: float = 0.5,
     multi_object: bool | None = None,
-    denominator: Literal["matched", "max"] = "matched",
+    multi_object_rule: MultiObjectRule | None = None,
+    denominator: Literal["matched", "max"] | None = None,
 ) -> float:
-    """Mask score of one response in ``[0, 1]`` (paper appendix B.3).
+    """Mask score of one response in ``[0, 1]`` (paper appendix B.3, chosen to rank like the evaluation).
 
-    * Single object (auto when K = 1 and G = 1, or ``multi_object=False``): soft IoU of the probability mask with
-      the ground truth; no matching, confidences unused. With ``multi_object=False`` and K > 1 the most confident
-      slot is scored (slot 0 when ``confidences`` is None); G = 0 is scored against an empty mask.
-    * Multi object (otherwise): keep the slots with confidence ≥ ``confidence_threshold`` (all slots when
-      ``confidences`` is None), K' of them. K' = 0 and G = 0 → 1.0; exactly one of them 0 → 0.0. Else solve the
-      Hungarian assignment maximising the total soft IoU of the (K', G) matrix and return
-      Σ matched IoU / min(K', G) (``denominator="matched"``, paper) or / max(K', G) (``"max"``, authors' code).
+    The kept slots are those with confidence ≥ ``confidence_threshold`` (all K when ``confidences`` is None), K'
+    of them: the slots :func:`segcompass.prediction.keep_and_union` turns into the prediction at evaluation. Pass
+    the model's ``config.confidence_threshold``; 0.5 is only ``SegCompassConfig``'s default.
+
+    * Single object (the sample has one target, G = 1, with ``multi_object`` None; or ``multi_object=False``): soft
+      IoU of the soft union (pixelwise max) of the kept slots with the instance; no matching. With K = 1 and no
+      confidences this is the paper's rule literally; with K > 1 the union is what evaluation scores, so an extra
+      confident slot lowers the score exactly as it lowers gIoU / cIoU, and no slot kept scores 0. G = 0 with
+      ``multi_object=False`` is scored against an empty mask.
+    * Multi object (G = 0 or G ≥ 2 with ``multi_object`` None; or ``multi_object=True``): K' = 0 and G = 0 → 1.0;
+      exactly one of them 0 → 0.0 (paper). Else, by ``multi_object_rule``:
+
+      - ``"union"`` (default): soft IoU of the soft union of the kept slots with the union of the instances, the
+        soft form of the sample's gIoU (its IoU of the unions), so it ranks completions as gIoU and cIoU do:
+        false-positive pixels from an extra slot and a missed instance both lower it, a duplicate slot on an
+        already covered instance does not (the union, and the metric, are unchanged).
+      - ``"max"`` (the authors' code): Hungarian assignment maximising the total soft IoU of the (K', G) matrix,
+        Σ matched IoU / max(K', G); unmatched slots and instances cost reward, but a duplicate slot costs a whole
+        share (an exact duplicate leaves gIoU unchanged) and a tiny spurious slot costs as much as a large one.
+      - ``"matched"`` (the paper's B.3 literally): Σ matched IoU / min(K', G), the mean over matched pairs; extra
+        confident slots and missed instances cost nothing.
 
     Args:
         pred_probs (`(K, H, W)` or `(H, W)`): slot mask probabilities in ``[0, 1]``.
         confidences (`(K,)` or None): slot confidence probabilities in ``[0, 1]`` (apply sigmoid to logits).
         gt_masks (`(G, H, W)` or `(H, W)`): ground truth in ``[0, 1]`` on the prediction grid; G may be 0.
-        confidence_threshold: keep threshold on the confidence probability.
-        multi_object: force the single- (False) or multi-object (True) rule; None chooses as above.
-        denominator: ``"matched"`` or ``"max"``.
+        confidence_threshold: keep threshold on the confidence probability (the model's
+            ``config.confidence_threshold``).
+        multi_object: force the single- (False) or multi-object (True) rule; None chooses by G as above.
+        multi_object_rule: ``"union"`` (default), ``"max"`` or ``"matched"``.
+        denominator: legacy spelling of ``multi_object_rule="matched"`` / ``"max"``.
 
     Example:
         >>> p = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])    # one slot covering the top row
@@ -98,8 +160,7 @@ def mask_reward_score(
         >>> mask_reward_score(p, None, g)
         0.5
     """
-    if denominator not in ("matched", "max"):
-        raise ValueError(f"`denominator` must be 'matched' or 'max', got {denominator!r}.")
+    rule = resolve_multi_object_rule(multi_object_rule, denominator)
     if multi_object is not None and not isinstance(multi_object, bool):
         raise ValueError(f"`multi_object` must be None, True or False, got {multi_object!r}.")
     if not _is_number(confidence_threshold) or not 0.0 <= confidence_threshold <= 1.0:
@@ -130,28 +191,29 @@ def mask_reward_score(
         if conf.numel() != num_slots:
             raise ValueError(f"`confidences` has {conf.numel()} values but `pred_probs` has K = {num_slots} slots.")
         _check_unit_range(conf, "confidences", "Pass probabilities: apply sigmoid to confidence logits.")
+    kept = pred if conf is None else pred[kept_slots(conf, confidence_threshold)]  # (K', H, W)
+    num_kept = kept.shape[0]
 
-    single = multi_object is False or (multi_object is None and num_slots == 1 and num_gt == 1)
+    single = multi_object is False or (multi_object is None and num_gt == 1)
     if single:
         if num_gt > 1:
             raise ValueError(
                 f"`multi_object=False` needs at most one ground-truth mask, got G = {num_gt}. Use multi_object=True "
                 "(or None) for multi-instance samples."
             )
-        slot = int(conf.argmax()) if (conf is not None and num_slots > 1) else 0
-        target = gt[:1] if num_gt == 1 else torch.zeros_like(pred[:1])  # (1, H, W)
-        return float(pairwise_soft_iou(pred[slot : slot + 1], target)[0, 0])
+        target = gt if num_gt == 1 else pred.new_zeros((1, *pred.shape[-2:]))  # (1, H, W)
+        return float(pairwise_soft_iou(soft_union(kept), target)[0, 0])
 
-    kept = pred if conf is None else pred[kept_slots(conf, confidence_threshold)]  # (K', H, W)
-    num_kept = kept.shape[0]
     if num_kept == 0 and num_gt == 0:
         return 1.0
     if num_kept == 0 or num_gt == 0:
         return 0.0
+    if rule == "union":
+        return float(pairwise_soft_iou(soft_union(kept), soft_union(gt))[0, 0])
     iou = pairwise_soft_iou(kept, gt)  # (K', G)
     rows, cols = hungarian_match(iou)
     total = float(iou.cpu()[rows, cols].sum())
-    count = len(rows) if denominator == "matched" else max(num_kept, num_gt)
+    count = len(rows) if rule == "matched" else max(num_kept, num_gt)
     return total / count
 
 

@@ -15,30 +15,59 @@ reward = 0.3 · format score + 0.7 · mask score
   ``reward_funcs=[segmentation_reward]``; with TRL's default ``multi_objective_aggregation="sum_then_normalize"``
   both give the same advantages.
 
-Where the paper leaves a choice open, the choice taken here (the authors' variants are options, never defaults):
+Where the paper leaves a choice open, the choice taken here is the one that ranks completions as the evaluation
+does (the paper's and the authors' variants stay available as options):
 
 * Format: exactly one ``<think>`` and one ``</think>`` tag, in that order (a stray or nested tag is invalid);
   the 2048-character limit applies to the raw think content; a documented set of end-of-sequence markers at the end
   of the response is stripped before the "text after the reference token" check. ``max_gap_words`` reproduces
   the authors' extra rule (> 10 words between ``</think>`` and the reference token → 0.9); off by default.
-* Mask, multi-object: slots are kept when their confidence *probability* is ≥ ``confidence_threshold`` (0.5);
-  ``denominator="max"`` divides the matched overlap by ``max(K', G)`` as the authors' code does, penalising
-  unmatched slots and instances; the default ``"matched"`` is the paper's mean over matched pairs.
-* Mask, single-object: chosen automatically when there is one slot and one instance; with
-  ``multi_object=False`` and several slots the most confident slot (slot 0 without confidences) is scored.
-  Confidences play no part in the single-object score (paper: no auxiliary terms).
+* Mask, which slots count: those whose confidence *probability* is ≥ the model's own
+  ``SegCompassConfig.confidence_threshold`` (the tuned value inference and evaluation use, e.g. 0.5 or 0.15), never
+  a fixed 0.5. ``MaskReward(confidence_threshold=None)`` (the default) means exactly that: the
+  SegCompass GRPO trainer fills it in from ``model.config`` (or from ``SegCompassGRPOConfig.mask_confidence_threshold``
+  when set; an explicit ``MaskReward(confidence_threshold=t)`` always wins). Called outside the trainer with
+  confidences, an unset threshold is an error rather than a silent 0.5.
+* Mask, single object: used whenever the *sample* has one target (G = 1), whatever K. "The prediction" is what
+  evaluation scores (:func:`segcompass.prediction.keep_and_union`: the union of the kept slots), taken soft: the
+  pixelwise maximum of the kept slots' probabilities, whose > 0.5 region is exactly evaluation's union. Its soft IoU
+  with the instance is the score, with no matching, so an extra confident slot lowers the reward exactly as it
+  lowers gIoU / cIoU, and a completion whose slots are all below the threshold (evaluation: "no target") scores
+  0. With K = 1 and no confidences this is the paper's rule literally. ``multi_object=False`` forces it.
+* Mask, multi object (G = 0 or G ≥ 2): the paper's empty-side rules (nothing kept and no target → 1, exactly one
+  side empty → 0), then ``multi_object_rule``:
+
+  - ``"union"`` (default): soft IoU of the soft union of the kept slots with the union of the instances, the soft
+    form of the sample's gIoU (IoU of the unions). It ranks like gIoU and cIoU because it *is* their per-sample
+    quantity: spurious pixels from an extra confident slot and a missed instance lower it in proportion to their
+    area, and a duplicate slot on a covered instance costs nothing (the metric does not change either).
+  - ``"max"`` (the authors' code): Hungarian-matched soft IoU / max(K', G). Penalises unmatched slots and
+    instances, but by a whole share each, whatever their area, so it can rank a tiny spurious slot below a badly
+    shifted mask where gIoU ranks it above.
+  - ``"matched"`` (appendix B.3 literally): mean soft IoU over the matched pairs; extra confident slots and
+    missed instances cost nothing, unlike in every metric. (``denominator="max"`` / ``"matched"`` are accepted as
+    the older spelling of the last two.)
 * The paper's §4.1 also mentions "a binary confidence score (1 if matched, 0 otherwise)" for multi-object data
   but appendix B.3, which defines the score, has no such term; it is not added.
+* Known difference: the reward is computed on SAM's letterboxed mask grid, padding included; evaluation crops the
+  padding away. A prediction leaking into the padding costs reward but no metric.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from ..answer_format import DEFAULT_EOS_MARKERS, DEFAULT_REF_TOKEN, format_score
 from ..utils.logging import get_logger
-from .reward_scores import combined_reward_score, mask_reward_score, mask_stack
+from .reward_scores import (
+    MultiObjectRule,
+    combined_reward_score,
+    mask_reward_score,
+    mask_stack,
+    resolve_multi_object_rule,
+)
 from .targets import masks_on_grid
 
 logger = get_logger(__name__)
@@ -54,6 +83,7 @@ __all__ = [
     "format_reward_score",
     "mask_reward",
     "mask_reward_score",
+    "resolve_reward_threshold",
     "segmentation_reward",
 ]
 
@@ -63,6 +93,18 @@ format_reward_score = format_score
 
 
 # ----------------------------------------------------------------------------------------------- TRL adapters
+def _check_threshold(threshold: Any) -> float | None:
+    """None, or a probability in [0, 1] as a float; anything else is a ValueError naming it."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(
+            f"`confidence_threshold` must be None (the model's config.confidence_threshold) or a probability in "
+            f"[0, 1], got {threshold!r}."
+        )
+    return float(threshold)
+
+
 def _check_column(values: Any, name: str, what: str = "one entry per completion") -> None:
     """A per-row column must be a list (or tuple / batched tensor), never a string or a scalar: a string would be
     scored character by character."""
@@ -174,6 +216,11 @@ class MaskReward:
     ``(H, W)`` without keeping the aspect ratio. Ground truth already at ``(H, W)`` is used as is. RLE rows repeated
     across a prompt's generations are decoded once per call.
 
+    ``confidence_threshold`` None (default) means the model's ``config.confidence_threshold``: the SegCompass GRPO
+    trainer replaces this object by ``with_threshold(threshold)`` (a copy). ``multi_object`` and
+    ``multi_object_rule`` (``"union"`` default, ``"max"``, ``"matched"``; ``denominator`` is the older spelling of
+    the last two) are those of :func:`mask_reward_score`; see the module docstring for why ``"union"``.
+
     Returns None for a row (TRL: NaN, left out of the mean; a row whose every reward is None gets advantage 0) only
     when the reward cannot be computed: its ``pred_masks`` entry is None (no masks were decoded for that
     completion) or its ``masks`` entry is None (the row has no annotation, as opposed to ``[]``, no target). A
@@ -183,21 +230,30 @@ class MaskReward:
     def __init__(
         self,
         *,
-        confidence_threshold: float = 0.5,
+        confidence_threshold: float | None = None,
         multi_object: bool | None = None,
-        denominator: Literal["matched", "max"] = "matched",
+        multi_object_rule: MultiObjectRule | None = None,
+        denominator: Literal["matched", "max"] | None = None,
         gt_layout: Literal["letterbox", "stretch"] = "letterbox",
         name: str = "mask_reward",
     ) -> None:
         if gt_layout not in ("letterbox", "stretch"):
             raise ValueError(f"`gt_layout` must be 'letterbox' or 'stretch', got {gt_layout!r}.")
-        if denominator not in ("matched", "max"):
-            raise ValueError(f"`denominator` must be 'matched' or 'max', got {denominator!r}.")
-        self.confidence_threshold = confidence_threshold
+        self.multi_object_rule = resolve_multi_object_rule(multi_object_rule, denominator)
+        self.confidence_threshold = _check_threshold(confidence_threshold)
         self.multi_object = multi_object
-        self.denominator = denominator
         self.gt_layout = gt_layout
         self.__name__ = name
+
+    def with_threshold(self, threshold: float) -> MaskReward:
+        """This reward with ``threshold`` as its keep threshold when it has none (``confidence_threshold=None``, the
+        default: "the model's"); an explicit threshold wins and ``self`` is returned. Otherwise a copy (the module's
+        default instances are never changed). The GRPO trainer calls it with the model's threshold."""
+        if self.confidence_threshold is not None:
+            return self
+        resolved = copy.copy(self)
+        resolved.confidence_threshold = _check_threshold(threshold)
+        return resolved
 
     def scores(
         self,
@@ -231,10 +287,19 @@ class MaskReward:
         if wrong:
             raise ValueError(f"Expected one entry per completion ({n}) in every column, got lengths {wrong}.")
 
-        if pred_confidences is None and self.multi_object is not False:
+        if self.confidence_threshold is None and pred_confidences is not None and any(
+            c is not None for c in pred_confidences
+        ):
+            raise ValueError(
+                f"{self.__name__} has no confidence threshold (confidence_threshold=None means the model's "
+                "config.confidence_threshold, which SegCompassGRPOTrainer fills in). Outside the trainer give it "
+                "one: construct it with confidence_threshold=model.config.confidence_threshold, or call "
+                f"{self.__name__}.with_threshold(model.config.confidence_threshold)."
+            )
+        if pred_confidences is None:
             logger.warning_once(
                 f"{self.__name__}: no `pred_confidences` given, so every predicted slot counts as kept in the "
-                "multi-object score. Pass the slot confidence probabilities to apply the confidence threshold."
+                "mask score. Pass the slot confidence probabilities to apply the confidence threshold."
             )
         cache: dict = {}  # RLE rows repeated across a prompt's generations are decoded once per call
         letterbox = self.gt_layout == "letterbox"
@@ -253,9 +318,9 @@ class MaskReward:
                     pred_t,
                     conf,
                     gt_t,
-                    confidence_threshold=self.confidence_threshold,
+                    confidence_threshold=0.5 if self.confidence_threshold is None else self.confidence_threshold,
                     multi_object=self.multi_object,
-                    denominator=self.denominator,
+                    multi_object_rule=self.multi_object_rule,
                 )
             )
         return out
@@ -273,14 +338,16 @@ class MaskReward:
     def __repr__(self) -> str:
         return (
             f"MaskReward(name={self.__name__!r}, confidence_threshold={self.confidence_threshold}, "
-            f"multi_object={self.multi_object}, denominator={self.denominator!r}, gt_layout={self.gt_layout!r})"
+            f"multi_object={self.multi_object}, multi_object_rule={self.multi_object_rule!r}, "
+            f"gt_layout={self.gt_layout!r})"
         )
 
 
 class SegmentationReward:
     """TRL reward function: ``format_weight · format + mask_weight · mask`` per completion (paper: 0.3 / 0.7).
 
-    Takes the same keyword arguments as :class:`MaskReward`; returns None where the mask score is None (see
+    Takes the same keyword arguments as :class:`MaskReward` (``confidence_threshold`` None = the model's, filled in
+    by the GRPO trainer through :meth:`with_threshold`); returns None where the mask score is None (see
     there), since a format-only value would not be comparable with the others in the group. When TRL passes
     ``log_metric``, the batch means of both parts are logged as ``<name>/format`` and ``<name>/mask``.
     """
@@ -294,9 +361,10 @@ class SegmentationReward:
         think_max_chars: int = 2048,
         eos_markers: Sequence[str] = DEFAULT_EOS_MARKERS,
         max_gap_words: int | None = None,
-        confidence_threshold: float = 0.5,
+        confidence_threshold: float | None = None,
         multi_object: bool | None = None,
-        denominator: Literal["matched", "max"] = "matched",
+        multi_object_rule: MultiObjectRule | None = None,
+        denominator: Literal["matched", "max"] | None = None,
         gt_layout: Literal["letterbox", "stretch"] = "letterbox",
         name: str = "segmentation_reward",
     ) -> None:
@@ -308,11 +376,25 @@ class SegmentationReward:
         self.mask = MaskReward(
             confidence_threshold=confidence_threshold,
             multi_object=multi_object,
+            multi_object_rule=multi_object_rule,
             denominator=denominator,
             gt_layout=gt_layout,
             name=name,
         )
         self.__name__ = name
+
+    @property
+    def confidence_threshold(self) -> float | None:
+        """The keep threshold of the mask part (None: the model's, filled in by the GRPO trainer)."""
+        return self.mask.confidence_threshold
+
+    def with_threshold(self, threshold: float) -> SegmentationReward:
+        """As :meth:`MaskReward.with_threshold`: ``self`` when the threshold is set, else a copy with ``threshold``."""
+        if self.mask.confidence_threshold is not None:
+            return self
+        resolved = copy.copy(self)
+        resolved.mask = self.mask.with_threshold(threshold)
+        return resolved
 
     def __call__(
         self,
@@ -344,11 +426,21 @@ class SegmentationReward:
         )
 
 
+def resolve_reward_threshold(reward_func: Any, threshold: float | None) -> Any:
+    """``reward_func.with_threshold(threshold)`` for a :class:`MaskReward` / :class:`SegmentationReward` without its
+    own keep threshold, else ``reward_func`` itself (other reward functions, explicit thresholds, ``threshold``
+    None). The GRPO trainer passes every reward function through it with the model's threshold."""
+    if threshold is None or not isinstance(reward_func, (MaskReward, SegmentationReward)):
+        return reward_func
+    return reward_func.with_threshold(threshold)
+
+
 format_reward = FormatReward()
 """Default :class:`FormatReward` (paper settings), logged by TRL as ``rewards/format_reward/mean``."""
 
 mask_reward = MaskReward()
-"""Default :class:`MaskReward` (paper settings), logged by TRL as ``rewards/mask_reward/mean``."""
+"""Default :class:`MaskReward` (union rule, the model's threshold once the GRPO trainer resolves it), logged by TRL as
+``rewards/mask_reward/mean``."""
 
 segmentation_reward = SegmentationReward()
 """Default :class:`SegmentationReward` (0.3 · format + 0.7 · mask), logged as ``rewards/segmentation_reward/mean``."""

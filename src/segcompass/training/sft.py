@@ -38,11 +38,45 @@ logger = get_logger(__name__)
 __all__ = [
     "build_param_groups",
     "build_supervised_batch",
+    "check_trainable_precision",
     "generate_completions",
     "ground_truth_on_grid",
     "supervised_warmup",
     "target_completion",
 ]
+
+
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def check_trainable_precision(named_parameters, where: str, fix: str | None = None) -> None:
+    """Refuse trainable parameters stored in bfloat16 / float16.
+
+    AdamW updates the weights it is given in place; on 16-bit weights with no fp32 master copy the update is
+    rounded to the weight's precision (bfloat16 keeps 8 significant bits, so a 2e-6 step vanishes on any weight
+    above about 1e-3) and training silently stalls. The fix is float32 parameters with bf16 autocast for compute.
+
+    Args:
+        named_parameters: ``(name, parameter)`` pairs of what will be trained (``requires_grad`` is checked here).
+        where: what is being set up, for the message (e.g. ``"SegCompassGRPOTrainer"``).
+        fix: the remedy to name (default: load in float32 / ``model.float()``).
+
+    Raises:
+        ValueError: naming the dtype, how many tensors and the first one, and the fix.
+    """
+    low = [(name, param.dtype) for name, param in named_parameters
+           if param.requires_grad and param.dtype in LOW_PRECISION_DTYPES]
+    if not low:
+        return
+    dtypes = sorted({str(dtype) for _, dtype in low})
+    fix = fix or ("Load the model in float32 (`SegCompassForReasoningSegmentation.from_pretrained(path, "
+                  "dtype=torch.float32)`) or call `model.float()` before training.")
+    raise ValueError(
+        f"{where}: {len(low)} trainable parameter tensor(s) are {' / '.join(dtypes)} (e.g. `{low[0][0]}`). "
+        "AdamW on 16-bit weights has no fp32 master copy: updates smaller than the weights' precision (bfloat16 "
+        "keeps 8 significant bits; a 2e-6 step vanishes on any weight above about 1e-3) are silently lost. "
+        f"{fix}"
+    )
 
 
 def target_completion(row: dict, ref_token: str = DEFAULT_REF_TOKEN) -> str:
@@ -174,6 +208,9 @@ def supervised_warmup(
             (generated at that step, ``max_new_tokens`` at most) instead of the target; those rows carry no LM
             loss. The mask path then learns from what it sees at inference.
 
+    Trainable parameters must be float32: bfloat16 / float16 ones raise a ValueError
+    (:func:`check_trainable_precision`) instead of silently losing the small AdamW updates.
+
     Progress shows as one progress bar (``loss``, ``seg`` and ``lm`` of the last step); the first and last loss are
     logged once at the end.
 
@@ -203,6 +240,11 @@ def supervised_warmup(
         train_token_embedding_rows(model)
     groups = build_param_groups(model, learning_rate, weight_decay, multipliers,
                                 train_vision_encoder=train_vision_encoder)
+    trained = {id(p) for group in groups for p in group["params"]}
+    check_trainable_precision(((n, p) for n, p in model.named_parameters() if id(p) in trained),
+                              "supervised_warmup",
+                              "Load the model in float32 (`from_pretrained(path, dtype=torch.float32)`) or call "
+                              "`model.float()` first; the warm-up computes in the parameters' dtype.")
     optimizer = torch.optim.AdamW(groups, lr=learning_rate)
     params = [p for group in groups for p in group["params"]]
     torch.manual_seed(seed)
