@@ -180,6 +180,18 @@ def make_pipe(tiny_checkpoint_dir, **kwargs):
     return pipeline("reasoning-segmentation", model=str(tiny_checkpoint_dir), **kwargs)
 
 
+BAD_BATCH_SIZES = [("zero", 0, "0"), ("negative", -1, "-1"), ("float", 1.5, r"1\.5"), ("string", "2", "'2'"),
+                   ("bool", True, "True")]
+
+
+def construct_with_batch_size(value):
+    return lambda tmp, ctx: (lambda: make_pipe(ctx["checkpoint"], batch_size=value))
+
+
+def call_with_batch_size(value):
+    return call(batch_size=value)
+
+
 ARGUMENT_CASES = [
     Case("args/misspelt-keyword", call(treshold=0.99), Raises(ValueError, "treshold.*threshold")),
     Case("args/threshold-bool", call(threshold=True), Raises(ValueError, "threshold")),
@@ -194,9 +206,17 @@ ARGUMENT_CASES = [
     Case("args/mismatched-lists", lambda tmp, ctx: (lambda: ctx["pipe"]([rgb(), rgb()], ["a", "b", "c"])),
          Raises(ValueError, "2 images and 3 instructions")),
     Case("args/empty-image-list", lambda tmp, ctx: (lambda: ctx["pipe"]([], [])), Raises(ValueError, "at least one")),
-    Case("args/batch-size-2-at-construction", lambda tmp, ctx: (lambda: make_pipe(ctx["checkpoint"], batch_size=2)),
-         Raises(ValueError, "batch_size=2.*leave batch_size unset")),
-    Case("args/batch-size-2-per-call", call(batch_size=2), Raises(ValueError, "batch_size=2")),
+    *[Case(f"args/batch-size-{label}-{where}", build(value),
+           Raises(ValueError, rf"`batch_size` must be an int >= 1.*got {shown}\."))
+      for label, value, shown in BAD_BATCH_SIZES
+      for where, build in (("at-construction", construct_with_batch_size), ("per-call", call_with_batch_size))],
+    Case("args/batch-size-2-at-construction-runs",
+         lambda tmp, ctx: (lambda: make_pipe(ctx["checkpoint"], batch_size=2)([rgb(), rgb(seed=1), rgb(seed=2)],
+                                                                             ["a", "b", "c"], max_new_tokens=4)),
+         Returns(lambda outs: [o["mask"].shape for o in outs] == [(40, 60)] * 3 or pytest.fail(f"{outs!r}"))),
+    Case("args/batch-size-2-per-call-runs",
+         lambda tmp, ctx: (lambda: ctx["pipe"](rgb(), ["a", "b", "c"], batch_size=2, max_new_tokens=4)),
+         Returns(lambda outs: len(outs) == 3 or pytest.fail(f"{len(outs)} outputs for 3 instructions"))),
     Case("args/return-all-slots-int", call(return_all_slots=1), Raises(ValueError, "return_all_slots")),
 ]
 

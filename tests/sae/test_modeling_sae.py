@@ -82,7 +82,7 @@ def test_encode_sparse_equals_dense_reference(activation, k):
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "sum"])
-@pytest.mark.parametrize("activation,k", [("relu", None), ("topk", 6)])
+@pytest.mark.parametrize("activation,k", [("relu", None), ("topk", 6), ("jumprelu", None)])
 def test_pooled_concepts_equal_dense_reference(pooling, activation, k):
     sae = make_sae(activation=activation, k=k)
     x = torch.randn(3, 10, 32)
@@ -148,6 +148,82 @@ def test_topk_ties_at_the_cut_off_are_decided_once(pooling):
         out.token_activations, torch.gather(dense, 2, out.indices[:, None, :].expand(-1, 9, -1)) * out.mask[:, None, :],
         rtol=0, atol=0,
     )
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+@pytest.mark.parametrize("columns", [128, 13])
+def test_gate_bits_round_trip(little_endian, columns):
+    """The selection keeps its gate as 1 bit per (token, feature); reading kept columns back is exact."""
+    from segcompass.sae.modeling_sae import _pack_bits, _unpack_columns
+
+    member = torch.rand(7, columns, generator=torch.Generator().manual_seed(0)) > 0.5
+    member[0] = True  # every bit of a byte set (the int64 product's sign bit)
+    packed = _pack_bits(member, little_endian=little_endian)
+    assert packed.shape == (7, (columns + 7) // 8) and packed.dtype == torch.uint8
+    wanted = torch.tensor([columns - 1, 0, 7, 8, 3, 3, columns // 2])
+    assert torch.equal(_unpack_columns(packed, wanted), member[:, wanted])
+
+
+@pytest.mark.parametrize("pooling", ["max", "sum"])
+@pytest.mark.parametrize("chunk_size", [None, 1, 4])
+def test_pooled_concepts_masks_with_holes_and_negative_jump_thresholds(pooling, chunk_size):
+    """Valid tokens scattered through the sequence (holes, different per sample), chunks that do not divide them,
+    and JumpReLU thresholds below 0 (gate open at negative pre-activations: the general pooling path)."""
+    sae = make_sae(activation="jumprelu")
+    with torch.no_grad():
+        sae.threshold.copy_(torch.linspace(-0.5, 0.5, 128))
+    x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 11)
+    mask[0, ::3] = 0
+    mask[1, 4:7] = 0
+    mask[2, :] = 0
+    mask[2, 5] = 1
+    out = sae.pooled_concepts(x, mask, threshold=0.0, top_n=16, pooling=pooling, chunk_size=chunk_size)
+    dense = sae.encode(x)  # (3, 11, 128)
+    member = (dense != 0) & mask.bool()[..., None]
+    codes = torch.where(member, dense, torch.zeros(()))
+    pooled = codes.amax(1) if pooling == "max" else codes.sum(1)  # (3, 128)
+    torch.testing.assert_close(out.pooled, pooled)
+    for b in range(3):
+        kept = out.indices[b][out.mask[b]]
+        assert torch.equal(out.mask[b].sum(), (pooled[b] > 0).sum().clamp_max(16))
+        assert (pooled[b, kept] > 0).all()
+    expected_gate = torch.gather(member, 2, out.indices[:, None, :].expand(-1, 11, -1)) & out.mask[:, None, :]
+    assert torch.equal(out.active, expected_gate)
+    assert not out.active[~mask.bool()].any()
+    torch.testing.assert_close(out.values, torch.gather(pooled, 1, out.indices) * out.mask)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_pooled_concepts_feature_tiles_equal_whole_rows(monkeypatch, pooling, activation):
+    """Under a per-feature gate the selection tiles the features too (64 MiB tiles at real sizes); shrunk here to
+    16-feature tiles of 4 tokens, with a ragged last tile (d_sae = 124), the result equals whole rows."""
+    from segcompass.sae import modeling_sae
+
+    sae = make_sae(activation=activation, d_sae=124)
+    if activation == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.copy_(torch.linspace(-0.2, 0.4, 124))  # per-feature, some below 0
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 9)
+    mask[1, 2:5] = 0
+    whole = sae.pooled_concepts(x, mask, threshold=0.1, top_n=12, pooling=pooling)
+    seen = []
+    original = sae._membership
+
+    def spy(pre, threshold=0.0, features=None):
+        seen.append(pre.shape[-1])
+        return original(pre, threshold, features=features)
+
+    monkeypatch.setattr(sae, "_membership", spy)
+    monkeypatch.setattr(modeling_sae, "_CHUNK_ELEMENTS", 64)
+    tiled = sae.pooled_concepts(x, mask, threshold=0.1, top_n=12, pooling=pooling, chunk_size=4)
+    assert set(seen) - {124} == {16, 12}  # tiles of 16 features, the last one 12 (124 = the pooled maxima)
+    assert torch.equal(tiled.indices, whole.indices) and torch.equal(tiled.mask, whole.mask)
+    assert torch.equal(tiled.active, whole.active)
+    torch.testing.assert_close(tiled.pooled, whole.pooled)
+    torch.testing.assert_close(tiled.values, whole.values)
 
 
 def test_pooled_concepts_baseline_reorders_the_ranking_only():

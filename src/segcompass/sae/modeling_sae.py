@@ -9,6 +9,7 @@ between the two formats without transposes (:mod:`segcompass.sae.saelens`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,33 @@ from .feature_dictionary import FeatureDictionary, FeatureDictionaryMixin
 
 # Dense (tokens × d_sae) fp32 elements materialised at once by the chunked paths: 2**24 elements = 64 MiB.
 _CHUNK_ELEMENTS = 2**24
+# Most tokens of one tile in `pooled_concepts` under a per-feature gate (its tiles then span 2**24 / 4096 features).
+_MAX_TOKEN_TILE = 4096
 _POOLINGS = ("max", "mean", "sum")
+# Multiplying eight 0/1 bytes (one int64, little-endian) by this gathers them into the top byte: byte k -> bit 56 + k.
+_GATHER_BITS = 0x0102040810204080
+
+
+def _pack_bits(member: torch.Tensor, little_endian: bool = sys.byteorder == "little") -> torch.Tensor:
+    """(c, d) bool -> (c, ceil(d / 8)) uint8; bit k of byte i is column 8 i + k (the selection's gate, 1 bit each)."""
+    rows, cols = member.shape
+    flags = member.contiguous().view(torch.uint8)  # (c, d) 0/1
+    if cols % 8:
+        flags = torch.nn.functional.pad(flags, (0, 8 - cols % 8))  # (c, 8 * ceil(d / 8))
+    flags = flags.reshape(rows, -1, 8)  # (c, d / 8, 8)
+    if little_endian:  # one multiply per 8 flags; int64 products wrap, only the top byte is read
+        words = flags.view(torch.int64).squeeze(-1)  # (c, d / 8)
+        return ((words * _GATHER_BITS) >> 56).bitwise_and_(0xFF).to(torch.uint8)
+    packed = flags[..., 0].clone()  # (c, d / 8)
+    for k in range(1, 8):
+        packed |= flags[..., k] << k
+    return packed
+
+
+def _unpack_columns(packed: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Read columns back from [`_pack_bits`]: (c, ceil(d / 8)) uint8, (N,) long -> (c, N) bool."""
+    shifts = (columns & 7).to(torch.uint8)  # (N,)
+    return ((packed[:, columns >> 3] >> shifts) & 1).to(torch.bool)  # (c, N)
 
 
 @dataclass
@@ -178,38 +205,51 @@ class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ core maps
     def _pre_activation(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., d_in) -> (..., d_sae) encoder pre-activations."""
+        """(..., d_in) -> (..., d_sae) encoder pre-activations (one ``addmm``: the bias is added in the matmul's
+        output pass, no second (..., d_sae) tensor)."""
         x = hidden_states.to(self.W_enc.dtype)
         if self.config.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        flat = x.reshape(-1, x.shape[-1])  # (n, d_in)
+        return torch.addmm(self.b_enc, flat, self.W_enc).view(*x.shape[:-1], self.W_enc.shape[1])  # (..., d_sae)
 
-    def _membership(self, pre: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    def _membership(self, pre: torch.Tensor, threshold: float = 0.0, features: slice | None = None) -> torch.Tensor:
         """Which features are active: (..., d_sae) pre-activations -> (..., d_sae) bool.
 
         The one place the activation's gate is decided; every path (``encode``, ``encode_sparse``,
         ``pooled_concepts``) reads its decisions from here, so they agree whatever the matmul kernel rounded.
         ReLU: ``pre > 0``; JumpReLU: ``pre > threshold_j``; TopK: the k largest pre-activations that are > 0, ties
         at the k-th value broken towards the lower feature index (deterministic, unlike ``torch.topk``).
-        ``threshold`` (τ) additionally requires ``h >= τ``.
+        ``threshold`` (τ) additionally requires ``h >= τ``. ``features``: ``pre`` holds only these features' columns
+        (ReLU and JumpReLU only, whose gate reads a feature's own pre-activation).
         """
         activation = self.config.activation
         if activation == "relu":
-            member = pre > 0
-        elif activation == "jumprelu":
-            member = pre > self.threshold
-        else:
+            return pre >= threshold if threshold > 0 else pre > 0  # one pass: h >= τ > 0 implies pre > 0
+        if activation == "jumprelu":
+            member = pre > (self.threshold if features is None else self.threshold[features])
+        else:  # topk
+            if features is not None and pre.shape[-1] != self.config.d_sae:
+                raise ValueError("TopK's gate reads every feature of a token; pass whole rows of pre-activations.")
             kth = pre.topk(self.config.k, dim=-1).values[..., -1:]  # (..., 1)
-            above = pre > kth
-            ties = pre == kth
-            room = self.config.k - above.sum(-1, keepdim=True)  # tied entries still admitted, >= 1
-            member = (above | (ties & (ties.cumsum(-1) <= room))) & (pre > 0)
+            at_least = pre >= kth
+            if bool((at_least.sum(-1) <= self.config.k).all()):  # no tie is cut at the k-th value (the usual case)
+                member = at_least & (pre > 0)
+            else:
+                above = pre > kth
+                ties = pre == kth
+                room = self.config.k - above.sum(-1, keepdim=True)  # tied entries still admitted, >= 1
+                member = (above | (ties & (ties.cumsum(-1, dtype=torch.int32) <= room))) & (pre > 0)
         if threshold > 0:
             member = member & (pre >= threshold)
         return member
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """(..., d_sae) pre-activations -> (..., d_sae) sparse non-negative codes."""
+        """(..., d_sae) pre-activations -> (..., d_sae) sparse non-negative codes. ReLU is applied in place (its
+        gate ``pre > 0`` is :meth:`_membership`'s, decided on the same numbers); the other activations mask with
+        :meth:`_membership`."""
+        if self.config.activation == "relu":
+            return pre.relu_() if not (pre.requires_grad and pre.is_leaf) else pre.relu()
         return torch.where(self._membership(pre), pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
 
     def encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -320,13 +360,16 @@ class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
 
         A feature belongs to S(z) when it is active (its gate is open and ``h >= threshold``) at any valid token.
         Its activation is pooled over valid tokens (``"max"`` default, ``"mean"`` or ``"sum"`` of the thresholded
-        codes) and the ``top_n`` largest are kept. Selection runs without gradients in token chunks, so a dense
-        (T, d_sae) tensor is never held whole; the kept features are then recomputed on a (B, T, N) slice with
-        gradients, so the values are differentiable w.r.t. the hidden states (and encoder weights).
+        codes) and the ``top_n`` largest are kept. Selection runs without gradients, per sample, in tiles of
+        token positions x features (only valid tokens are encoded), so a dense (T, d_sae) tensor is never held
+        whole; the kept features are then recomputed on a (B, T, N) slice with gradients, so the values are
+        differentiable w.r.t. the hidden states (and encoder weights). Its cost is the encoder matmul plus a few
+        passes over each chunk (``benchmarks/bench_concept_floor.py``).
 
         Which (token, feature) pairs are active is decided once, in the selection pass, and reused by the
         recomputation: the two matmuls round differently, and a gate decided twice (TopK's k-th value, τ) could
-        drop an activation the selection counted. The active pairs are kept as flat indices (``nnz`` int64s).
+        drop an activation the selection counted. The decisions are kept as one bit per (token, feature) of a sample
+        (T × d_sae / 8 bytes), and read back at the N kept features.
 
         Args:
             hidden_states (`torch.FloatTensor` of shape `(B, T, d_in)`).
@@ -334,6 +377,9 @@ class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
             threshold (`float`): τ, minimum |activation| for a feature to count.
             top_n (`int`): N, concepts kept per sample (fewer are marked by ``mask``).
             pooling (`str`): ``"max"``, ``"mean"`` or ``"sum"``.
+            chunk_size (`int`, *optional*): token positions per tile of one sample (default: all tokens, up to 4096,
+                under ReLU / JumpReLU, whose tiles then span 64 MiB of codes over a slice of the features; 64 MiB of
+                whole rows, 256 tokens at d_sae = 65 536, under TopK).
             baseline (`torch.FloatTensor` of shape `(d_sae,)`, *optional*): subtracted from the pooled activations
                 for the ranking only (a feature's typical pooled value over a reference set: features that fire the
                 same way in every sample, e.g. on a prompt template, then rank low). Values are not shifted.
@@ -360,44 +406,86 @@ class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
             raise ValueError(f"`baseline` must have shape ({d_sae},) (one value per feature), got {tuple(baseline.shape)}.")
         valid = attention_mask.to(torch.bool)  # (B, T)
         n = min(top_n, d_sae)
-
-        # 1) selection: pooled codes (B, d_sae) from chunks of (B, c, d_sae); never the whole (B, T, d_sae)
-        chunk = chunk_size or self._token_chunk(batch)
-        active_pairs = []  # flat indices b * T * d_sae + t * d_sae + j of the active (token, feature) pairs
-        with torch.no_grad():
-            pooled = torch.zeros(batch, d_sae, device=hidden_states.device, dtype=torch.float32)
-            for start in range(0, num_tokens, chunk):
-                pre = self._pre_activation(hidden_states[:, start : start + chunk])  # (B, c, d_sae)
-                member = self._membership(pre, threshold) & valid[:, start : start + chunk, None]  # (B, c, d_sae)
-                b, t, j = member.nonzero(as_tuple=True)
-                active_pairs.append((b * num_tokens + t + start) * d_sae + j)
-                acts = torch.where(member, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))
-                if pooling == "max":
-                    pooled = torch.maximum(pooled, acts.amax(dim=1).float())
-                else:
-                    pooled += acts.sum(dim=1).float()
-            if pooling == "mean":
-                pooled /= valid.sum(dim=1, keepdim=True).clamp_min(1)  # rank (and centre) by the mean, as returned
-            score = pooled if baseline is None else pooled - baseline.to(pooled)
-            score = score.masked_fill(pooled <= 0, float("-inf"))  # only features of S(z) can be kept
-            _, indices = score.topk(n, dim=-1)  # (B, N)
-            mask = torch.gather(pooled, 1, indices) > 0  # (B, N)
-            # the selection pass's gate at the kept features: (B, T, N)
-            slot_of = torch.full((batch, d_sae), -1, dtype=torch.long, device=hidden_states.device)
-            slot_of.scatter_(1, indices, torch.where(mask, torch.arange(n, device=indices.device), -1))
-            pairs = torch.cat(active_pairs) if active_pairs else indices.new_zeros(0)  # (nnz,)
-            pair_b, pair_tj = pairs // (num_tokens * d_sae), pairs % (num_tokens * d_sae)
-            pair_t, pair_j = pair_tj // d_sae, pair_tj % d_sae
-            pair_slot = slot_of[pair_b, pair_j]  # (nnz,)
-            kept = pair_slot >= 0
-            gate = torch.zeros(batch, num_tokens, n, dtype=torch.bool, device=hidden_states.device)
-            gate[pair_b[kept], pair_t[kept], pair_slot[kept]] = True
-
-        # 2) recompute the kept features with gradients on a (B, T, N) slice, gated by the decisions of 1)
+        device = hidden_states.device
         x = hidden_states.to(self.W_enc.dtype)
         if self.config.apply_b_dec_to_input:
-            x = x - self.b_dec
-        enc_rows = self.W_enc.T[indices]  # (B, N, d_in)
+            x = x - self.b_dec  # (B, T, d_in), shared by the selection and the recomputation
+
+        # 1) selection, per sample, in tiles of (token positions) x (features) of which only the valid rows are
+        # encoded: the matmul writes into one reused buffer of at most 64 MiB and the bias is added in place
+        # (``x @ W_enc + b_enc``, the rounding of `_pre_activation`); the gate is decided once and kept as 1 bit per
+        # (token, feature); pooling reduces each tile to one value per feature. Never a whole (T, d_sae) tensor of
+        # floats, nor a list of active pairs. Under a per-feature gate (ReLU, JumpReLU) a tile spans all the
+        # sample's tokens and a slice of features, so W_enc is streamed (and packed by the BLAS) once per sample,
+        # not once per token chunk; TopK's gate reads whole rows, so its tiles are whole rows of `chunk_size` tokens.
+        per_feature_gate = self.config.activation != "topk"
+        if per_feature_gate:
+            token_tile = chunk_size or min(max(num_tokens, 1), _MAX_TOKEN_TILE)
+            feature_tile = min(d_sae, max(8, _CHUNK_ELEMENTS // token_tile // 8 * 8))  # multiple of 8: whole bytes
+        else:
+            token_tile, feature_tile = chunk_size or self._token_chunk(), d_sae
+        # max pooling under a gate that opens exactly above a per-feature cut-off (ReLU, JumpReLU with θ >= 0, and
+        # τ on top): the pooled value is the column maximum, gated, so the tiles need no masking pass
+        upward_closed = pooling == "max" and (
+            self.config.activation == "relu"
+            or (self.config.activation == "jumprelu" and bool((self.threshold >= 0).all()))
+        )
+        indices = torch.zeros(batch, n, dtype=torch.long, device=device)
+        gate = torch.zeros(batch, num_tokens, n, dtype=torch.bool, device=device)
+        zero = torch.zeros((), dtype=x.dtype, device=device)
+        with torch.no_grad():
+            pooled = torch.zeros(batch, d_sae, device=device, dtype=torch.float32)
+            buffer = x.new_empty(min(token_tile, num_tokens) * feature_tile)  # one (rows, features) tile
+            bits = torch.zeros(num_tokens, (d_sae + 7) // 8, dtype=torch.uint8, device=device)  # (T, d_sae / 8)
+            for b in range(batch):
+                tokens = x[b].detach()  # (T, d_in)
+                positions = None if bool(valid[b].all()) else valid[b].nonzero().squeeze(1)  # (T_b,) valid tokens
+                if upward_closed:
+                    column_max = torch.full((d_sae,), float("-inf"), dtype=x.dtype, device=device)  # (d_sae,)
+                for start in range(0, num_tokens, token_tile):
+                    if positions is None:
+                        rows, part = slice(start, start + token_tile), tokens[start : start + token_tile]  # (r, d_in)
+                    else:
+                        rows = positions[(positions >= start) & (positions < start + token_tile)]  # (r,)
+                        if rows.numel() == 0:
+                            continue
+                        part = tokens.index_select(0, rows)  # (r, d_in)
+                    for first in range(0, d_sae, feature_tile):
+                        cols = slice(first, min(first + feature_tile, d_sae))
+                        width = cols.stop - first
+                        tile = buffer[: part.shape[0] * width].view(part.shape[0], width)  # (r, f)
+                        pre = torch.mm(part, self.W_enc[:, cols], out=tile).add_(self.b_enc[cols])  # (r, f)
+                        if width == d_sae:
+                            member = self._membership(pre.unsqueeze(0), threshold)[0]  # (r, d_sae)
+                        else:
+                            member = self._membership(pre.unsqueeze(0), threshold, features=cols)[0]  # (r, f)
+                        bits[rows, first // 8 : (cols.stop + 7) // 8] = _pack_bits(member)  # (r, f / 8)
+                        if upward_closed:
+                            column_max[cols] = torch.maximum(column_max[cols], pre.amax(0))  # (f,)
+                            continue
+                        acts = pre.masked_fill_(~member, 0)  # (r, f): the codes, in place
+                        if pooling == "max":
+                            pooled[b, cols] = torch.maximum(pooled[b, cols], acts.amax(0).float())
+                        else:
+                            pooled[b, cols] += acts.sum(0).float()
+                if upward_closed:  # the gate is open at some token iff it is open at the column maximum
+                    opened = self._membership(column_max[None, None], threshold)[0, 0]  # (d_sae,)
+                    pooled[b] = torch.where(opened, column_max, zero).float()
+                if pooling == "mean":
+                    pooled[b] /= valid[b].sum().clamp_min(1)  # rank (and centre) by the mean, as returned
+                score = pooled[b : b + 1]  # (1, d_sae)
+                if baseline is not None:
+                    score = score - baseline.to(pooled)
+                score = score.masked_fill(pooled[b : b + 1] <= 0, float("-inf"))  # only features of S(z) are kept
+                indices[b] = score.topk(n, dim=-1).indices[0]  # (N,)
+                # the selection's own gate at the kept features, read back from the bits: (T, N)
+                kept = _unpack_columns(bits, indices[b]) & (pooled[b, indices[b]] > 0)  # (T, N)
+                gate[b] = kept if positions is None else kept & valid[b, :, None]
+            mask = torch.gather(pooled, 1, indices) > 0  # (B, N)
+
+        # 2) recompute the kept features with gradients on a (B, T, N) slice, gated by the decisions of 1)
+        enc_cols = self.W_enc.index_select(1, indices.flatten())  # (d_in, B * N)
+        enc_rows = enc_cols.T.reshape(batch, n, -1)  # (B, N, d_in)
         pre = torch.einsum("btd,bnd->btn", x, enc_rows) + self.b_enc[indices][:, None, :]  # (B, T, N)
         token_acts = torch.where(gate, pre, torch.zeros((), dtype=pre.dtype, device=pre.device))  # (B, T, N)
         if pooling == "max":
