@@ -159,6 +159,29 @@ def test_slot_embedding_dropout_only_in_training():
         tiny_segcompass_config(slot_embedding_dropout=1.0)
 
 
+@pytest.mark.parametrize("inputs", ["embeddings_and_concepts", "concepts"])
+def test_slot_query_inputs_decide_whether_e_k_reaches_the_masks(inputs):
+    """``"concepts"``: the slot queries read the reasoning only through r_k - changing the last-layer states (e_k)
+    changes nothing, changing the concepts does; the paper's default reads both."""
+    model = build(slot_query_inputs=inputs, concept_selection="pooled")
+    ids, mask = tiny_text_inputs(model.config, [8, 6])
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(sam_pixels(2))
+        states = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        hook, last = states[model.config.sae_config.hook_layer], states[-1]
+
+        def heatmaps(hook_states, last_states):
+            return model.segment_from_hidden_states(ids, mask, hook_states, last_states, embeddings).heatmap_logits
+
+        base = heatmaps(hook, last)
+        other_e_k = heatmaps(hook, last + torch.randn_like(last))
+        other_concepts = heatmaps(hook + 3 * torch.randn_like(hook), last)
+    assert torch.equal(base, other_e_k) == (inputs == "concepts")
+    assert not torch.allclose(base, other_concepts)
+    with pytest.raises(ValueError, match="slot_query_inputs"):
+        tiny_segcompass_config(slot_query_inputs="slots")
+
+
 def test_centered_selection_keeps_features_that_tell_samples_apart():
     """A feature that fires in every sample ranks first under "pooled"; the running baseline (updated in training
     mode) pushes it out of the top-N under "centered"."""

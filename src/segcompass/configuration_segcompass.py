@@ -12,6 +12,8 @@ from .sae import SparseAutoencoderConfig
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "llava")
 POOLINGS = ("max", "mean", "sum")
 CONCEPT_SELECTIONS = ("pooled", "centered")
+SLOT_QUERY_INPUTS = ("embeddings_and_concepts", "concepts")
+"""``SegCompassConfig.slot_query_inputs``: Q_k = MLP([e_k ; r_k]) (the paper) or MLP([0 ; r_k]) (concepts only)."""
 CONCEPT_VALUE_EMBEDDINGS = VALUE_EMBEDDINGS
 
 
@@ -45,6 +47,11 @@ class SegCompassConfig(PreTrainedConfig):
         slot_embedding_dropout (`float`): in training mode, the probability of replacing a slot embedding e_k by
             zeros before Q_k = MLP([e_k ; r_k]) (default 0: the paper). The last-layer e_k sees the whole sequence
             and a slot mapper trained without it learns to ignore r_k; dropping e_k makes it use the concepts.
+        slot_query_inputs (`str`): what the slot queries read. ``"embeddings_and_concepts"``: Q_k = MLP([e_k ; r_k])
+            (the paper; class default). ``"concepts"``: Q_k = MLP([0 ; r_k]): the reasoning reaches the slots only
+            through the SAE's concepts (e_k is still computed and returned). Measured on the tiny model, heads
+            trained 500 steps on a frozen backbone: with e_k a random SAE costs 2-3 % of teacher-forced cIoU, without
+            it 29 %.
         codebook_dim (`int`): d_c, width of codebook entries and concept representations (paper: 512).
         concept_encoder_layers / concept_encoder_heads / concept_encoder_ffn_dim: the Transformer encoder blocks
             over [K slot queries ; N concept tokens].
@@ -79,6 +86,7 @@ class SegCompassConfig(PreTrainedConfig):
     concept_value_embedding: str = "scale"
     slot_embedding_dropout: float = 0.0
     concept_window: int | None = None
+    slot_query_inputs: str = "embeddings_and_concepts"
     codebook_dim: int = 512
     concept_encoder_layers: int = 2
     concept_encoder_heads: int = 8
@@ -122,6 +130,10 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(f"`concept_window` must be None or >= 1 tokens, got {self.concept_window}.")
         if not 0.0 <= self.slot_embedding_dropout < 1.0:
             raise ValueError(f"`slot_embedding_dropout` must be in [0, 1), got {self.slot_embedding_dropout}.")
+        if self.slot_query_inputs not in SLOT_QUERY_INPUTS:
+            raise ValueError(
+                f"`slot_query_inputs` must be one of {list(SLOT_QUERY_INPUTS)}, got {self.slot_query_inputs!r}."
+            )
         if self.concept_selection not in CONCEPT_SELECTIONS:
             raise ValueError(
                 f"`concept_selection` must be one of {list(CONCEPT_SELECTIONS)}, got {self.concept_selection!r}."

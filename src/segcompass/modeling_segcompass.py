@@ -388,15 +388,18 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             interface.update_baseline(concepts.pooled)
         distances = last_activation_distance(concepts.active, attention_mask)  # (B, N)
         concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask, distances)
-        if self.slot_mapper.training and self.config.slot_embedding_dropout > 0:
+        query_embeddings = slot_embeddings  # (B, K, D): what Q_k = MLP([e_k ; r_k]) reads as e_k
+        if self.config.slot_query_inputs == "concepts":  # the reasoning reaches the slots only through the concepts
+            query_embeddings = torch.zeros_like(slot_embeddings)
+        elif self.slot_mapper.training and self.config.slot_embedding_dropout > 0:
             # drop whole e_k vectors so the slot mapper cannot ignore the concept representations r_k
             keep = torch.rand(slot_embeddings.shape[:2], device=slot_embeddings.device) >= self.config.slot_embedding_dropout
-            slot_embeddings = slot_embeddings * keep.unsqueeze(-1).to(slot_embeddings.dtype)  # (B, K, D)
+            query_embeddings = slot_embeddings * keep.unsqueeze(-1).to(slot_embeddings.dtype)  # (B, K, D)
         key_positions = None
         if self.config.slot_mapper_positional_keys:
             height, width = image_embeddings.shape[-2:]
             key_positions = self.mask_decoder.get_dense_positional_embeddings(height, width)  # (1, C, h, w)
-        heatmap_logits, confidence_logits, _ = self.slot_mapper(slot_embeddings, concept_slots, image_embeddings,
+        heatmap_logits, confidence_logits, _ = self.slot_mapper(query_embeddings, concept_slots, image_embeddings,
                                                                 key_positions)
         mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes,
                                                     image_positional_embeddings=key_positions)  # one dense PE for both
@@ -452,8 +455,8 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         eos_token_id: int | list[int] | None = None,
         **backbone_inputs,
     ) -> dict:
-        """Generate each prompt's answer (never sampling the slot tokens or image placeholders) and build the scoring
-        sequences: :meth:`build_scoring_inputs` of the generated tokens. ``pad_token_id`` / ``eos_token_id`` default to
+        """Generate each prompt's answer (never sampling the slot tokens or image placeholders; stopping at
+        ``<REF_POS>`` or an end-of-sequence token) and build the scoring sequences: :meth:`build_scoring_inputs` of the generated tokens. ``pad_token_id`` / ``eos_token_id`` default to
         the backbone's generation config (pad falls back to the first end-of-sequence id).
 
         Args:
@@ -471,9 +474,11 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             pad_token_id = eos_ids[0] if eos_ids else 0
         generate_kwargs = dict(backbone_inputs)
         generate_kwargs.setdefault("suppress_tokens", self.never_generated_token_ids())
+        ref_id, _ = self._special_ids()
+        # <REF_POS> ends the answer (everything after it is cut below), so generation stops there too
         generated = self.backbone.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            pad_token_id=pad_token_id, eos_token_id=eos_ids or None, **generate_kwargs,
+            pad_token_id=pad_token_id, eos_token_id=[*eos_ids, ref_id], **generate_kwargs,
         )  # (B, Tp + Tn)
         return self.build_scoring_inputs(
             input_ids, attention_mask, generated[:, input_ids.shape[1]:], pad_token_id, eos_ids,
