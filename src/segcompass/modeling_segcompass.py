@@ -12,7 +12,6 @@ One backbone forward per sequence (prompt + reasoning + <REF_POS> + K concentrat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +19,14 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, PreTrainedModel, SamVisionModel
 from transformers import initialization as init
 from transformers.models.sam.modeling_sam import SamPositionalEmbedding
-from transformers.utils import ModelOutput
 
 from .answer_format import append_slot_ids, find_slot_positions
 from .configuration_segcompass import SegCompassConfig
+from .modeling_outputs import (  # re-exported: the outputs' home is modeling_outputs
+    SegCompassOutput,
+    SegCompassSegmentation,  # noqa: F401
+    SegCompassSegmentationOutput,
+)
 from .modules.concept_interface import SparseConceptInterface, last_activation_distance
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.slot_mapper import SlotMapper
@@ -36,67 +39,6 @@ logger = get_logger(__name__)
 
 _PROCESSOR_ONLY_INPUTS = ("sam_pixel_values", "original_sizes", "reshaped_input_sizes", "missing_ref_pos")
 """Processor outputs that are not backbone inputs (the SAM branch and bookkeeping)."""
-
-
-@dataclass
-class SegCompassOutput(ModelOutput):
-    """Output of [`SegCompassForReasoningSegmentation.forward`].
-
-    Args:
-        loss (`()`, *optional*): language-model loss when ``labels`` are given.
-        logits (`(B, T', vocab)`): language-model logits of the last T' positions (see ``logits_to_keep``).
-        heatmap_logits (`(B, K, m, m)`): the K-slot heatmaps H_k (logits).
-        confidence_logits (`(B, K)`): slot confidences c_k (logits).
-        mask_logits (`(B, K, m, m)`): decoder mask logits.
-        iou_scores (`(B, K)`): the SAM decoder's IoU predictions.
-        concept_indices / concept_values / concept_mask (`(B, N)`): the kept SAE concepts (j, h_j), valid entries.
-        slot_concept_attention (`(B, K, N)`): how much each slot drew on each concept (provenance).
-        concept_token_activations (`(B, T, N)`): each kept concept's activation at every token.
-        slot_embeddings (`(B, K, D)`): e_k; concept_slots (`(B, K, d_c)`): r_k.
-        image_embeddings (`(B, C, h, w)`): SAM image keys (reusable across instructions on the same image).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    heatmap_logits: torch.FloatTensor | None = None
-    confidence_logits: torch.FloatTensor | None = None
-    mask_logits: torch.FloatTensor | None = None
-    iou_scores: torch.FloatTensor | None = None
-    concept_indices: torch.LongTensor | None = None
-    concept_values: torch.FloatTensor | None = None
-    concept_mask: torch.BoolTensor | None = None
-    slot_concept_attention: torch.FloatTensor | None = None
-    concept_token_activations: torch.FloatTensor | None = None
-    slot_embeddings: torch.FloatTensor | None = None
-    concept_slots: torch.FloatTensor | None = None
-    image_embeddings: torch.FloatTensor | None = None
-
-
-@dataclass
-class SegCompassSegmentationOutput(ModelOutput):
-    """Output of [`SegCompassForReasoningSegmentation.segment`] (batch-first tensors, lists per sample).
-
-    Args:
-        sequences (`(B, T')`): the sequences that were scored (prompt + completion + <REF_POS> + slot tokens).
-        completion_ids (list of `(t_b,)`): the generated tokens of each sample (up to and including <REF_POS>).
-        malformed (`(B,)` bool): True where the completion had no <REF_POS> and one was appended.
-        confidences (`(B, K)`): σ(c_k).
-        masks (list of `(K, H_b, W_b)` bool): per-slot masks at each original image size (when sizes are given).
-        heatmaps (list of `(K, H_b, W_b)` float): per-slot heatmap probabilities at the original size.
-        outputs: the full [`SegCompassOutput`] of the scoring forward.
-    """
-
-    sequences: torch.LongTensor | None = None
-    completion_ids: list | None = None
-    malformed: torch.BoolTensor | None = None
-    confidences: torch.FloatTensor | None = None
-    masks: list | None = None
-    heatmaps: list | None = None
-    outputs: SegCompassOutput | None = None
-
-
-SegCompassSegmentation = SegCompassSegmentationOutput
-"""Former name of :class:`SegCompassSegmentationOutput` (kept so existing imports keep working)."""
 
 
 def _check_model_type(source) -> None:
@@ -553,47 +495,10 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
 
         The per-component missing / unexpected keys are logged and kept in ``model.component_loading_report``.
         """
-        from transformers import SamModel
+        from .modeling_components import assemble_from_components
 
-        if isinstance(backbone, (str, Path)):
-            backbone = AutoModelForImageTextToText.from_pretrained(backbone)
-        if isinstance(sae, (str, Path)):
-            sae_dir = Path(sae)
-            sae = (SparseAutoencoder.from_saelens(sae_dir) if (sae_dir / "cfg.json").is_file()
-                   else SparseAutoencoder.from_pretrained(sae_dir))
-        sam_state = None
-        if isinstance(sam, (str, Path)) and str(sam).endswith((".pth", ".pt")):
-            from .convert.sam import load_sam_checkpoint
-
-            sam_state, sam_config = load_sam_checkpoint(sam, config=sam_config)
-        elif isinstance(sam, (str, Path)):
-            sam = SamModel.from_pretrained(sam)
-        if isinstance(sam, SamModel):
-            sam_state, sam_config = sam.state_dict(), sam.config
-        kwargs = dict(backbone_config=backbone.config, sae_config=sae.config)
-        if sam_config is not None:
-            kwargs["sam_config"] = sam_config
-        kwargs.update(config_overrides or {})
-        model = cls(SegCompassConfig(**kwargs))
-        report = {}
-        report["backbone"] = model.backbone.load_state_dict(backbone.state_dict(), strict=False)
-        report["sae"] = model.sae.load_state_dict(sae.state_dict(), strict=False)
-        model.sae.feature_dictionary = sae.feature_dictionary
-        if sam_state is not None:
-            # SamModel and SamVisionModel share the "vision_encoder." prefix
-            vision = {k: v for k, v in sam_state.items() if k.startswith("vision_encoder.")}
-            report["vision_encoder"] = model.vision_encoder.load_state_dict(vision, strict=False)
-            report["mask_decoder"] = model.mask_decoder.load_sam_state_dict(sam_state)
-        for name, result in report.items():
-            missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-            if missing or unexpected:
-                logger.warning("Loading %s: %d missing keys %s, %d unexpected keys %s", name, len(missing),
-                               missing[:5], len(unexpected), unexpected[:5])
-        model.component_loading_report = {
-            name: {"missing_keys": list(r.missing_keys), "unexpected_keys": list(r.unexpected_keys)}
-            for name, r in report.items()
-        }
-        return model
+        return assemble_from_components(cls, backbone, sae, sam, sam_config=sam_config,
+                                        config_overrides=config_overrides)
 
 
 def _register_with_transformers() -> None:

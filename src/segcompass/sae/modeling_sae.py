@@ -9,129 +9,25 @@ between the two formats without transposes (:mod:`segcompass.sae.saelens`).
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .configuration_sae import SparseAutoencoderConfig
 from .feature_dictionary import FeatureDictionary, FeatureDictionaryMixin
+from .gate_bits import _pack_bits, _unpack_columns
+from .outputs import (  # re-exported: the outputs' home is sae/outputs.py
+    PooledConcepts,
+    SparseAutoencoderOutput,
+    SparseFeatures,
+)
 
 # Dense (tokens × d_sae) fp32 elements materialised at once by the chunked paths: 2**24 elements = 64 MiB.
 _CHUNK_ELEMENTS = 2**24
 # Most tokens of one tile in `pooled_concepts` under a per-feature gate (its tiles then span 2**24 / 4096 features).
 _MAX_TOKEN_TILE = 4096
 _POOLINGS = ("max", "mean", "sum")
-# Multiplying eight 0/1 bytes (one int64, little-endian) by this gathers them into the top byte: byte k -> bit 56 + k.
-_GATHER_BITS = 0x0102040810204080
-
-
-def _pack_bits(member: torch.Tensor, little_endian: bool = sys.byteorder == "little") -> torch.Tensor:
-    """(c, d) bool -> (c, ceil(d / 8)) uint8; bit k of byte i is column 8 i + k (the selection's gate, 1 bit each)."""
-    rows, cols = member.shape
-    flags = member.contiguous().view(torch.uint8)  # (c, d) 0/1
-    if cols % 8:
-        flags = torch.nn.functional.pad(flags, (0, 8 - cols % 8))  # (c, 8 * ceil(d / 8))
-    flags = flags.reshape(rows, -1, 8)  # (c, d / 8, 8)
-    if little_endian:  # one multiply per 8 flags; int64 products wrap, only the top byte is read
-        words = flags.view(torch.int64).squeeze(-1)  # (c, d / 8)
-        return ((words * _GATHER_BITS) >> 56).bitwise_and_(0xFF).to(torch.uint8)
-    packed = flags[..., 0].clone()  # (c, d / 8)
-    for k in range(1, 8):
-        packed |= flags[..., k] << k
-    return packed
-
-
-def _unpack_columns(packed: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Read columns back from [`_pack_bits`]: (c, ceil(d / 8)) uint8, (N,) long -> (c, N) bool."""
-    shifts = (columns & 7).to(torch.uint8)  # (N,)
-    return ((packed[:, columns >> 3] >> shifts) & 1).to(torch.bool)  # (c, N)
-
-
-@dataclass
-class SparseAutoencoderOutput(ModelOutput):
-    """Output of [`SparseAutoencoder.forward`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `()`): ``mse_loss + l1_coefficient * l1_loss``.
-        feature_acts (`torch.FloatTensor` of shape `(..., d_sae)`): sparse codes h(z).
-        reconstruction (`torch.FloatTensor` of shape `(..., d_in)`): ẑ = D(h(z)).
-        mse_loss (`torch.FloatTensor` of shape `()`): mean over (valid) tokens of ‖z − ẑ‖².
-        l1_loss (`torch.FloatTensor` of shape `()`): mean over (valid) tokens of ‖h(z)‖₁.
-        l0 (`torch.FloatTensor` of shape `()`): mean number of active features per (valid) token.
-    """
-
-    loss: torch.FloatTensor | None = None
-    feature_acts: torch.FloatTensor | None = None
-    reconstruction: torch.FloatTensor | None = None
-    mse_loss: torch.FloatTensor | None = None
-    l1_loss: torch.FloatTensor | None = None
-    l0: torch.FloatTensor | None = None
-
-
-@dataclass
-class SparseFeatures:
-    """Active SAE features of ``T`` tokens in compressed-sparse-row form.
-
-    Token ``t``'s active features are ``indices[offsets[t]:offsets[t + 1]]`` with activations
-    ``values[offsets[t]:offsets[t + 1]]`` (ascending feature index).
-
-    Args:
-        indices (`torch.LongTensor` of shape `(nnz,)`), values (`torch.FloatTensor` of shape `(nnz,)`),
-        offsets (`torch.LongTensor` of shape `(T + 1,)`), shape: leading shape of the input plus ``d_sae``.
-    """
-
-    indices: torch.LongTensor
-    values: torch.FloatTensor
-    offsets: torch.LongTensor
-    shape: tuple[int, ...]
-
-    def __len__(self) -> int:
-        return self.offsets.numel() - 1
-
-    def token(self, t: int) -> tuple[torch.LongTensor, torch.FloatTensor]:
-        """(indices, values) of token ``t`` in flattened token order."""
-        start, end = int(self.offsets[t]), int(self.offsets[t + 1])
-        return self.indices[start:end], self.values[start:end]
-
-    def to_dense(self) -> torch.FloatTensor:
-        """The dense ``(..., d_sae)`` tensor (for tests and small inputs only)."""
-        num_tokens, d_sae = len(self), self.shape[-1]
-        dense = self.values.new_zeros(num_tokens, d_sae)
-        rows = torch.repeat_interleave(torch.arange(num_tokens, device=self.offsets.device), self.offsets.diff())
-        dense[rows, self.indices] = self.values
-        return dense.reshape(self.shape)
-
-
-@dataclass
-class PooledConcepts:
-    """Top-N SAE concepts of each sample, pooled over its valid tokens.
-
-    Args:
-        indices (`torch.LongTensor` of shape `(B, N)`): feature indices, by decreasing pooled activation (minus the
-            ranking baseline when one is given).
-        values (`torch.FloatTensor` of shape `(B, N)`): pooled activations (differentiable w.r.t. the input
-            and the encoder weights); 0 where ``mask`` is False.
-        mask (`torch.BoolTensor` of shape `(B, N)`): False for padding entries when fewer than N features
-            are active in a sample.
-        token_activations (`torch.FloatTensor` of shape `(B, T, N)`): each kept feature's activation at
-            every token (0 at padding), i.e. which tokens a concept came from.
-        pooled (`torch.FloatTensor` of shape `(B, d_sae)`, *optional*): every feature's pooled activation from the
-            selection pass (no gradient; used to calibrate a ranking baseline).
-        active (`torch.BoolTensor` of shape `(B, T, N)`, *optional*): where each kept feature is active, as the
-            selection pass decided.
-    """
-
-    indices: torch.LongTensor
-    values: torch.FloatTensor
-    mask: torch.BoolTensor
-    token_activations: torch.FloatTensor
-    pooled: torch.FloatTensor | None = None
-    active: torch.BoolTensor | None = None
 
 
 class SparseAutoencoder(FeatureDictionaryMixin, PreTrainedModel):
