@@ -43,3 +43,10 @@ def test_nothing_kept_is_an_empty_prediction():
         keep_and_union(masks(), [0.9], 0.5)
     with pytest.raises(ValueError, match=r"\(slots, H, W\)"):
         keep_and_union(masks()[0], [0.9], 0.5)
+
+
+@pytest.mark.parametrize("confidences", [[0.9, float("nan")], torch.tensor([0.2, 1.5]), np.array([-0.1, 0.5])])
+def test_confidences_outside_zero_one_are_refused(confidences):
+    """NaN (a diverged model) or a logit passed for a probability would otherwise be silently dropped or kept."""
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]; slot\(s\)"):
+        kept_slots(confidences, 0.5)

@@ -33,6 +33,12 @@ def kept_slots(confidences: Any, threshold: float) -> list[int]:
         values = confidences.detach().to("cpu", torch.float64).reshape(-1).tolist()
     else:
         values = np.asarray(confidences, dtype=np.float64).reshape(-1).tolist()
+    bad = [k for k, value in enumerate(values) if not 0.0 <= value <= 1.0]  # NaN fails both comparisons
+    if bad:
+        raise ValueError(
+            f"Slot confidences must be probabilities in [0, 1]; slot(s) {bad} hold {[values[k] for k in bad]}. Pass "
+            "sigmoid(confidence_logits), and check the model's weights if they are NaN."
+        )
     return [k for k, value in enumerate(values) if value >= threshold]
 
 
