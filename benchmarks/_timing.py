@@ -10,3 +10,19 @@ def timed(fn, repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time of each ``fns[name]()`` in seconds: one warm-up call each, then ``repeats`` rounds calling
+    every function once per round, so a change in machine load hits all of them alike."""
+    import statistics
+
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

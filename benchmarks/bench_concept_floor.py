@@ -25,9 +25,9 @@ from segcompass import SparseAutoencoder, SparseAutoencoderConfig
 from segcompass.modules.concept_interface import SparseConceptInterface, last_activation_distance
 
 try:
-    from _timing import timed  # run as a script: benchmarks/ is on sys.path
+    from _timing import timed_interleaved  # run as a script: benchmarks/ is on sys.path
 except ModuleNotFoundError:  # imported as benchmarks.bench_concept_floor from the repository root
-    from benchmarks._timing import timed
+    from benchmarks._timing import timed_interleaved
 
 NAME = "concept path vs SAE encode matmul"
 ENCODE_NAME = "SAE encode (dense codes) vs SAE encode matmul"
@@ -82,12 +82,10 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> list[dict]:
     def encode():
         return sae.encode(hidden)  # (B, T, d_sae): the dense codes, bias and gate included
 
-    reference = timed(floor, args.repeats)
-    rows = []
-    for name, fn in ((NAME, concept_path), (ENCODE_NAME, encode)):
-        ours = timed(fn, args.repeats)
-        rows.append({"name": name, "ours": ours, "reference": reference, "ratio": ours / reference, "unit": "s"})
-    return rows
+    times = timed_interleaved({"floor": floor, NAME: concept_path, ENCODE_NAME: encode}, args.repeats)
+    reference = times["floor"]
+    return [{"name": name, "ours": times[name], "reference": reference, "ratio": times[name] / reference, "unit": "s"}
+            for name in (NAME, ENCODE_NAME)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,13 +1,13 @@
 """``pipeline("reasoning-segmentation")`` batching: one batched call (``batch_size`` = the number of pairs: one
 processor call, one generation, one scoring forward, one SAM embedding per distinct image) vs the loop of single
-calls (reference), on the embedded default model, one CPU thread, warm (``_timing.timed``: one warm-up call, then the
-mean of ``--repeats`` calls), measured in the same run. The two must give the same reasoning (checked).
+calls (reference), on the embedded default model, one CPU thread, warm (``_timing.timed_interleaved``: one warm-up
+call each, then the median of ``--repeats`` alternating calls), measured in the same run. The two must give the same reasoning (checked).
 
     python benchmarks/bench_pipeline_batch.py [--repeats 1] [--images 4] [--max-new-tokens 128]
 
 ``run(args)`` (``args`` an ``argparse.Namespace`` from :func:`parse_args`, or ``None`` for the defaults) returns one
-dict per comparison: ``name``, ``ours`` and ``reference`` (seconds per batch of pairs), ``ratio`` (reference / ours,
-the speed-up) and ``unit``. The defaults take well under a minute on the embedded model.
+dict per comparison: ``name``, ``ours`` and ``reference`` (seconds per batch of pairs), ``ratio`` (ours / reference: below 1
+is faster) and ``unit``. The defaults take well under a minute on the embedded model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _timing import timed  # benchmarks/_timing.py
+from _timing import timed_interleaved  # benchmarks/_timing.py
 from transformers import pipeline
 
 import segcompass  # noqa: F401  (registers the task)
@@ -31,7 +31,7 @@ TEST_SEED = 2 * 10**9  # synthetic test-split seeds: 2e9 + index
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=1, help="Timed calls per setting, after one warm-up call.")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed rounds (one call per setting each, alternating), after one warm-up call each.")
     parser.add_argument("--images", "-B", type=int, default=4, help="B: the images of the second comparison.")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="Reasoning length limit of every call.")
     args = parser.parse_args(argv)
@@ -50,13 +50,13 @@ def _compare(name: str, pipe, images: list, texts: list[str], args) -> dict:
     def looped():
         last["reference"] = [pipe(image, text, batch_size=1, **kwargs) for image, text in zip(images, texts)]
 
-    reference = timed(looped, args.repeats)
-    ours = timed(batched, args.repeats)
+    times = timed_interleaved({"reference": looped, "ours": batched}, args.repeats)
+    reference, ours = times["reference"], times["ours"]
     got = [out["reasoning"] for out in last["ours"]]
     want = [out["reasoning"] for out in last["reference"]]
     if got != want:
         raise RuntimeError(f"{name}: the batched reasoning differs from the single calls': {got} vs {want}")
-    return {"name": name, "ours": ours, "reference": reference, "ratio": reference / ours, "unit": "s"}
+    return {"name": name, "ours": ours, "reference": reference, "ratio": ours / reference, "unit": "s"}
 
 
 def run(args: argparse.Namespace | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ from segcompass.training.freezing import freeze_backbone_through_hook_layer, tra
 SHIPPED_TEST_SUBSET = 24
 # Measured on the first 24 test samples (data seed 0) with the shipped checkpoint and generated reasoning; the floor
 # is the measured value minus 0.1 (see model_cards/segcompass-tiny-synthetic.md).
-SHIPPED_CIOU_MEASURED = 0.356  # gIoU 0.381; the whole 200-sample test split: cIoU 0.383 (model card)
+SHIPPED_CIOU_MEASURED = 0.316  # gIoU 0.336; the whole 200-sample test split: cIoU 0.340 (model card)
 SHIPPED_CIOU_FLOOR = SHIPPED_CIOU_MEASURED - 0.1  # a random model of this size scores ~0.04
 
 
@@ -76,6 +76,24 @@ def test_smoke_recipe_end_to_end(tmp_path):
     # the reloaded checkpoint segments with generated reasoning
     reloaded = evaluate_tiny(model, processor, split="validation", num_samples=2, max_new_tokens=8)
     assert reloaded["num_samples"] == 2
+    # the concept stage ran: the slot queries read the concepts alone
+    assert metrics["concept_stage"]["steps"] == metrics["config"]["concept_steps"] == 4
+    assert model.config.slot_query_inputs == "concepts" and "Q_k = MLP([0 ; r_k])" in card
+
+    # a finished run continued from the concept stage: earlier stages carried over, later ones re-run
+    again = train_tiny(tmp_path / "continued", continue_from=out, seed=1)
+    assert again["continued_from"]["path"] == str(out)
+    for stage in ("sam_pretrain", "lm_warmup", "joint"):
+        assert again[stage] == metrics[stage], stage
+    assert again["sae"].keys() == metrics["sae"].keys()  # the FVE on the final backbone is measured again
+    assert {k: v for k, v in again["sae"].items() if k != "fve_after_joint"} == {
+        k: v for k, v in metrics["sae"].items() if k != "fve_after_joint"}
+    assert again["concept_stage"]["steps"] == 4 and again["grpo"]["status"] == "done"
+    assert again["timings_s"]["total"] > again["continued_from"]["this_run_s"]
+    continued_card = (tmp_path / "continued" / "README.md").read_text()
+    assert "--continue-from" in continued_card and "{" not in continued_card.split("<think>")[0]
+    with pytest.raises(ValueError, match="not a finished train-tiny run"):
+        train_tiny(tmp_path / "nowhere", continue_from=tmp_path / "missing")
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")
@@ -87,7 +105,7 @@ def test_shipped_default_model_quality():
     metrics = evaluate_tiny(model, processor, split="test", num_samples=SHIPPED_TEST_SUBSET)
     assert metrics["num_samples"] == SHIPPED_TEST_SUBSET
     assert metrics["ciou"] >= SHIPPED_CIOU_FLOOR, metrics
-    assert metrics["giou"] >= 0.381 - 0.1, metrics
+    assert metrics["giou"] >= 0.336 - 0.1, metrics
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")

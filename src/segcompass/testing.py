@@ -101,7 +101,7 @@ def tiny_grpo_config(output_dir, **overrides):
 
     kwargs = dict(
         output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-        max_steps=2, use_cpu=True, report_to="none", save_strategy="no", bf16=False, gradient_checkpointing=False,
+        max_steps=2, use_cpu=True, report_to="none", save_strategy="no", bf16=False, activation_checkpointing=False,
         learning_rate=1e-4, dataset_check_rows=None, seed=0,
     )
     kwargs.update(overrides)

@@ -255,7 +255,7 @@ def test_train_command_runs_from_yaml_and_saves_a_loadable_model(tmp_path):
 
     output_dir = tmp_path / "out"
     config = dict(tiny=True, output_dir=str(output_dir), max_steps=1, num_generations=2, per_device_train_batch_size=4,
-                  max_completion_length=4, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                  max_completion_length=4, use_cpu=True, bf16=False, activation_checkpointing=False,
                   max_train_samples=4, synthetic_image_size=64, sft_steps=1, report_to="none", save_strategy="no")
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(config))

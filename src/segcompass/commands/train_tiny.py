@@ -27,6 +27,10 @@ class TrainTinyArguments:
         default=False, metadata={"help": "re-run the evaluation stages of a finished run in OUTPUT_DIR with this code "
                                          "and rewrite its metrics.json and model card (no training)"}
     )
+    continue_from: str | None = field(
+        default=None, metadata={"help": "a finished train-tiny run: take its model after joint training (stages 0-4, "
+                                        "their metrics and timings) and run the stages after it"}
+    )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, batch order and the random-SAE ablation"})
     processes: int = field(
         default=1, metadata={"help": "data-parallel training processes, one thread each (2 on a 2-core machine)"}
@@ -85,7 +89,7 @@ def train_tiny_command(args: TrainTinyArguments) -> int:
         metrics = reevaluate(args.output_dir)
     else:
         metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes,
-                             **overrides)
+                             continue_from=args.continue_from, **overrides)
     full = metrics["test"]["generated/full"]
     print(f"wrote {args.output_dir}: test cIoU {format_metric(full['ciou'])}, gIoU {format_metric(full['giou'])}, "
           f"N-acc {format_metric(full['n_acc'])}, T-acc {format_metric(full['t_acc'])} "

@@ -91,6 +91,12 @@ def _limitations(metrics: dict) -> str:
     if "random_sae" in runner and "no_concepts" in runner and full.get("ciou"):
         drop = (full["ciou"] - runner["random_sae"]["ciou"]) / full["ciou"]
         zeroed = (full["ciou"] - runner["no_concepts"]["ciou"]) / full["ciou"]
+        if drop >= TARGETS["random_sae_drop"]:
+            lines.append(
+                f"The masks depend on the SAE's concepts: replacing the trained SAE by a random one costs {drop:.0%} of "
+                f"cIoU (zeroing r_k {zeroed:.0%}). The per-slot concept lists name what the slot queries were built "
+                "from; they are the route by which the reasoning reaches the mask, not a post-hoc explanation."
+            )
         if drop < TARGETS["random_sae_drop"]:
             lines.append(
                 f"The concept path is used (zeroing r_k costs {zeroed:.0%} of cIoU) but the SAE's concepts carry "
@@ -100,6 +106,35 @@ def _limitations(metrics: dict) -> str:
                 "(yet) the reason for the mask."
             )
     return "\n\n".join(lines)
+
+
+def _concept_summary(metrics: dict) -> str:
+    stage, c = metrics.get("concept_stage") or {"steps": 0}, metrics["config"]
+    if not stage.get("steps"):
+        return "not run (`concept_steps=0`): the slot queries read e_k and r_k, as in the paper."
+    return (f"the slot queries switch to the concepts alone (`slot_query_inputs=\"concepts\"`, Q_k = MLP([0 ; r_k])) "
+            f"and the heads and SAM's encoder train {stage['steps']} steps × batch {c['batch_size']} on the frozen "
+            f"backbone (segmentation losses only; generated reasoning with probability {c['generated_share']}). "
+            f"Final: seg {format_metric(stage.get('seg'))}, matched soft IoU {format_metric(stage.get('matched_iou'))}.")
+
+
+def _slot_query_description(metrics: dict) -> str:
+    model_config = metrics.get("model_config", {})
+    if model_config.get("slot_query_inputs") == "concepts":
+        return ("Q_k = MLP([0 ; r_k]) (`slot_query_inputs=\"concepts\"`): the reasoning reaches the slots only through "
+                "the SAE's concepts; e_k is computed and returned but not read")
+    return (f"Q_k = MLP([e_k ; r_k]); e_k dropped with probability {model_config.get('slot_embedding_dropout', 0.0)} "
+            "in training")
+
+
+def _continuation(metrics: dict) -> str:
+    earlier = metrics.get("continued_from")
+    if not earlier:
+        return ""
+    return (f"\n\nThis checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
+            f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that run's), then "
+            f"stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
+            f"({earlier['this_run_s'] / 60:.1f} min). `segcompass train-tiny OUTPUT_DIR` runs every stage in one go.")
 
 
 def render_model_card(metrics: dict) -> str:
@@ -142,5 +177,7 @@ def render_model_card(metrics: dict) -> str:
             f"| {name} | {m['num_samples']} | " + " | ".join(format_metric(m.get(k)) for k in ("ciou", "giou", "n_acc", "t_acc"))
             + " |" for name, m in test.get("generated/full", {}).get("per_family", {}).items()),
         limitations=_limitations(metrics),
+        concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
+        continuation=_continuation(metrics),
     )
     return TEMPLATE.read_text().format_map(values)

@@ -48,6 +48,10 @@ class TinyRecipeConfig:
             greedy reasoning (generated once after the LM warm-up, no LM loss on it) instead of the reference, so
             the mask path learns from what it sees at inference.
         sae_l1_ratio: the SAE's L1 coefficient as a fraction of the RMS norm of the centred activations.
+        concept_steps: steps of the concept stage after joint training: the model switches to
+            ``slot_query_inputs="concepts"`` (Q_k = MLP([0 ; r_k]): the reasoning reaches the slots only through the
+            SAE's concepts) and its heads and SAM encoder train on the frozen backbone (segmentation losses,
+            ``generated_share`` of generated reasoning, no LM loss). 0 keeps the paper's Q_k = MLP([e_k ; r_k]).
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation).
     """
@@ -95,6 +99,7 @@ class TinyRecipeConfig:
     lm_loss_weight: float = 1.0
     generated_share: float = 0.2
     generated_pool: int = 2048
+    concept_steps: int = 1500
     eval_batch_size: int = 32
     max_new_tokens: int = 100
     thresholds: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
@@ -133,6 +138,7 @@ class TinyRecipeConfig:
             num_test=8, batch_size=8, lm_warmup_steps=6, sae_sequences=32, sae_epochs=1, joint_steps=6,
             grpo_steps=2, vision_pretrain_steps=4, backbone_vision_pretrain_steps=4, eval_batch_size=8,
             max_new_tokens=24, thresholds=(0.3, 0.5), concept_layers=1, generated_pool=8, generated_share=0.5,
+            concept_steps=4,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

@@ -31,6 +31,7 @@ from .evaluation import (
 )
 from .stages import (
     backbone_vit_pretrain,
+    concept_stage,
     feature_dictionary_stage,
     generate_reasoning_pool,
     grpo_stage,
@@ -43,7 +44,8 @@ from .stages import (
 logger = get_logger(__name__)
 
 
-def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config) -> None:
+def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config,
+               continue_from=None) -> None:
     """One data-parallel process of :func:`train_tiny` (started by ``torch.multiprocessing.spawn``)."""
     import torch.distributed as dist
 
@@ -53,11 +55,11 @@ def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: 
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1)
+    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1, continue_from=continue_from)
 
 
 def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRecipeConfig | None = None,
-               processes: int = 1, **overrides) -> dict:
+               processes: int = 1, continue_from=None, **overrides) -> dict:
     """Train the tiny synthetic-domain SegCompass end to end and write it to ``output_dir``.
 
     Args:
@@ -71,10 +73,17 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             batch and takes its share, gradients are averaged (gloo). After joint training rank 0 carries on alone
             (GRPO, threshold tuning, evaluation, saving). Two processes on two cores beat one process with two
             threads for a model this small.
+        continue_from: a finished run's directory (checkpoint + ``metrics.json``): its model replaces stages 0-4
+            (vision pretraining to joint training, whose metrics and timings are carried over from its
+            ``metrics.json``, as is its recipe config unless ``config`` is given) and the run goes on from the concept
+            stage. Used to add a stage to a finished run without repeating the hour before it.
 
     Returns:
         The metrics dict also written to ``metrics.json``.
     """
+    previous = _finished_run(continue_from) if continue_from is not None else None
+    if config is None and previous is not None:
+        config = _recipe_config(previous["config"])
     base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
     known = {f.name for f in fields(TinyRecipeConfig)}
     unknown = sorted(set(overrides) - known)
@@ -92,7 +101,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         with socket.socket() as probe_socket:
             probe_socket.bind(("127.0.0.1", 0))
             port = probe_socket.getsockname()[1]
-        mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config),
+        mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config,
+                                   None if continue_from is None else str(continue_from)),
                  nprocs=processes, join=True)
         return json.loads((Path(output_dir) / "metrics.json").read_text())
     start = time.perf_counter()
@@ -115,28 +125,45 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     t = lap("data", t)
-    model, processor = build_tiny_model_and_processor(config, seed=seed)
-    num_params = sum(p.numel() for p in model.parameters())
-    logger.info("built a %.2f M-parameter model (vocabulary %d)", num_params / 1e6, len(processor.tokenizer))
-    probe = SceneProbe(model.config.sam_config.vision_config.output_channels,
-                       kind_weight=config.scene_probe_kind_weight)
-    vision = sam_encoder_pretrain(model, processor, train, config, probe, generator)
-    t = lap("sam_pretrain", t)
-    token_probe = TokenProbe(model.config.get_text_config().hidden_size, kind_weight=config.probe_kind_weight,
-                             pos_weight=config.probe_pos_weight)
-    backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
-    t = lap("backbone_vit_pretrain", t)
-    lm = lm_warmup(model, processor, train, config, generator, token_probe)
-    t = lap("lm_warmup", t)
-    sae = train_sae(model, processor, train, config, output_dir, seed)
-    broadcast_from_rank0(model, token_probe, probe)  # every rank ran the SAE stage; keep rank 0's
-    freeze_backbone_through_hook_layer(model)
-    train_token_embedding_rows(model)
-    t = lap("sae", t)
-    pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
-    t = lap("generated_pool", t)
-    joint = joint_training(model, processor, train, config, generator, probe, pool)
-    t = lap("joint", t)
+    if previous is None:
+        model, processor = build_tiny_model_and_processor(config, seed=seed)
+        num_params = sum(p.numel() for p in model.parameters())
+        logger.info("built a %.2f M-parameter model (vocabulary %d)", num_params / 1e6, len(processor.tokenizer))
+        probe = SceneProbe(model.config.sam_config.vision_config.output_channels,
+                           kind_weight=config.scene_probe_kind_weight)
+        vision = sam_encoder_pretrain(model, processor, train, config, probe, generator)
+        t = lap("sam_pretrain", t)
+        token_probe = TokenProbe(model.config.get_text_config().hidden_size, kind_weight=config.probe_kind_weight,
+                                 pos_weight=config.probe_pos_weight)
+        backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
+        t = lap("backbone_vit_pretrain", t)
+        lm = lm_warmup(model, processor, train, config, generator, token_probe)
+        t = lap("lm_warmup", t)
+        sae = train_sae(model, processor, train, config, output_dir, seed)
+        broadcast_from_rank0(model, token_probe, probe)  # every rank ran the SAE stage; keep rank 0's
+        freeze_backbone_through_hook_layer(model)
+        train_token_embedding_rows(model)
+        t = lap("sae", t)
+        pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
+        t = lap("generated_pool", t)
+        joint = joint_training(model, processor, train, config, generator, probe, pool)
+        t = lap("joint", t)
+    else:
+        from transformers import AutoModel, AutoProcessor
+
+        model = AutoModel.from_pretrained(continue_from)
+        processor = AutoProcessor.from_pretrained(continue_from)
+        num_params = sum(p.numel() for p in model.parameters())
+        vision, backbone_vision, lm, sae, joint = (previous[k] for k in (
+            "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"))
+        timings.update({name: value for name, value in previous["timings_s"].items()
+                        if name in ("sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint")})
+        logger.info("continuing the finished run in %s from the concept stage", continue_from)
+        t = lap("load", t)
+        pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
+        t = lap("generated_pool", t)
+    concept = concept_stage(model, processor, train, config, generator, pool)
+    t = lap("concept", t)
     rank, world = rank_and_world()
     processes = world
     if world > 1:  # the data-parallel part ends here; rank 0 carries on alone
@@ -172,20 +199,47 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
-        "joint": joint, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "joint": joint, "concept_stage": concept, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": val["reasoning"], "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
-            "confidence_threshold")},
+            "slot_query_inputs", "confidence_threshold")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
+    if previous is not None:  # the wall time counts the earlier run's stages too
+        earlier = sum(v for k, v in previous["timings_s"].items() if k != "total")
+        metrics["continued_from"] = {"path": str(continue_from), "stages_carried_over": [
+            "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
+            "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": metrics["timings_s"]["total"]}
+        metrics["timings_s"]["total"] = round(metrics["timings_s"]["total"] + earlier, 1)
     write_json_atomic(output_dir / "metrics.json", metrics)
     write_text_atomic(output_dir / "README.md", render_model_card(metrics))
     logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
                 time.perf_counter() - start)
     return metrics
+
+
+def _finished_run(directory) -> dict:
+    """The ``metrics.json`` of a finished :func:`train_tiny` run (raises ``ValueError`` naming what is missing)."""
+    directory = Path(directory)
+    metrics_path = directory / "metrics.json"
+    if not metrics_path.is_file() or not (directory / "config.json").is_file():
+        raise ValueError(f"{directory} is not a finished train-tiny run (it needs config.json, the weights and "
+                         "metrics.json); pass the output directory of `segcompass train-tiny`.")
+    metrics = json.loads(metrics_path.read_text())
+    missing = [k for k in ("config", "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint",
+                           "timings_s") if k not in metrics]
+    if missing:
+        raise ValueError(f"{metrics_path} lacks {missing}; it was not written by train_tiny.")
+    return metrics
+
+
+def _recipe_config(saved: dict) -> TinyRecipeConfig:
+    """A :class:`TinyRecipeConfig` from the ``config`` of a ``metrics.json`` (fields it lacks keep their defaults)."""
+    known = {f.name for f in fields(TinyRecipeConfig)}
+    return TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
 def reevaluate(output_dir) -> dict:
@@ -200,9 +254,7 @@ def reevaluate(output_dir) -> dict:
     if not metrics_path.is_file():
         raise ValueError(f"{output_dir} holds no metrics.json; point --evaluate-only at a finished train-tiny run.")
     metrics = json.loads(metrics_path.read_text())
-    known = {f.name for f in fields(TinyRecipeConfig)}
-    config = TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in metrics["config"].items()
-                                 if k in known})
+    config = _recipe_config(metrics["config"])
     model = AutoModel.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
     threshold = model.config.confidence_threshold

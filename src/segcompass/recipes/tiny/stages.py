@@ -1,9 +1,11 @@
-"""The recipe's training stages: vision probes, LM warm-up, SAE, generated-reasoning pool, joint training, GRPO."""
+"""The recipe's training stages: vision probes, LM warm-up, SAE, generated-reasoning pool, joint training, the
+concept stage, GRPO."""
 
 from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +197,7 @@ def generate_reasoning_pool(model, processor, train: list[Sample],
 
 
 def joint_training(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, probe=None,
-           pool: dict[int, str] | None = None) -> dict:
+           pool: dict[int, str] | None = None, desc: str = "Joint training") -> dict:
     """Stage e: segmentation + confidence losses on teacher-forced completions + slots, plus the LM loss (and the
     dense probe loss on the SAM embedding when ``probe`` is given). Samples in ``pool`` are fed, with probability
     ``generated_share``, with the model's own reasoning instead (mask path only)."""
@@ -220,7 +222,7 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
     model.train()
     history: list[dict] = []
-    bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc="Joint training",
+    bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc=desc,
                unit="step", disable=quiet_rank())
     for step, indices in enumerate(bar):
         draws = torch.rand(len(indices), generator=coin).tolist()  # same draws on every rank
@@ -228,13 +230,13 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
         generated, indices = shard(generated), shard(indices)
         chunk = [train[i] for i in indices]
         batch = batch_inputs(processor, chunk, completions=True, append_slots=True, generated=generated)
+        labels = batch["labels"] if config.lm_loss_weight > 0 else None  # no vocabulary logits without an LM loss
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
-                    labels=batch["labels"],
-                    **backbone_kwargs(batch))
+                    labels=labels, **backbone_kwargs(batch))
         seg = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits,
                                   gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf)
-        lm = out.loss if bool((batch["labels"] != -100).any()) else out.heatmap_logits.new_zeros(())
+        lm = out.loss if labels is not None and bool((labels != -100).any()) else out.heatmap_logits.new_zeros(())
         loss = seg.loss + config.lm_loss_weight * lm
         probe_loss = None
         if probe is not None and config.probe_weight > 0:
@@ -251,13 +253,32 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
                         lm=f"{np.mean([r['lm'] for r in recent]):.3f}")
         if (step + 1) % 100 == 0:
             tail = history[-100:]
-            logger.info("joint step %d/%d: %s", step + 1, steps,
+            logger.info("%s step %d/%d: %s", desc, step + 1, steps,
                         {k: round(float(np.mean([r[k] for r in tail if k in r])), 4) for k in ("seg", "conf", "lm",
                                                                                                "matched_iou", "probe")
                          if any(k in r for r in tail)})
     tail = history[-50:]
     return {k: float(np.mean([r[k] for r in tail if k in r])) for k in ("seg", "conf", "lm", "matched_iou", "probe")
             if any(k in r for r in tail)} | {"steps": steps}
+
+
+def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
+                  pool: dict[int, str] | None = None) -> dict:
+    """Stage e'': the slot queries switch to the concepts alone (``slot_query_inputs="concepts"``) and the heads and
+    SAM's encoder train for ``config.concept_steps`` steps on the frozen backbone (:func:`joint_training` without the
+    LM loss or the probe; ``generated_share`` of the pooled samples with their generated reasoning). The backbone's
+    ``requires_grad`` flags are restored afterwards."""
+    if config.concept_steps <= 0:
+        return {"steps": 0}
+    model.config.slot_query_inputs = "concepts"
+    flags = {name: p.requires_grad for name, p in model.backbone.named_parameters()}
+    model.backbone.requires_grad_(False)
+    try:
+        stage = replace(config, joint_steps=config.concept_steps, lm_loss_weight=0.0)
+        return joint_training(model, processor, train, stage, generator, None, pool, desc="Concept stage")
+    finally:
+        for name, param in model.backbone.named_parameters():
+            param.requires_grad_(flags[name])
 
 
 def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
@@ -284,7 +305,7 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
             output_dir=str(work_dir / "grpo"), max_steps=config.grpo_steps, per_device_train_batch_size=batch,
             num_generations=4, max_completion_length=config.max_new_tokens, learning_rate=1e-5, beta=0.0,
             report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
-            seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False, gradient_checkpointing=False,
+            seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False, activation_checkpointing=False,
             freeze_backbone_through_hook_layer=True, train_slot_token_embeddings=True,
         )
         trainer = SegCompassGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
