@@ -26,3 +26,10 @@ def timed_interleaved(fns: dict, repeats: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def format_result(result: dict) -> str:
+    """One comparison as every benchmark prints it: ``name: ours X unit, reference Y unit, ratio Z``."""
+    unit = result.get("unit", "s")
+    return (f"{result['name']}: ours {result['ours']:.3f} {unit}, reference {result['reference']:.3f} {unit}, "
+            f"ratio {result['ratio']:.2f}")

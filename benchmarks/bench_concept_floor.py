@@ -25,9 +25,9 @@ from segcompass import SparseAutoencoder, SparseAutoencoderConfig
 from segcompass.modules.concept_interface import SparseConceptInterface, last_activation_distance
 
 try:
-    from _timing import timed_interleaved  # run as a script: benchmarks/ is on sys.path
+    from _timing import format_result, timed_interleaved  # run as a script: benchmarks/ is on sys.path
 except ModuleNotFoundError:  # imported as benchmarks.bench_concept_floor from the repository root
-    from benchmarks._timing import timed_interleaved
+    from benchmarks._timing import format_result, timed_interleaved
 
 NAME = "concept path vs SAE encode matmul"
 ENCODE_NAME = "SAE encode (dense codes) vs SAE encode matmul"
@@ -94,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"tau={args.threshold} threads={args.threads or torch.get_num_threads()} repeats={args.repeats}",
           file=sys.stderr)
     for row in run(args):
-        print(f"{row['name']}: ours {row['ours']:.3f} {row['unit']}, reference {row['reference']:.3f} {row['unit']}, "
-              f"ratio {row['ratio']:.2f}")
+        print(format_result(row))
 
 
 if __name__ == "__main__":

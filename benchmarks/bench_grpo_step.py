@@ -22,8 +22,7 @@ import tempfile
 import time
 
 import torch
-
-RESULT_KEYS = ("name", "ours", "reference", "ratio", "unit")
+from _timing import format_result  # benchmarks/_timing.py
 
 
 def _measure(model, processor, dataset, args, shared: bool, output_dir: str) -> dict:
@@ -138,12 +137,6 @@ def run(args) -> list[dict]:
     add(f"GRPO activations held for the backward ({label})", "saved", "MB", scale=1e-6)
     add("GRPO peak GPU memory per step", "peak", "MB", max, 1e-6)
     return results
-
-
-def format_result(result: dict) -> str:
-    unit = result["unit"]
-    return (f"{result['name']}: ours {result['ours']:.3f} {unit}, reference {result['reference']:.3f} {unit}, "
-            f"ratio {result['ratio']:.2f}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _timing import timed_interleaved  # benchmarks/_timing.py
+from _timing import format_result, timed_interleaved  # benchmarks/_timing.py
 from transformers import pipeline
 
 import segcompass  # noqa: F401  (registers the task)
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace | None = None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     for row in run(parse_args(argv)):
-        print(f"{row['name']}: ours {row['ours']:.3f} {row['unit']}, reference {row['reference']:.3f} {row['unit']}, "
-              f"ratio {row['ratio']:.2f}")
+        print(format_result(row))
 
 
 if __name__ == "__main__":

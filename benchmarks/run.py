@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this file
 
+from _timing import format_result  # noqa: E402  (benchmarks/_timing.py, on the path just set)
+
 GROUPS = ("grpo", "concepts", "pipeline")
 
 
@@ -56,12 +58,6 @@ def _pipeline(quick: bool) -> list[dict]:
 
 
 RUNNERS = {"grpo": _grpo, "concepts": _concepts, "pipeline": _pipeline}
-
-
-def format_result(result: dict) -> str:
-    unit = result.get("unit", "s")
-    return (f"{result['name']}: ours {result['ours']:.3f} {unit}, reference {result['reference']:.3f} {unit}, "
-            f"ratio {result['ratio']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -97,3 +97,14 @@ def test_unknown_words_lists_the_words_read_as_unknown():
         unk_token_id = None
 
     assert unknown_words(ByteLevel(), "anything at all") == []
+
+
+def test_answer_end_is_the_one_cut_rule():
+    from segcompass.answer_format import answer_end
+
+    ref, eos, pad = 9, 2, 0
+    assert answer_end([5, 6, ref, eos, 7], ref, {eos, pad}) == (3, True)  # through the first <REF_POS>
+    assert answer_end([5, ref, 6, ref], ref, {eos, pad}) == (2, True)
+    assert answer_end([5, 6, eos, ref], ref, {eos, pad}) == (4, True)  # <REF_POS> wins over an earlier stop token
+    assert answer_end([5, 6, eos, 7], ref, {eos, pad}) == (2, False)  # malformed: up to the first stop token
+    assert answer_end([5, 6, 7], ref, {eos, pad}) == (3, False)  # truncated: all of it

@@ -17,7 +17,7 @@ it without import cycles.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "THINK_CLOSE",
     "THINK_OPEN",
     "SlotSequences",
+    "answer_end",
     "append_slot_ids",
     "append_slots_to_text",
     "build_messages",
@@ -310,6 +311,17 @@ class SlotSequences(NamedTuple):
     """``(B, T')`` the prompt's modality ids moved along, 0 (text) on the answer and slots; ``None`` if not given."""
 
 
+def answer_end(tokens: Sequence[int], ref_token_id: int, stop_token_ids: Collection[int]) -> tuple[int, bool]:
+    """The answer rule on one generated sequence: ``(end, has_ref)`` such that ``tokens[:end]`` is the answer - up
+    to and including its first ``<REF_POS>``, or, without one (malformed), up to its first stop token (exclusive; the
+    whole sequence when there is none). :func:`append_slot_ids` and the GRPO shared forward
+    (:func:`segcompass.training.grpo_forward.policy_segmentation_inputs`) both cut with it."""
+    tokens = list(tokens)
+    if ref_token_id in tokens:
+        return tokens.index(ref_token_id) + 1, True
+    return next((i for i, t in enumerate(tokens) if t in stop_token_ids), len(tokens)), False
+
+
 def append_slot_ids(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
@@ -365,13 +377,9 @@ def append_slot_ids(
         keep = prompt_mask[b].bool()
         prompt = prompt_ids[b][keep]
         completion = [t for t in completion_ids[b].tolist() if t not in slot_set]  # slots are never sampled
-        if ref_token_id in completion:
-            completion = completion[: completion.index(ref_token_id) + 1]
-            malformed.append(False)
-        else:
-            cut = next((i for i, t in enumerate(completion) if t in stop), len(completion))
-            completion = completion[:cut] + [ref_token_id]
-            malformed.append(True)
+        end, has_ref = answer_end(completion, ref_token_id, stop)
+        completion = completion[:end] if has_ref else completion[:end] + [ref_token_id]
+        malformed.append(not has_ref)
         completion_t = torch.tensor(completion, dtype=prompt.dtype, device=prompt.device)
         completions.append(completion_t)
         rows.append(torch.cat([prompt, completion_t, slot_ids]))

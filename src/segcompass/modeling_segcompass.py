@@ -263,7 +263,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                 for Qwen2.5-VL; ``pixel_values`` for LLaVA).
         """
         batch = input_ids.shape[0]
-        self.slot_positions(input_ids)  # fail fast, before the backbone runs, on rows without the slot tokens
+        positions = self.slot_positions(input_ids)  # (B, K); fails fast, before the backbone runs
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if image_embeddings is None:
@@ -282,7 +282,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                             **backbone_kwargs)
         result = self.segment_from_hidden_states(
             input_ids, attention_mask, self._hook_states(out), out.hidden_states[-1], image_embeddings,
-            valid_mask_sizes,
+            valid_mask_sizes, slot_positions=positions,
         )
         result.loss, result.logits = out.loss, out.logits
         return result
@@ -295,6 +295,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         last_states: torch.Tensor,
         image_embeddings: torch.Tensor,
         valid_mask_sizes: torch.LongTensor | None = None,
+        slot_positions: torch.LongTensor | None = None,
     ) -> SegCompassOutput:
         """Everything after the backbone: SAE concepts, concept interface, slot mapper and mask decoder, from the
         hidden states of a backbone forward that already ran (:meth:`forward`; GRPO reads them from the policy's own
@@ -306,11 +307,12 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                 forward holds but the scoring sequence does not), which the concepts skip.
             hook_states (`(B, T, D)`): ``hidden_states[L]``; last_states (`(B, T, D)`): the last layer's states.
             image_embeddings (`(B, C, h, w)`); valid_mask_sizes (`(B, 2)`, *optional*): see :meth:`forward`.
+            slot_positions (`(B, K)`, *optional*): :meth:`slot_positions` of ``input_ids`` when already found.
 
         Returns:
             a [`SegCompassOutput`] without ``loss`` / ``logits``.
         """
-        positions = self.slot_positions(input_ids)  # (B, K)
+        positions = self.slot_positions(input_ids) if slot_positions is None else slot_positions  # (B, K)
         slot_embeddings = torch.gather(
             last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
         )  # (B, K, D)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..answer_format import answer_end
+
 __all__ = ["PolicySegmentationInputs", "capture_hidden_states", "policy_segmentation_inputs", "shared_forward"]
 
 
@@ -89,14 +91,11 @@ def policy_segmentation_inputs(
     batch, width = completion_ids.shape
     device = completion_ids.device
     slots = torch.as_tensor(slot_token_ids, dtype=completion_ids.dtype, device=device)  # (K,)
-    stops = torch.tensor(sorted({*stop_token_ids, pad_token_id} - {ref_token_id}), device=device)
+    stops = {*stop_token_ids, pad_token_id}
+    cuts = [answer_end(row, ref_token_id, stops) for row in completion_ids.tolist()]  # the scoring sequence's cut
+    visible_end = torch.tensor([end for end, _ in cuts], device=device)  # (B,) visible completion tokens [0, end)
+    has_ref = torch.tensor([found for _, found in cuts], device=device)  # (B,)
     index = torch.arange(width, device=device).expand(batch, -1)  # (B, C)
-
-    is_ref = completion_ids == ref_token_id  # (B, C)
-    has_ref = is_ref.any(1)  # (B,)
-    first_ref = torch.where(is_ref, index, width).amin(1)  # (B,) C when absent
-    first_stop = torch.where(torch.isin(completion_ids, stops), index, width).amin(1)  # (B,)
-    visible_end = torch.where(has_ref, first_ref + 1, first_stop)  # (B,) visible completion tokens [0, end)
     visible = (index < visible_end[:, None]).long()  # (B, C); right padding is a stop token: always hidden
 
     # A hidden key changes the policy only where the token after it is scored.

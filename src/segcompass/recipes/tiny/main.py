@@ -225,9 +225,10 @@ def _finished_run(directory) -> dict:
     """The ``metrics.json`` of a finished :func:`train_tiny` run (raises ``ValueError`` naming what is missing)."""
     directory = Path(directory)
     metrics_path = directory / "metrics.json"
-    if not metrics_path.is_file() or not (directory / "config.json").is_file():
-        raise ValueError(f"{directory} is not a finished train-tiny run (it needs config.json, the weights and "
-                         "metrics.json); pass the output directory of `segcompass train-tiny`.")
+    for name in ("metrics.json", "config.json"):
+        if not (directory / name).is_file():
+            raise ValueError(f"{directory} holds no {name}: it is not a finished train-tiny run; pass the output "
+                             "directory of `segcompass train-tiny`.")
     metrics = json.loads(metrics_path.read_text())
     missing = [k for k in ("config", "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint",
                            "timings_s") if k not in metrics]
@@ -251,9 +252,7 @@ def reevaluate(output_dir) -> dict:
 
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise ValueError(f"{output_dir} holds no metrics.json; point --evaluate-only at a finished train-tiny run.")
-    metrics = json.loads(metrics_path.read_text())
+    metrics = _finished_run(output_dir)
     config = _recipe_config(metrics["config"])
     model = AutoModel.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
