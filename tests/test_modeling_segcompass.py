@@ -246,6 +246,19 @@ def test_save_reload_and_automodel_give_identical_outputs(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_reloaded_model_keeps_the_sae_frozen(tmp_path):
+    """transformers' loader re-creates every weight with requires_grad=True; the SAE must come back frozen (a loop
+    over model.parameters() once fine-tuned it: FVE on its own input fell from 0.97 to -0.90)."""
+    model = build()
+    assert not any(p.requires_grad for p in model.sae.parameters())
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in reloaded.sae.parameters())
+    assert all(p.requires_grad for p in reloaded.slot_mapper.parameters())  # only the SAE is frozen
+    with_info, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(p.requires_grad for p in with_info.sae.parameters()) and not info["missing_keys"]
+
+
 def test_batch_equals_single_calls():
     model = build()
     ids, mask = tiny_text_inputs(model.config, [9, 5, 7])

@@ -129,10 +129,17 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, with a weights file that cannot be read (truncated, corrupt) reported
-        as one ``ValueError`` naming the file and the fix instead of the deserializer's message."""
+        as one ``ValueError`` naming the file and the fix instead of the deserializer's message.
+
+        The SAE comes back frozen, as ``__init__`` leaves it: transformers' loader materialises every floating-point
+        weight as a new ``nn.Parameter`` with ``requires_grad=True``, so without this a training loop over
+        ``model.parameters()`` would silently fine-tune the SAE and its concepts would stop meaning what its
+        feature dictionary says."""
         _check_model_type(pretrained_model_name_or_path)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            (loaded[0] if isinstance(loaded, tuple) else loaded).sae.requires_grad_(False)  # output_loading_info
+            return loaded
         except Exception as error:  # safetensors raises its own SafetensorError (not a ValueError / OSError)
             if type(error).__name__ != "SafetensorError" and "deserializ" not in str(error):
                 raise
