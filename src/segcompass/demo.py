@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .metrics.functional import intersection_and_union
+from .metrics.per_sample import intersection_and_union
 from .utils.io import write_text_atomic
 from .utils.logging import get_logger
 from .utils.masks import decode_rle

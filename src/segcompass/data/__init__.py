@@ -1,7 +1,8 @@
 """Datasets in one schema (:mod:`segcompass.data.schema`)."""
 
 from .schema import COLUMNS, SEGMENTATION_FEATURES
-from ._common import DataFileNotFoundError, LoadReport, get_load_report
+from ._common import LoadReport, get_load_report
+from ._files import DataFileNotFoundError
 from .corpus import CORPUS_FEATURES, load_image_text_corpus
 from .grefcoco import load_grefcoco
 from .loaders import available_datasets, load_segmentation_dataset, register_dataset

@@ -34,17 +34,9 @@ import datasets
 import pyarrow.parquet as pq
 
 from ..utils.logging import get_logger
-from ._common import (
-    LoadReport,
-    PathLike,
-    Skip,
-    data_file_not_found,
-    dataset_from_generator,
-    decode_text,
-    file_stamp,
-    image_by_path,
-    image_size,
-)
+from ._common import LoadReport, Skip, dataset_from_generator
+from ._files import PathLike, data_file_not_found, decode_text, file_stamp
+from ._images import image_by_path, image_size
 
 logger = get_logger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Any, Literal
 import datasets
 
 from ..utils.logging import get_logger
-from ._common import LoadReport, PathLike, data_file_not_found, dataset_from_rows, progress, read_json
+from ._common import LoadReport, dataset_from_rows
+from ._files import PathLike, data_file_not_found, progress, read_json
 from .refcoco import (
     NO_SENTENCES,
     CocoIndex,

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import datasets
 
-from ._common import PathLike
+from ._files import PathLike
 from .grefcoco import load_grefcoco
 from .parquet import load_parquet_mirror
 from .reasonseg import load_reasonseg

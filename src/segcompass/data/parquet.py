@@ -47,21 +47,10 @@ import pyarrow.parquet as pq
 
 from ..utils.logging import get_logger
 from ..utils.masks import encode_rle
-from ._common import (
-    LoadReport,
-    PathLike,
-    Skip,
-    checked_box,
-    checked_xyxy_box,
-    data_file_not_found,
-    dataset_from_generator,
-    file_stamp,
-    image_by_path,
-    image_size,
-    make_row,
-    rle_box,
-    segmentation_to_rle,
-)
+from ._annotations import checked_box, checked_xyxy_box, rle_box, segmentation_to_rle
+from ._common import LoadReport, Skip, dataset_from_generator, make_row
+from ._files import PathLike, data_file_not_found, file_stamp
+from ._images import image_by_path, image_size
 from .schema import SEGMENTATION_FEATURES
 
 logger = get_logger(__name__)

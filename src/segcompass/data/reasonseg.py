@@ -39,23 +39,10 @@ import numpy as np
 
 from ..utils.logging import get_logger
 from ..utils.masks import decode_rle, encode_rle
-from ._common import (
-    LoadReport,
-    PathLike,
-    data_file_not_found,
-    dataset_from_rows,
-    image_by_path,
-    image_size,
-    make_row,
-    polygons_to_rle,
-    progress,
-    read_json,
-    rle_area,
-    rle_box,
-    rles_overlap,
-    union_rle,
-    valid_polygons,
-)
+from ._annotations import polygons_to_rle, rle_area, rle_box, rles_overlap, union_rle, valid_polygons
+from ._common import LoadReport, dataset_from_rows, make_row
+from ._files import PathLike, data_file_not_found, progress, read_json
+from ._images import image_by_path, image_size
 from .schema import SEGMENTATION_FEATURES
 
 logger = get_logger(__name__)

@@ -26,21 +26,10 @@ from typing import Any, Literal, Mapping
 import datasets
 
 from ..utils.logging import get_logger
-from ._common import (
-    LoadReport,
-    PathLike,
-    check_image_size,
-    checked_box,
-    data_file_not_found,
-    dataset_from_rows,
-    image_by_path,
-    image_size,
-    make_row,
-    progress,
-    read_json,
-    rle_box,
-    segmentation_to_rle,
-)
+from ._annotations import checked_box, rle_box, segmentation_to_rle
+from ._common import LoadReport, dataset_from_rows, make_row
+from ._files import PathLike, data_file_not_found, progress, read_json
+from ._images import check_image_size, image_by_path, image_size
 from .safe_pickle import safe_load_pickle
 from .schema import SEGMENTATION_FEATURES
 

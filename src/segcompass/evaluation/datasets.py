@@ -4,7 +4,6 @@ generator is the built-in ``"synthetic"``; split ``"val"`` is read as ``"validat
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from ..data import available_datasets, load_segmentation_dataset, register_dataset
 from ..data.loaders import load_synthetic_split

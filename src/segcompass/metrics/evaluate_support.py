@@ -27,7 +27,8 @@ import datasets
 import evaluate
 
 from ..utils.masks import encode_rle, is_rle, normalize_rle
-from .functional import check_rle_fields, reasoning_segmentation_metrics, split_batch
+from .functional import reasoning_segmentation_metrics
+from .inputs import check_rle_fields, split_batch
 
 RLE_FEATURE = {"size": datasets.List(datasets.Value("int32")), "counts": datasets.Value("string")}
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics.functional import check_rle_fields
+from ..metrics.inputs import check_rle_fields
 from ..sam_frame import resize_masks
 from ..utils.masks import decode_rle, is_rle
 
