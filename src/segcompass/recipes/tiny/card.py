@@ -88,6 +88,15 @@ def _limitations(metrics: dict) -> str:
         f"{format_metric(full.get('ciou'))}. Expect wrong answers on a good share of scenes; the model is a working "
         "end-to-end example, not a solved task."
     )
+    described = reasoning.get("descriptions") or {}
+    if described.get("count"):
+        wrong = ", ".join(f"{name} {share:.0%}" for name, share in sorted(
+            described["wrong"].items(), key=lambda item: -item[1]))
+        lines.append(
+            f"Of the {described['count']} shape descriptions (\"size colour kind at region\") in the generated test "
+            f"reasoning, {described['exact']:.0%} name a shape of the scene exactly; against the scene's best-matching "
+            f"shape the wrong attribute is: {wrong}."
+        )
     if "random_sae" in runner and "no_concepts" in runner and full.get("ciou"):
         drop = (full["ciou"] - runner["random_sae"]["ciou"]) / full["ciou"]
         zeroed = (full["ciou"] - runner["no_concepts"]["ciou"]) / full["ciou"]

@@ -27,6 +27,7 @@ class Sample:
     sample_id: str
     labels: np.ndarray | None = None  # (3, S, S) int64: colour / kind / size class of every pixel (0 = background)
     centres: list | None = None  # per shape: (x, y, colour, kind, size) of its visible centroid, classes from 0
+    descriptions: tuple[str, ...] = ()  # "{size} {colour} {kind} at {region}" of every visible shape
 
     @property
     def no_target(self) -> bool:
@@ -46,7 +47,8 @@ def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str) -> lis
         stacked = np.stack(masks) if masks else np.zeros((0, config.image_size, config.image_size), dtype=bool)
         samples.append(Sample(row["image"], row["instruction"], reference_completion(row), stacked,
                                example.task.family, row["sample_id"], scene_labels(example.scene, config.image_size),
-                               scene_centres(example.scene)))
+                               scene_centres(example.scene),
+                               tuple(shape.description for shape in example.scene.shapes if shape.area > 0)))
     return samples
 
 

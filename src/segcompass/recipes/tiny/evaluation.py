@@ -66,6 +66,7 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
     variants = ["full", "no_concepts", "random_sae"] if ablations else ["full"]
     records: dict[str, list] = {f"{mode}/{v}": [] for mode in ("generated", "teacher_forced") for v in variants}
     exact, target_ok, malformed = 0, 0, 0
+    described: list[tuple[str, tuple[str, ...]]] = []
     tokenizer = processor.tokenizer
     for start in tqdm(range(0, len(samples), config.eval_batch_size), desc=desc, unit="batch"):
         chunk = samples[start:start + config.eval_batch_size]
@@ -82,6 +83,7 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
             generated = result.completion_ids[b].tolist()
             exact += int(generated == reference)
             target_ok += int(target_part(tokenizer, generated) == target_part(tokenizer, reference))
+            described.append((tokenizer.decode(generated, skip_special_tokens=False), sample.descriptions))
         pad = processor.tokenizer.pad_token_id
         completions = torch.nn.utils.rnn.pad_sequence(result.completion_ids, batch_first=True, padding_value=pad)
         scoring = model.build_scoring_inputs(  # the same inputs segment() scored, rebuilt for the ablations
@@ -106,8 +108,44 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                 masks, confs = slot_predictions(out, chunk, prompts, model, processor)
                 records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk))
     reasoning = {"exact_match": exact / len(samples), "target_match": target_ok / len(samples),
-                 "malformed": malformed / len(samples)}
+                 "malformed": malformed / len(samples), "descriptions": description_accuracy(described)}
     return {"records": records, "reasoning": reasoning}
+
+
+def description_accuracy(described: list[tuple[str, tuple[str, ...]]]) -> dict:
+    """Where generated reasoning goes wrong: every ``"{size} {colour} {kind} at {region}"`` it writes is compared
+    with the scene's shape that shares the most of those four attributes (the first such shape on ties).
+
+    Args:
+        described: ``(generated text, descriptions of the scene's visible shapes)`` per sample.
+
+    Returns:
+        ``{"count": shapes described, "exact": fraction naming a real shape, "wrong": {attribute: fraction of
+        descriptions where it differs from the best-matching shape}}`` (fractions ``None`` when nothing was
+        described).
+    """
+    import re
+
+    from ...data.synthetic import COLOURS, KINDS, SIZES
+    from ...data.synthetic.scene import REGION_WORDS
+
+    regions = sorted(REGION_WORDS.values(), key=len, reverse=True)  # "top left" before "top"
+    pattern = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(KINDS)}) at ({'|'.join(regions)})\b")
+    attributes = ("size", "colour", "kind", "region")
+    count, exact, wrong = 0, 0, dict.fromkeys(attributes, 0)
+    for text, descriptions in described:
+        shapes = [tuple(d.split(" ", 3)[:3]) + (d.split(" at ", 1)[1],) for d in descriptions]
+        for match in pattern.finditer(re.sub(r"\s*([.,:])", r" \1", text)):
+            count += 1
+            said = match.groups()
+            if not shapes:
+                continue
+            best = max(shapes, key=lambda shape: sum(a == b for a, b in zip(shape, said)))
+            exact += int(best == said)
+            for name, a, b in zip(attributes, best, said):
+                wrong[name] += int(a != b)
+    return {"count": count, "exact": exact / count if count else None,
+            "wrong": {name: (n / count if count else None) for name, n in wrong.items()}}
 
 
 def target_part(tokenizer, ids: list[int]) -> str:

@@ -318,8 +318,8 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
         logger.info("GRPO stage: %s", report)
     finally:
         model.backbone.generation_config = saved_generation
-        if getattr(model.backbone, "is_gradient_checkpointing", False):
-            model.backbone.gradient_checkpointing_disable()
+        if model.backbone.is_activation_checkpointing:  # transformers 5 names (the gradient_* ones warn)
+            model.backbone.activation_checkpointing_disable()
         model.backbone.config.get_text_config().use_cache = True
         for name, param in model.named_parameters():
             param.requires_grad_(saved_requires_grad[name])
