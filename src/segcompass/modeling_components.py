@@ -1,5 +1,6 @@
 """Assemble SegCompass from separately pretrained parts (the body of
-:meth:`SegCompassForReasoningSegmentation.from_pretrained_components`; ``segcompass build`` uses it)."""
+:meth:`SegCompassForReasoningSegmentation.from_pretrained_components`; ``segcompass build`` uses it), and refuse a
+checkpoint of another model type before ``from_pretrained`` loads it (:func:`check_model_type`)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,20 @@ def assemble_from_components(cls, backbone, sae, sam=None, *, sam_config=None, c
         for name, r in report.items()
     }
     return model
+
+
+def check_model_type(source) -> None:
+    """A local checkpoint whose config.json names another ``model_type`` (a plain Qwen2 / LLaVA model, ...) is refused
+    before anything loads: read as SegCompass it fails later with a message about sizes."""
+    import json
+
+    config_file = Path(str(source)) / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: transformers reports it
+    if model_type is not None and model_type != SegCompassConfig.model_type:
+        raise ValueError(
+            f"'{source}' holds a {model_type!r} model, not a SegCompass checkpoint (config.json model_type "
+            f"{SegCompassConfig.model_type!r}); build one with `segcompass build` or pass a SegCompass checkpoint."
+        )

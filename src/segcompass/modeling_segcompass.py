@@ -12,7 +12,6 @@ One backbone forward per sequence (prompt + reasoning + <REF_POS> + K concentrat
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from transformers.models.sam.modeling_sam import SamPositionalEmbedding
 
 from .answer_format import append_slot_ids, find_slot_positions
 from .configuration_segcompass import SegCompassConfig
+from .modeling_components import check_model_type
 from .modeling_outputs import (  # re-exported: the outputs' home is modeling_outputs
     SegCompassOutput,
     SegCompassSegmentation,  # noqa: F401
@@ -39,23 +39,6 @@ logger = get_logger(__name__)
 
 _PROCESSOR_ONLY_INPUTS = ("sam_pixel_values", "original_sizes", "reshaped_input_sizes", "missing_ref_pos")
 """Processor outputs that are not backbone inputs (the SAM branch and bookkeeping)."""
-
-
-def _check_model_type(source) -> None:
-    """A local checkpoint whose config.json names another ``model_type`` (a plain Qwen2 / LLaVA model, ...) is refused
-    before anything loads: read as SegCompass it fails later with a message about sizes."""
-    import json
-
-    config_file = Path(str(source)) / "config.json"
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return  # unreadable: transformers reports it
-    if model_type is not None and model_type != SegCompassConfig.model_type:
-        raise ValueError(
-            f"'{source}' holds a {model_type!r} model, not a SegCompass checkpoint (config.json model_type "
-            f"{SegCompassConfig.model_type!r}); build one with `segcompass build` or pass a SegCompass checkpoint."
-        )
 
 
 class SegCompassPreTrainedModel(PreTrainedModel):
@@ -135,7 +118,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         weight as a new ``nn.Parameter`` with ``requires_grad=True``, so without this a training loop over
         ``model.parameters()`` would silently fine-tune the SAE and its concepts would stop meaning what its
         feature dictionary says."""
-        _check_model_type(pretrained_model_name_or_path)
+        check_model_type(pretrained_model_name_or_path)
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
             (loaded[0] if isinstance(loaded, tuple) else loaded).sae.requires_grad_(False)  # output_loading_info
