@@ -225,7 +225,8 @@ def test_recipe_defaults_are_the_shipped_models_settings():
 def test_description_accuracy_names_the_wrong_attribute():
     from segcompass.recipes.tiny.evaluation import description_accuracy
 
-    scene = ("small red circle at top left", "large red star at bottom", "medium blue square at centre")
+    scene = (("small", "red", "circle", "top left"), ("large", "red", "star", "bottom"),
+             ("medium", "blue", "square", "centre"))
     text = ("<think>red shapes : small red circle at top left, large red star at centre. target : small red circle "
             "at top, medium blue square at centre.</think><REF_POS>")
     result = description_accuracy([(text, scene), ("<think>there is no red star . target : none .</think>", scene)])

@@ -27,7 +27,7 @@ class Sample:
     sample_id: str
     labels: np.ndarray | None = None  # (3, S, S) int64: colour / kind / size class of every pixel (0 = background)
     centres: list | None = None  # per shape: (x, y, colour, kind, size) of its visible centroid, classes from 0
-    descriptions: tuple[str, ...] = ()  # "{size} {colour} {kind} at {region}" of every visible shape
+    shape_attributes: tuple[tuple[str, str, str, str], ...] = ()  # (size, colour, kind, region) per visible shape
 
     @property
     def no_target(self) -> bool:
@@ -48,7 +48,8 @@ def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str) -> lis
         samples.append(Sample(row["image"], row["instruction"], reference_completion(row), stacked,
                                example.task.family, row["sample_id"], scene_labels(example.scene, config.image_size),
                                scene_centres(example.scene),
-                               tuple(shape.description for shape in example.scene.shapes if shape.area > 0)))
+                               tuple((shape.size, shape.colour, shape.kind, shape.region)
+                                     for shape in example.scene.shapes if shape.area > 0)))
     return samples
 
 

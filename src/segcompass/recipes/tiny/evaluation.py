@@ -66,7 +66,7 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
     variants = ["full", "no_concepts", "random_sae"] if ablations else ["full"]
     records: dict[str, list] = {f"{mode}/{v}": [] for mode in ("generated", "teacher_forced") for v in variants}
     exact, target_ok, malformed = 0, 0, 0
-    described: list[tuple[str, tuple[str, ...]]] = []
+    described: list[tuple[str, tuple[tuple[str, str, str, str], ...]]] = []
     tokenizer = processor.tokenizer
     for start in tqdm(range(0, len(samples), config.eval_batch_size), desc=desc, unit="batch"):
         chunk = samples[start:start + config.eval_batch_size]
@@ -83,7 +83,7 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
             generated = result.completion_ids[b].tolist()
             exact += int(generated == reference)
             target_ok += int(target_part(tokenizer, generated) == target_part(tokenizer, reference))
-            described.append((tokenizer.decode(generated, skip_special_tokens=False), sample.descriptions))
+            described.append((tokenizer.decode(generated, skip_special_tokens=False), sample.shape_attributes))
         pad = processor.tokenizer.pad_token_id
         completions = torch.nn.utils.rnn.pad_sequence(result.completion_ids, batch_first=True, padding_value=pad)
         scoring = model.build_scoring_inputs(  # the same inputs segment() scored, rebuilt for the ablations
@@ -112,12 +112,13 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
     return {"records": records, "reasoning": reasoning}
 
 
-def description_accuracy(described: list[tuple[str, tuple[str, ...]]]) -> dict:
+def description_accuracy(described: list[tuple[str, tuple[tuple[str, str, str, str], ...]]]) -> dict:
     """Where generated reasoning goes wrong: every ``"{size} {colour} {kind} at {region}"`` it writes is compared
     with the scene's shape that shares the most of those four attributes (the first such shape on ties).
 
     Args:
-        described: ``(generated text, descriptions of the scene's visible shapes)`` per sample.
+        described: ``(generated text, (size, colour, kind, region) of each of the scene's visible shapes)`` per
+            sample.
 
     Returns:
         ``{"count": shapes described, "exact": fraction naming a real shape, "wrong": {attribute: fraction of
@@ -130,11 +131,11 @@ def description_accuracy(described: list[tuple[str, tuple[str, ...]]]) -> dict:
     from ...data.synthetic.scene import REGION_WORDS
 
     regions = sorted(REGION_WORDS.values(), key=len, reverse=True)  # "top left" before "top"
-    pattern = re.compile(rf"\b({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(KINDS)}) at ({'|'.join(regions)})\b")
+    words = [f"({'|'.join(choices)})" for choices in (SIZES, COLOURS, KINDS, regions)]
+    pattern = re.compile(rf"\b{words[0]} {words[1]} {words[2]} at {words[3]}\b")
     attributes = ("size", "colour", "kind", "region")
     count, exact, wrong = 0, 0, dict.fromkeys(attributes, 0)
-    for text, descriptions in described:
-        shapes = [tuple(d.split(" ", 3)[:3]) + (d.split(" at ", 1)[1],) for d in descriptions]
+    for text, shapes in described:
         for match in pattern.finditer(re.sub(r"\s*([.,:])", r" \1", text)):
             count += 1
             said = match.groups()
