@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -232,6 +233,40 @@ def test_config_has_the_paper_defaults(tmp_path):
     assert args.one_cycle_final_div_factor == 6.7 and args.warmup_steps == 0
     with pytest.raises(ValueError, match="lambda_conf"):
         SegCompassGRPOConfig(output_dir=str(tmp_path), use_cpu=True, lambda_conf=-1.0)
+    assert (args.matching_source, args.confidence_targets) == ("heatmap", "matched")  # the paper's
+    with pytest.raises(ValueError, match="confidence_targets"):
+        SegCompassGRPOConfig(output_dir=str(tmp_path), use_cpu=True, confidence_targets="iou")
+
+
+def test_matching_and_confidence_options_reach_both_loss_paths(tiny, tmp_path, monkeypatch):
+    """``matching_source`` / ``confidence_targets`` of the config reach the GRPO loss and the supervised warm-up."""
+    import segcompass.training.grpo_loss as grpo_loss
+    import segcompass.training.sft as sft
+    from segcompass.training.losses import segmentation_losses
+
+    directory, processor, dataset = tiny
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["matching_source"], kwargs["confidence_targets"]))
+        return segmentation_losses(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_loss, "segmentation_losses", recording)
+    monkeypatch.setattr(sft, "segmentation_losses", recording)
+    trainer = SegCompassGRPOTrainer(str(directory), args=_args(tmp_path, matching_source="mask",
+                                                                confidence_targets="mask_iou"),
+                                    processing_class=processor, train_dataset=prepare_grpo_dataset(dataset, processor))
+    trainer.supervised_warmup(dataset, num_steps=1, learning_rate=1e-3)
+    grid = trainer._grid
+    out = SimpleNamespace(heatmap_logits=torch.zeros(1, 2, *grid), mask_logits=torch.full((1, 2, *grid), 5.0),
+                          confidence_logits=torch.zeros(1, 2))
+    gt = torch.zeros(1, *grid)
+    gt[0, : grid[0] // 2] = 1  # half the frame: every all-on mask has IoU 0.5 with it
+    losses = trainer._segmentation_losses(out, {"seg_gt_masks": [gt], "seg_valid_sizes": torch.tensor([list(grid)])})
+    assert seen == [("mask", "mask_iou")] * 2
+    torch.testing.assert_close(losses.confidence_targets, torch.tensor([[0.5, 0.5]]))
+    with pytest.raises(ValueError, match="confidence_targets"):
+        supervised_warmup(trainer.segcompass, processor, dataset, num_steps=1, confidence_targets="iou")
 
 
 def test_supervised_warmup_through_the_trainer_resyncs_the_reference(tiny, tmp_path):

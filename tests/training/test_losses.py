@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segcompass.training import letterbox_size, resize_masks, segmentation_losses
 
@@ -148,6 +149,32 @@ def test_valid_mask_restricts_loss_and_matching_source():
     assert segmentation_losses(*args, matching_source="mask").matching.slot_indices[0].tolist() == [1]
 
 
+def test_mask_iou_confidence_targets():
+    """Every slot's target is its binarised mask's best IoU with an instance, matched or not; 0 without targets."""
+    gt = torch.zeros(2, 4, 4)
+    gt[0, :2, :2] = 1  # instance 0: top-left 2x2
+    gt[1, 2:, 2:] = 1  # instance 1: bottom-right 2x2
+    mask = torch.full((2, 3, 4, 4), -5.0)
+    mask[0, 0, :2, :2] = 5  # exactly instance 0
+    mask[0, 1, :2, :1] = 5  # half of instance 0: IoU 0.5, a duplicate the matching leaves unmatched
+    mask[0, 2, 2:, 2:] = 5
+    mask[0, 2, 0, 3] = 5  # instance 1 plus one stray pixel: IoU 4 / 5
+    mask[1] = mask[0]
+    conf = torch.zeros(2, 3, requires_grad=True)
+    out = segmentation_losses(mask, mask, conf, [gt, torch.zeros(0, 4, 4)], confidence_targets="mask_iou")
+    torch.testing.assert_close(out.confidence_targets, torch.tensor([[1.0, 0.5, 0.8], [0.0, 0.0, 0.0]]))
+    assert sorted(out.matching.slot_indices[0].tolist()) == [0, 2]  # the matching itself is unchanged
+    expected = F.binary_cross_entropy_with_logits(torch.zeros(2, 3), out.confidence_targets)
+    assert out.conf.item() == pytest.approx(expected.item())
+    paper = segmentation_losses(mask, mask, conf, [gt, torch.zeros(0, 4, 4)])
+    assert paper.confidence_targets.tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[:, 0, 3] = False  # the stray pixel is padding: slot 2 becomes exact
+    masked = segmentation_losses(mask, mask, conf, [gt, torch.zeros(0, 4, 4)], confidence_targets="mask_iou",
+                                 valid_mask=valid)
+    assert masked.confidence_targets[0].tolist() == pytest.approx([1.0, 0.5, 1.0])
+
+
 def test_input_validation():
     heat, mask, conf = torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), torch.zeros(1, 2)
     with pytest.raises(ValueError, match=r"\(8, 8\).*\(4, 4\)"):
@@ -160,6 +187,8 @@ def test_input_validation():
         segmentation_losses(heat, mask, torch.zeros(1, 3), [torch.zeros(0, 4, 4)])
     with pytest.raises(ValueError, match="matching_source"):
         segmentation_losses(heat, mask, conf, [torch.zeros(0, 4, 4)], matching_source="both")
+    with pytest.raises(ValueError, match="confidence_targets"):
+        segmentation_losses(heat, mask, conf, [torch.zeros(0, 4, 4)], confidence_targets="iou")
     with pytest.raises(ValueError, match="no valid pixel"):
         segmentation_losses(heat, mask, conf, [torch.zeros(0, 4, 4)], valid_mask=torch.zeros(1, 4, 4))
 

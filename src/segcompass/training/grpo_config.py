@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .losses import CONFIDENCE_TARGETS, MATCHING_SOURCES
+
 __all__ = ["SegCompassGRPOConfig"]
 
 # (field, lower bound, lower bound included, upper bound or None, what the field is): checked in __post_init__ for
@@ -153,6 +155,14 @@ class SegCompassGRPOConfig(GRPOConfig):
     lambda_seg: float = field(default=1.0, metadata={"help": "λ_s: segmentation loss weight (paper 1.0)."})
     lambda_conf: float = field(default=0.2, metadata={"help": "λ_c: confidence loss weight (paper 0.2)."})
     lambda_dice: float = field(default=0.6, metadata={"help": "λ_d: dice weight inside the segmentation loss (0.6)."})
+    matching_source: str = field(
+        default="heatmap", metadata={"help": "What the Hungarian matching compares with the ground truth: 'heatmap' "
+                                             "(the authors') or 'mask' (the decoder masks users get).",
+                                     "choices": list(MATCHING_SOURCES)})
+    confidence_targets: str = field(
+        default="matched", metadata={"help": "Confidence BCE targets: 'matched' (1 for matched slots, the paper) or "
+                                             "'mask_iou' (each slot's mask IoU with its best instance).",
+                                     "choices": list(CONFIDENCE_TARGETS)})
 
     # ---- optimizer parameter groups
     backbone_lr_multiplier: float = field(default=1.0, metadata={"help": "LR multiplier of the backbone."})
@@ -213,6 +223,9 @@ class SegCompassGRPOConfig(GRPOConfig):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        for name, choices in (("matching_source", MATCHING_SOURCES), ("confidence_targets", CONFIDENCE_TARGETS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`{name}` must be one of {list(choices)}, got {getattr(self, name)!r}.")
         for name in ("backbone_lr_multiplier", "codebook_lr_multiplier", "slot_mapper_lr_multiplier",
                      "mask_decoder_lr_multiplier"):
             value = getattr(self, name)

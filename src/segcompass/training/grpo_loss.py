@@ -109,6 +109,7 @@ class SegmentationLossMixin:
             out.heatmap_logits.float(), out.mask_logits.float(), out.confidence_logits.float(),
             list(inputs["seg_gt_masks"]), lambda_seg=self.args.lambda_seg, lambda_conf=self.args.lambda_conf,
             lambda_dice=self.args.lambda_dice, valid_mask=valid_region_mask(inputs["seg_valid_sizes"], self._grid),
+            matching_source=self.args.matching_source, confidence_targets=self.args.confidence_targets,
         )
 
     def segmentation_forward(self, inputs: dict[str, Any]):

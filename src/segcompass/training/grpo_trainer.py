@@ -459,6 +459,8 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         kwargs.setdefault("lambda_seg", self.args.lambda_seg)
         kwargs.setdefault("lambda_conf", self.args.lambda_conf)
         kwargs.setdefault("lambda_dice", self.args.lambda_dice)
+        kwargs.setdefault("matching_source", self.args.matching_source)
+        kwargs.setdefault("confidence_targets", self.args.confidence_targets)
         kwargs.setdefault("weight_decay", self.args.weight_decay)
         kwargs.setdefault("max_grad_norm", self.args.max_grad_norm)
         kwargs.setdefault("train_vision_encoder", not self.args.freeze_vision_encoder)

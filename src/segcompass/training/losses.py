@@ -3,6 +3,7 @@
     L     = λ_s · L_seg + λ_c · L_conf                      (added to L_grpo by the trainer)
     L_seg = BCE(heatmaps H_k, M_gt) + λ_d · dice(masks M̂, M_gt)        on Hungarian-matched pairs only
     L_conf = (1/K) Σ_k BCE(c_k, y_k),   y_k = 1 if slot k is matched to a ground-truth instance, else 0
+                                        (or, with ``confidence_targets="mask_iou"``, y_k = max_g IoU(M̂_k, M_g))
 
 Paper defaults: λ_s = 1.0, λ_c = 0.2, λ_d = 0.6.
 
@@ -19,6 +20,12 @@ Choices where the paper is silent (each is a keyword argument or documented belo
 * **Dice** is the soft dice of the decoder probabilities σ(M̂_k) with the target,
   ``1 − (2 Σ p·g + s) / (Σ p + Σ g + s)`` with smoothing ``s = dice_smooth = 1`` (the DETR/SAM convention; the paper
   cites V-Net [36] without giving the form). ``dice_smooth=0`` gives the authors' unsmoothed form.
+* **Confidence targets** (``confidence_targets``): ``"matched"`` (the paper) is 1 for the slots the Hungarian
+  matching picked. ``"mask_iou"`` is, for every slot, the IoU of its binarised decoder mask (logit > 0, detached)
+  with the ground-truth instance it overlaps most (0 when the sample has no target): a soft target that says how
+  good the slot's mask is, whether or not the one-to-one matching picked it. Keeping the slots above a confidence
+  threshold then keeps every slot whose mask lies on a target; with "matched", which of two slots on one object
+  gets the 1 is the matching's choice, which a per-slot head cannot see.
 * **No matched pair in the batch** (all samples have G = 0): ``bce = dice = 0`` exactly, kept attached to the
   graph as ``0 · Σ logits`` so heatmap and mask parameters receive zero (not missing) gradients, which distributed
   data parallel needs; only the confidences get a training signal.
@@ -40,10 +47,17 @@ import torch.nn.functional as F
 from .matching import SlotMatching, match_slots_batched
 
 __all__ = [
+    "CONFIDENCE_TARGETS",
+    "MATCHING_SOURCES",
     "SegmentationLossOutput",
     "dice_loss",
     "segmentation_losses",
 ]
+
+MATCHING_SOURCES = ("heatmap", "mask")
+"""What the Hungarian matching compares with the ground truth (``segmentation_losses(matching_source=...)``)."""
+CONFIDENCE_TARGETS = ("matched", "mask_iou")
+"""The confidence BCE's targets (``segmentation_losses(confidence_targets=...)``)."""
 
 # ----------------------------------------------------------------------------------------------- losses
 def dice_loss(
@@ -131,6 +145,24 @@ def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, wi
             )
 
 
+def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+                      weights: torch.Tensor | None) -> torch.Tensor:
+    """Each slot's best IoU with a ground-truth instance: binarised masks (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
+    hard = (mask_logits.detach() > 0).float()  # (B, K, H, W)
+    if weights is not None:
+        hard = hard * (weights > 0).unsqueeze(1)
+    targets = hard.new_zeros(hard.shape[:2])  # (B, K)
+    for b, gt in enumerate(gts):
+        if gt.shape[0]:
+            pred, target = hard[b].flatten(1), (gt > 0.5).float().flatten(1)  # (K, H*W), (G, H*W)
+            if weights is not None:
+                target = target * (weights[b] > 0).flatten()
+            inter = pred @ target.T  # (K, G)
+            union = pred.sum(-1, keepdim=True) + target.sum(-1) - inter  # (K, G)
+            targets[b] = (inter / union.clamp_min(1.0)).amax(-1)  # (K,): 0 where both are empty
+    return targets
+
+
 def segmentation_losses(
     heatmap_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -143,6 +175,7 @@ def segmentation_losses(
     dice_smooth: float = 1.0,
     valid_mask: torch.Tensor | None = None,
     matching_source: Literal["heatmap", "mask"] = "heatmap",
+    confidence_targets: Literal["matched", "mask_iou"] = "matched",
 ) -> SegmentationLossOutput:
     """Hungarian-matched segmentation and confidence losses (paper eq. 6 without the GRPO term).
 
@@ -161,13 +194,14 @@ def segmentation_losses(
             e.g. the unpadded image region of SAM's frame. Matching, BCE and dice use only these pixels; every
             sample needs at least one valid pixel.
         matching_source: match on ``σ(heatmap_logits)`` (default) or ``σ(mask_logits)``.
+        confidence_targets: ``"matched"`` (default, the paper) or ``"mask_iou"`` (module docstring).
 
     Returns:
         :class:`SegmentationLossOutput`.
 
     Raises:
         ValueError: inconsistent shapes, ground truth not on the prediction grid, targets outside ``[0, 1]``, an
-            empty ``valid_mask`` for a sample, or an unknown ``matching_source``.
+            empty ``valid_mask`` for a sample, or an unknown ``matching_source`` / ``confidence_targets``.
     """
     if heatmap_logits.dim() != 4:
         raise ValueError(f"`heatmap_logits` must have shape (B, K, H, W), got {tuple(heatmap_logits.shape)}.")
@@ -183,8 +217,10 @@ def segmentation_losses(
         raise ValueError(
             f"`confidence_logits` must have shape (B, K) = {(batch, num_slots)}, got {tuple(confidence_logits.shape)}."
         )
-    if matching_source not in ("heatmap", "mask"):
-        raise ValueError(f"`matching_source` must be 'heatmap' or 'mask', got {matching_source!r}.")
+    if matching_source not in MATCHING_SOURCES:
+        raise ValueError(f"`matching_source` must be one of {list(MATCHING_SOURCES)}, got {matching_source!r}.")
+    if confidence_targets not in CONFIDENCE_TARGETS:
+        raise ValueError(f"`confidence_targets` must be one of {list(CONFIDENCE_TARGETS)}, got {confidence_targets!r}.")
     if dice_smooth < 0:
         raise ValueError(f"`dice_smooth` must be >= 0, got {dice_smooth}.")
     _check_targets(gt_masks, batch, height, width)
@@ -219,7 +255,10 @@ def segmentation_losses(
     matching = match_slots_batched(source.detach().float().sigmoid(), gts, weights_all)
 
     # 2. Confidence BCE against the matched / unmatched targets, mean over B·K.
-    targets = matching.confidence_targets(num_slots).to(device)  # (B, K)
+    if confidence_targets == "matched":
+        targets = matching.confidence_targets(num_slots).to(device)  # (B, K)
+    else:
+        targets = _mask_iou_targets(mask_logits, gts, weights_all)  # (B, K)
     conf = F.binary_cross_entropy_with_logits(confidence_logits.float(), targets)
 
     # 3. Gather the matched pairs of the whole batch.

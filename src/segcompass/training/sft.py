@@ -26,7 +26,7 @@ from ..sae.training import check_finite_loss
 from ..sam_frame import valid_region_mask
 from ..utils.logging import get_logger
 from .freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
-from .losses import segmentation_losses
+from .losses import CONFIDENCE_TARGETS, MATCHING_SOURCES, segmentation_losses
 from .optim import build_param_groups
 from .targets import ground_truth_on_grid, image_hw
 
@@ -178,6 +178,8 @@ def supervised_warmup(
     lambda_seg: float = 1.0,
     lambda_conf: float = 0.2,
     lambda_dice: float = 0.6,
+    matching_source: str = "heatmap",
+    confidence_targets: str = "matched",
     train_vision_encoder: bool = False,
     completion_fn: Callable[[dict], str] | None = None,
     stop_token_id: int | None = -1,
@@ -199,6 +201,8 @@ def supervised_warmup(
         batch_size: rows per step; rows are taken in order, cycling (``fixed_batch``: always the first rows).
         multipliers: lr multipliers per component (default: the paper's 1 / 25 / 80 / 10).
         stop_token_id: token the policy learns to emit after ``<REF_POS>`` (see :func:`build_supervised_batch`).
+        matching_source, confidence_targets: see :func:`~segcompass.training.losses.segmentation_losses`
+            (``"mask"`` / ``"mask_iou"`` match on the decoder masks and teach each confidence its mask's IoU).
         train_vision_encoder: train SAM's image encoder too (its image keys are then computed with gradients).
         freeze_through_hook_layer: freeze the backbone weights that compute the SAE's input
             (:func:`~segcompass.training.freezing.freeze_backbone_through_hook_layer`), so the frozen SAE stays
@@ -219,6 +223,9 @@ def supervised_warmup(
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
+    if matching_source not in MATCHING_SOURCES or confidence_targets not in CONFIDENCE_TARGETS:
+        raise ValueError(f"matching_source must be one of {list(MATCHING_SOURCES)} and confidence_targets one of "
+                         f"{list(CONFIDENCE_TARGETS)}, got {matching_source!r} and {confidence_targets!r}.")
     if num_steps == 0:
         return []
     if dataset is None or len(dataset) == 0:
@@ -288,7 +295,8 @@ def supervised_warmup(
         grid = tuple(out.heatmap_logits.shape[-2:])
         losses = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits, data["gt_masks"],
                                      lambda_seg=lambda_seg, lambda_conf=lambda_conf, lambda_dice=lambda_dice,
-                                     valid_mask=valid_region_mask(data["valid_mask_sizes"], grid))
+                                     valid_mask=valid_region_mask(data["valid_mask_sizes"], grid),
+                                     matching_source=matching_source, confidence_targets=confidence_targets)
         has_labels = bool((data["labels"] != -100).any())  # a batch of generated rows only has no LM target
         lm = out.loss if (lambda_lm and out.loss is not None and has_labels) else torch.zeros((), device=device)
         loss = lambda_lm * lm + losses.loss
