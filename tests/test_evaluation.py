@@ -276,6 +276,11 @@ def test_rescore_rethreshold_and_missing(tmp_path):
     assert rescore(out, gt, write=False)["metrics"]["pr@0.5"] == pytest.approx(2 / 3)
     low = rescore(out, gt, threshold=0.2, write=False)  # "a" now predicts both rows: IoU 1
     assert low["metrics"]["ciou"] == pytest.approx((8 + 4 + 0 + 0 + 4) / (8 + 12 + 0 + 2 + 4))
+    # a record made with duplicate_iou re-thresholds with the same rule: slot 1 now copies slot 0 and is dropped
+    records["a"].update(duplicate_iou=0.5, slot_masks=[encode_rle(slot0), encode_rle(slot0 | slot1)])
+    (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    deduplicated = rescore(out, gt, threshold=0.2, write=False)  # "a" predicts row 0 only again: IoU 1/2
+    assert deduplicated["metrics"]["ciou"] == pytest.approx((4 + 4 + 0 + 0 + 4) / (8 + 12 + 0 + 2 + 4))
 
     kept = [r for r in records.values() if r["sample_id"] != "b"]
     (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))

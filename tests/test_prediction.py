@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segcompass.prediction import keep_and_union, kept_slots
+from segcompass.prediction import drop_duplicate_slots, keep_and_union, kept_slots
 
 
 def masks():
@@ -50,3 +50,29 @@ def test_confidences_outside_zero_one_are_refused(confidences):
     """NaN (a diverged model) or a logit passed for a probability would otherwise be silently dropped or kept."""
     with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]; slot\(s\)"):
         kept_slots(confidences, 0.5)
+
+
+def test_duplicate_slots_are_dropped_most_confident_first():
+    """With ``duplicate_iou`` a kept slot that copies a more confident kept slot is not a second instance."""
+    m = np.zeros((4, 4, 4), dtype=bool)
+    m[0, :2, :2] = True  # instance A
+    m[1, :2, :2] = True
+    m[1, 2, 0] = True  # A plus one pixel: IoU 4 / 5 with slot 0
+    m[2, 2:, 2:] = True  # instance B
+    m[3, :2, :1] = True  # half of A: IoU 2 / 4
+    scores = [0.6, 0.8, 0.7, 0.9]
+    assert drop_duplicate_slots(m, scores, [0, 1, 2, 3], 0.75) == [1, 2, 3]  # slot 0 copies the surer slot 1
+    assert drop_duplicate_slots(m, scores, [0, 1, 2, 3], 0.5) == [1, 2, 3]
+    assert drop_duplicate_slots(m, scores, [0, 1, 2, 3], 0.4) == [2, 3]  # slot 3 (0.9) first: slot 1 overlaps it 2/5
+    assert drop_duplicate_slots(m, scores, [0, 2], 0.5) == [0, 2] and drop_duplicate_slots(m, scores, [2], 0.1) == [2]
+    union, kept = keep_and_union(m, scores, 0.65, duplicate_iou=0.75)  # slot 0 is below the threshold anyway
+    assert kept == [1, 2, 3] and union.sum() == 5 + 4
+    union, kept = keep_and_union(m, scores, 0.5, duplicate_iou=0.75)
+    assert kept == [1, 2, 3] and union.sum() == 9  # slot 0's pixels are all in slot 1
+    t_union, t_kept = keep_and_union(torch.from_numpy(m), torch.tensor(scores), 0.5, duplicate_iou=0.75)
+    assert t_kept == kept and np.array_equal(t_union.numpy(), union)
+    assert keep_and_union(m, scores, 0.5)[1] == [0, 1, 2, 3]  # None: the paper's rule, every confident slot
+    tie = np.stack([m[0], m[0]])
+    assert drop_duplicate_slots(tie, [0.5, 0.5], [0, 1], 0.9) == [0]  # equal scores: the lower index stays
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        drop_duplicate_slots(m, scores, [0, 1], 0.0)

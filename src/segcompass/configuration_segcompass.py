@@ -60,6 +60,10 @@ class SegCompassConfig(PreTrainedConfig):
             (every preset), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
             paper's keys are the SAM image embedding alone (False, the class default).
         confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
+        duplicate_iou (`float`, *optional*): a kept slot whose mask overlaps a more confident kept slot's with IoU >=
+            this is dropped as a copy of the same instance (:func:`segcompass.prediction.drop_duplicate_slots`; the
+            pipeline, the evaluation and the analyses apply it). None (the class default, the paper): every slot
+            past the threshold is an instance.
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
         ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
@@ -95,6 +99,7 @@ class SegCompassConfig(PreTrainedConfig):
     slot_mapper_head_dim: int = 64
     slot_mapper_positional_keys: bool = False
     confidence_threshold: float = 0.5
+    duplicate_iou: float | None = None
     ref_token: str = DEFAULT_REF_TOKEN
     slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE
     ref_token_id: int | None = None
@@ -148,6 +153,8 @@ class SegCompassConfig(PreTrainedConfig):
                 f"`codebook_dim`={self.codebook_dim} must be divisible by `concept_encoder_heads`="
                 f"{self.concept_encoder_heads}."
             )
+        if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
+            raise ValueError(f"`duplicate_iou` is an IoU in (0, 1] or None, got {self.duplicate_iou}.")
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(
                 f"`confidence_threshold` is a probability in [0, 1], got {self.confidence_threshold}."

@@ -342,7 +342,8 @@ class ReasoningSegmentationPipeline(Pipeline):
         masks = result.masks[b].cpu().numpy()  # (K, H, W) bool
         heatmaps = result.heatmaps[b].float().cpu().numpy() if result.heatmaps is not None else None
         scores = result.confidences[b].float().cpu()
-        union, kept = keep_and_union(masks, scores, threshold)  # (H, W) bool, kept slot indices
+        union, kept = keep_and_union(masks, scores, threshold,
+                                     duplicate_iou=self.model.config.duplicate_iou)  # (H, W) bool, kept slot indices
         instances = []
         for slot in range(masks.shape[0]) if return_all_slots else kept:
             score = float(scores[slot])

@@ -1,5 +1,9 @@
 """The prediction rule of SegCompass, in one place: keep the slots whose confidence passes the threshold, take the
-union of their masks; no slot kept means "no target" (the LISA / gRefCOCO protocol's empty prediction).
+union of their masks; no slot kept means "no target" (the LISA / gRefCOCO protocol's empty prediction). With a
+``duplicate_iou`` (``SegCompassConfig.duplicate_iou``; None, the paper, turns it off) a kept slot whose mask overlaps a
+more confident kept slot's mask with IoU >= ``duplicate_iou`` is dropped as a second copy of the same instance
+(:func:`drop_duplicate_slots`), so the instances are distinct objects; the union changes only by the copy's pixels
+outside the kept mask.
 
 Every consumer calls these two functions: the pipeline, the evaluation runner (records and re-scoring), the recipe's
 scoring, the GRPO trainer's logged rollout IoU, the mask reward (which keeps the same slots at the model's threshold
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["kept_slots", "keep_and_union", "slot_concepts"]
+__all__ = ["drop_duplicate_slots", "keep_and_union", "kept_slots", "slot_concepts"]
 
 
 def kept_slots(confidences: Any, threshold: float) -> list[int]:
@@ -42,8 +46,43 @@ def kept_slots(confidences: Any, threshold: float) -> list[int]:
     return [k for k, value in enumerate(values) if value >= threshold]
 
 
-def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[int, int] | None = None
-                   ) -> tuple[Any, list[int]]:
+def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicate_iou: float) -> list[int]:
+    """``kept`` (ascending) without the slots that copy a more confident kept slot.
+
+    Slots are visited by confidence, highest first (ties: lower index first); one whose mask has IoU >=
+    ``duplicate_iou`` with a slot already retained is dropped.
+
+    Args:
+        masks: ``(K, H, W)`` bool masks (numpy or torch).
+        confidences: ``(K,)`` confidence probabilities.
+        kept: slot indices already past the threshold (:func:`kept_slots`).
+        duplicate_iou: IoU in (0, 1] at which two masks count as one instance.
+    """
+    if not 0.0 < float(duplicate_iou) <= 1.0:
+        raise ValueError(f"`duplicate_iou` is an IoU in (0, 1], got {duplicate_iou}.")
+    if len(kept) < 2:
+        return list(kept)
+    if isinstance(masks, torch.Tensor):
+        flat = masks.detach().to("cpu", torch.bool).reshape(masks.shape[0], -1).numpy()  # (K, H*W)
+    else:
+        flat = np.asarray(masks, dtype=bool).reshape(len(masks), -1)  # (K, H*W)
+    scores = (confidences.detach().to("cpu", torch.float64).reshape(-1).numpy() if isinstance(confidences, torch.Tensor)
+              else np.asarray(confidences, dtype=np.float64).reshape(-1))
+    retained: list[int] = []
+    for k in sorted(kept, key=lambda j: (-scores[j], j)):
+        copy = False
+        for r in retained:
+            union = np.count_nonzero(flat[k] | flat[r])
+            if union and np.count_nonzero(flat[k] & flat[r]) / union >= duplicate_iou:
+                copy = True
+                break
+        if not copy:
+            retained.append(k)
+    return sorted(retained)
+
+
+def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[int, int] | None = None,
+                   duplicate_iou: float | None = None) -> tuple[Any, list[int]]:
     """The prediction of one sample: the union of the kept slots' masks, and the kept slot indices.
 
     Args:
@@ -51,6 +90,8 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
         confidences: ``(K,)`` confidence probabilities (see :func:`kept_slots`).
         threshold: keep threshold.
         shape: ``(H, W)`` of the empty prediction when ``K == 0`` (default ``masks.shape[1:]``).
+        duplicate_iou: drop kept slots that copy a more confident kept one (:func:`drop_duplicate_slots`); None
+            (default) keeps every slot past the threshold.
 
     Returns:
         ``(mask, kept)``: ``mask`` ``(H, W)`` bool of the same array type as ``masks`` (all False when no slot is
@@ -61,6 +102,8 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
     if len(confidences) != masks.shape[0]:
         raise ValueError(f"Got {masks.shape[0]} slot masks but {len(confidences)} confidences; pass one per slot.")
     kept = kept_slots(confidences, threshold)
+    if duplicate_iou is not None:
+        kept = drop_duplicate_slots(masks, confidences, kept, duplicate_iou)
     size = tuple(shape) if shape is not None else tuple(masks.shape[1:])
     if isinstance(masks, torch.Tensor):
         if kept:

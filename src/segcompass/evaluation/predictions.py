@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..prediction import keep_and_union, kept_slots
+from ..prediction import keep_and_union
 from ..utils.logging import get_logger
-from ..utils.masks import decode_rle, encode_rle, union_masks
+from ..utils.masks import decode_rle, encode_rle
 
 logger = get_logger(__name__)
 
@@ -25,7 +25,8 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, malformed: bool,
-                      scores: Sequence[float], slot_masks: np.ndarray, threshold: float) -> dict[str, Any]:
+                      scores: Sequence[float], slot_masks: np.ndarray, threshold: float,
+                      duplicate_iou: float | None = None) -> dict[str, Any]:
     """One line of ``predictions.jsonl``.
 
     Args:
@@ -33,12 +34,14 @@ def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, m
         scores: per-slot confidences ``σ(c_k)``, shape ``(K,)``.
         slot_masks: per-slot masks at the original image size, bool ``(K, H, W)``.
         threshold: slots with ``score >= threshold`` are kept; ``mask`` is their union (all False when none is).
+        duplicate_iou: the model's ``config.duplicate_iou`` (kept copies of a more confident slot are dropped;
+            stored, so re-thresholding applies the same rule).
     """
     slot_masks = np.asarray(slot_masks, dtype=bool)
     if slot_masks.ndim != 3 or slot_masks.shape[0] != len(scores):
         raise ValueError(f"slot_masks must be (K, H, W) with K={len(scores)} scores, got shape {slot_masks.shape}.")
     height, width = int(slot_masks.shape[1]), int(slot_masks.shape[2])
-    union, kept = keep_and_union(slot_masks, scores, threshold)  # (H, W), the kept slot indices
+    union, kept = keep_and_union(slot_masks, scores, threshold, duplicate_iou=duplicate_iou)  # (H, W), kept indices
     return {
         "sample_id": row["sample_id"],
         "image_id": row.get("image_id", ""),
@@ -49,6 +52,7 @@ def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, m
         "scores": [float(s) for s in scores],
         "kept_slots": kept,
         "threshold": float(threshold),
+        "duplicate_iou": None if duplicate_iou is None else float(duplicate_iou),
         "height": height,
         "width": width,
         "mask": encode_rle(union),
@@ -100,5 +104,8 @@ def prediction_mask(record: dict[str, Any], threshold: float | None) -> np.ndarr
         raise ValueError(f"prediction {record['sample_id']!r} has no slot_masks, so it cannot be re-thresholded; "
                          "rescore without threshold or predict again.")
     shape = (int(record["height"]), int(record["width"]))
-    kept = kept_slots(record["scores"], threshold)
-    return union_masks([decode_rle(record["slot_masks"][k]) for k in kept], shape=shape)  # (H, W)
+    slot_masks = np.stack([decode_rle(m) for m in record["slot_masks"]]) if record["slot_masks"] else \
+        np.zeros((0, *shape), dtype=bool)  # (K, H, W)
+    union, _ = keep_and_union(slot_masks, record["scores"], threshold, shape=shape,
+                              duplicate_iou=record.get("duplicate_iou"))
+    return union  # (H, W)

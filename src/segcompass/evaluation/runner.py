@@ -260,7 +260,7 @@ def evaluate_model(
                 record = prediction_record(
                     row, completion=completion, reasoning=processor.extract_reasoning(completion),
                     malformed=bool(result.malformed[j]), scores=result.confidences[j].float().cpu().tolist(),
-                    slot_masks=masks, threshold=threshold,
+                    slot_masks=masks, threshold=threshold, duplicate_iou=model.config.duplicate_iou,
                 )
                 lines.append(json.dumps(record) + "\n")
                 done[record["sample_id"]] = record
