@@ -24,7 +24,7 @@ from segcompass.image_utils import load_image
 from segcompass.presets import default_model_dir
 
 IMAGE = Path(__file__).resolve().parents[1] / "examples" / "images" / "scene.png"
-INSTRUCTIONS = ["the shape with the same kind as the orange shape", "every purple shape", "every red shape",
+INSTRUCTIONS = ["the shape with the same kind as the green shape", "every purple shape", "every red shape",
                 "the largest circle"]
 TEST_SEED = 2 * 10**9  # synthetic test-split seeds: 2e9 + index
 

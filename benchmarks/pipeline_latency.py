@@ -18,7 +18,7 @@ import segcompass  # noqa: F401  (registers the task)
 from segcompass.image_utils import load_image
 
 IMAGE = "examples/images/scene.png"
-INSTRUCTION = "the shape with the same kind as the orange shape"
+INSTRUCTION = "the shape with the same kind as the green shape"
 
 
 def main():

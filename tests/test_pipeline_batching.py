@@ -11,7 +11,7 @@ from segcompass.image_utils import load_image
 from segcompass.pipelines import DEFAULT_BATCH_SIZE
 from segcompass.presets import default_model_dir, default_model_path
 
-INSTRUCTIONS = ["the shape with the same kind as the orange shape", "every purple shape", "every red shape",
+INSTRUCTIONS = ["the shape with the same kind as the green shape", "every purple shape", "every red shape",
                 "the largest circle"]
 
 

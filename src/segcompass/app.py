@@ -29,9 +29,9 @@ INSTALL_HINT = 'pip install "segcompass[app]"'
 #: (image file name in examples/images, instruction): cases the embedded model gets right (checked with the
 #: pipeline: the reasoning names the right shapes and the kept masks cover them, or it rightly finds no target).
 EXAMPLES = [
-    ("scene.png", "the shape with the same kind as the orange shape"),
-    ("scene.png", "every purple shape"),
-    ("scene.png", "every red shape"),
+    ("scene.png", "the shape with the same kind as the green shape"),
+    ("scene.png", "the shape closest to the top edge"),
+    ("shapes.png", "every red shape"),
     ("shapes.png", "every green shape"),
 ]
 _EXAMPLE_DIRS = (Path(__file__).resolve().parents[2] / "examples" / "images", Path.cwd() / "examples" / "images")

@@ -2,7 +2,9 @@
 
 Calls :func:`segcompass.recipes.tiny.train_tiny` (the recipe that made the embedded default model; ``--smoke`` for
 CI) or, with ``--evaluate-only``, :func:`segcompass.recipes.tiny.main.reevaluate` on a finished run, and prints the
-test cIoU / gIoU / N-acc / T-acc. ``--set FIELD=VALUE`` (repeatable) overrides a ``TinyRecipeConfig`` field.
+test cIoU / gIoU / N-acc / T-acc. ``--set FIELD=VALUE`` (repeatable) overrides a ``TinyRecipeConfig`` field (with
+``--evaluate-only``: an evaluation field such as ``num_validation`` or ``thresholds``; ``--retune-threshold`` tunes the
+confidence threshold again).
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ class TrainTinyArguments:
         default=False, metadata={"help": "re-run the evaluation stages of a finished run in OUTPUT_DIR with this code "
                                          "and rewrite its metrics.json and model card (no training)"}
     )
+    retune_threshold: bool = field(
+        default=False, metadata={"help": "with --evaluate-only: tune the confidence threshold again on validation and "
+                                         "save it into the checkpoint's config"}
+    )
     continue_from: str | None = field(
-        default=None, metadata={"help": "a finished train-tiny run: take its model after joint training (stages 0-4, "
-                                        "their metrics and timings) and run the stages after it"}
+        default=None, metadata={"help": "a finished train-tiny run: take its saved model (with stages 0-4's metrics "
+                                        "and timings, and its own concept stage if it ran one) and run the concept "
+                                        "stage and the stages after it on top"}
     )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, batch order and the random-SAE ablation"})
     processes: int = field(
@@ -61,8 +68,10 @@ def recipe_overrides(items: list[str]) -> dict:
         try:
             if isinstance(default, tuple):
                 overrides[name] = tuple(float(v) for v in value.split(","))
-            elif default is None or value.lower() == "none":  # optional ints (e.g. concept_window)
-                overrides[name] = None if value.lower() == "none" else int(value)
+            elif value.lower() == "none" and (default is None or "None" in str(types[name])):  # optional fields
+                overrides[name] = None
+            elif default is None:  # optional ints (e.g. concept_window)
+                overrides[name] = int(value)
             else:
                 overrides[name] = type(default)(value)
         except ValueError:
@@ -82,11 +91,14 @@ def train_tiny_command(args: TrainTinyArguments) -> int:
     from ..recipes.tiny.main import reevaluate, train_tiny
 
     overrides = recipe_overrides(args.set)
+    if args.retune_threshold and not args.evaluate_only:
+        raise CommandError("--retune-threshold re-tunes a finished run: add --evaluate-only (training always tunes "
+                           "the threshold).")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("segcompass").setLevel(logging.INFO)
     torch.set_num_threads(max(1, args.threads))
     if args.evaluate_only:
-        metrics = reevaluate(args.output_dir)
+        metrics = reevaluate(args.output_dir, retune_threshold=args.retune_threshold, **overrides)
     else:
         metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes,
                              continue_from=args.continue_from, **overrides)

@@ -123,7 +123,10 @@ def _concept_summary(metrics: dict) -> str:
         return "not run (`concept_steps=0`): the slot queries read e_k and r_k, as in the paper."
     return (f"the slot queries switch to the concepts alone (`slot_query_inputs=\"concepts\"`, Q_k = MLP([0 ; r_k])) "
             f"and the heads and SAM's encoder train {stage['steps']} steps × batch {c['batch_size']} on the frozen "
-            f"backbone (segmentation losses only; generated reasoning with probability {c['generated_share']}). "
+            f"backbone (segmentation losses only, matching on the {c.get('concept_matching_source', 'heatmap')}"
+            f"{'s' if c.get('concept_matching_source', 'heatmap') == 'mask' else ''}, confidence targets "
+            f"`{c.get('concept_confidence_targets', 'matched')}`; generated reasoning with probability "
+            f"{c['generated_share']}). "
             f"Final: seg {format_metric(stage.get('seg'))}, matched soft IoU {format_metric(stage.get('matched_iou'))}.")
 
 
@@ -137,18 +140,32 @@ def _slot_query_description(metrics: dict) -> str:
 
 
 def _continuation(metrics: dict) -> str:
+    """How the checkpoint was made when it took more than one ``train-tiny`` call (continued, threshold re-tuned)."""
+    text = ""
     earlier = metrics.get("continued_from")
-    if not earlier:
-        return ""
-    return (f"\n\nThis checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
-            f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that run's), then "
-            f"stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
-            f"({earlier['this_run_s'] / 60:.1f} min). `segcompass train-tiny OUTPUT_DIR` runs every stage in one go.")
+    if earlier:
+        text += (f" This checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
+                 f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that run's), "
+                 f"then stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
+                 f"({earlier['this_run_s'] / 60:.1f} min). `segcompass train-tiny OUTPUT_DIR` runs every stage in one "
+                 "go.")
+        concept = earlier.get("earlier_concept_stage")
+        if concept:
+            text += (f" The earlier run had also run a concept stage ({concept['steps']} steps, matching on the "
+                     f"{concept['matching_source']}, confidence targets `{concept['confidence_targets']}`), so these "
+                     "heads trained through two concept stages; the one-go command runs one.")
+    retuned = metrics.get("threshold_retuned")
+    if retuned:
+        text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "
+                 f"samples (`segcompass train-tiny OUTPUT_DIR --evaluate-only --retune-threshold`, duplicate IoU "
+                 f"{retuned['duplicate_iou']}).")
+    return "\n\n" + text.strip() if text else ""
 
 
 def render_model_card(metrics: dict) -> str:
     """A Markdown model card from the metrics of one :func:`~segcompass.recipes.train_tiny` run."""
     c, test, sae = metrics["config"], metrics["test"], metrics["sae"]
+    duplicate = metrics.get("model_config", {}).get("duplicate_iou")
     grid = c["image_size"] // c["sam_patch_size"]
     processes = metrics.get("processes", 1)
     command = (f"segcompass train-tiny OUTPUT_DIR{' --smoke' if metrics['smoke'] else ''} --seed {metrics['seed']}"
@@ -188,5 +205,8 @@ def render_model_card(metrics: dict) -> str:
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
         continuation=_continuation(metrics),
+        duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped as a "
+                        "copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else
+                        "every slot past the threshold is an instance (`config.duplicate_iou` None)"),
     )
     return TEMPLATE.read_text().format_map(values)

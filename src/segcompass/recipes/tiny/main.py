@@ -76,7 +76,9 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         continue_from: a finished run's directory (checkpoint + ``metrics.json``): its model replaces stages 0-4
             (vision pretraining to joint training, whose metrics and timings are carried over from its
             ``metrics.json``, as is its recipe config unless ``config`` is given) and the run goes on from the concept
-            stage. Used to add a stage to a finished run without repeating the hour before it.
+            stage. Used to add a stage to a finished run without repeating the hour before it. The saved model is
+            the earlier run's last one: when that run had a concept stage of its own, the new one trains on top of
+            it, and ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so.
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -179,10 +181,12 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     grpo = grpo_stage(model, processor, train, config, output_dir, seed)
     t = lap("grpo", t)
 
+    model.config.duplicate_iou = config.duplicate_iou
     val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
-    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds)
+    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
     model.config.confidence_threshold = threshold
-    logger.info("confidence threshold %.2f (validation mean of cIoU and gIoU per threshold: %s)", threshold, sweep)
+    logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)", threshold,
+                sweep)
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
@@ -205,7 +209,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
-            "slot_query_inputs", "confidence_threshold")},
+            "slot_query_inputs", "confidence_threshold", "duplicate_iou")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -213,6 +217,12 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         metrics["continued_from"] = {"path": str(continue_from), "stages_carried_over": [
             "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
             "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": metrics["timings_s"]["total"]}
+        earlier_concept = previous.get("concept_stage") or {}
+        if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
+            earlier_config = previous["config"]
+            metrics["continued_from"]["earlier_concept_stage"] = earlier_concept | {
+                "matching_source": earlier_config.get("concept_matching_source", "heatmap"),
+                "confidence_targets": earlier_config.get("concept_confidence_targets", "matched")}
         metrics["timings_s"]["total"] = round(metrics["timings_s"]["total"] + earlier, 1)
     write_json_atomic(output_dir / "metrics.json", metrics)
     write_text_atomic(output_dir / "README.md", render_model_card(metrics))
@@ -243,22 +253,50 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
     return TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
-def reevaluate(output_dir) -> dict:
+def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> dict:
     """Re-run the evaluation stages of a finished :func:`train_tiny` run on its saved checkpoint with the current
     code (in-recipe test evaluation with ablations, the evaluation runner, the SAE's FVE on the final backbone) and
-    rewrite ``metrics.json`` and the model card. Training metrics and timings are kept; the threshold is the saved
-    model's. Returns the updated metrics."""
+    rewrite ``metrics.json`` and the model card. Training metrics and timings are kept.
+
+    Args:
+        output_dir: the finished run.
+        retune_threshold: tune the confidence threshold again on validation (:func:`tune_threshold` over
+            ``thresholds``) and save it into the checkpoint's config; otherwise the saved model's threshold is kept.
+        overrides: ``TinyRecipeConfig`` fields of the evaluation to change (``num_validation``, ``thresholds``,
+            ``num_test``, ...); they are recorded in ``metrics.json``.
+
+    Returns the updated metrics."""
     from transformers import AutoModel, AutoProcessor
 
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
     metrics = _finished_run(output_dir)
-    config = _recipe_config(metrics["config"])
+    known = {f.name for f in fields(TinyRecipeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"Unknown recipe option(s) {unknown}; TinyRecipeConfig fields are {sorted(known)}.")
+    config = replace(_recipe_config(metrics["config"]), **overrides)
+    metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     model = AutoModel.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
-    threshold = model.config.confidence_threshold
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
+    if retune_threshold:
+        model.config.duplicate_iou = config.duplicate_iou
+        val = evaluate_samples(model, processor, validation, config, seed=metrics["seed"], ablations=False,
+                               desc="validation")
+        threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
+        logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)",
+                    threshold, sweep)
+        model.config.confidence_threshold = threshold
+        save_pretrained_atomic(model, output_dir)
+        metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,
+                       validation_reasoning=val["reasoning"])
+        metrics.setdefault("model_config", {}).update(confidence_threshold=threshold,
+                                                      duplicate_iou=config.duplicate_iou)
+        metrics["threshold_retuned"] = {"validation_samples": config.num_validation,
+                                        "duplicate_iou": config.duplicate_iou}
+    threshold = model.config.confidence_threshold
     metrics["test"], metrics["test_reasoning"] = evaluate_test_split(model, processor, test, config, metrics["seed"],
                                                                      threshold)
     metrics["sae"]["fve_after_joint"] = final_sae_fve(model, processor, validation, config)

@@ -235,7 +235,9 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
                     sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
                     labels=labels, **backbone_kwargs(batch))
         seg = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits,
-                                  gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf)
+                                  gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf,
+                                  matching_source=config.matching_source,
+                                  confidence_targets=config.confidence_targets)
         lm = out.loss if labels is not None and bool((labels != -100).any()) else out.heatmap_logits.new_zeros(())
         loss = seg.loss + config.lm_loss_weight * lm
         probe_loss = None
@@ -266,15 +268,17 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
                   pool: dict[int, str] | None = None) -> dict:
     """Stage e'': the slot queries switch to the concepts alone (``slot_query_inputs="concepts"``) and the heads and
     SAM's encoder train for ``config.concept_steps`` steps on the frozen backbone (:func:`joint_training` without the
-    LM loss or the probe; ``generated_share`` of the pooled samples with their generated reasoning). The backbone's
-    ``requires_grad`` flags are restored afterwards."""
+    LM loss or the probe; ``generated_share`` of the pooled samples with their generated reasoning; the concept stage's
+    own matching source and confidence targets). The backbone's ``requires_grad`` flags are restored afterwards."""
     if config.concept_steps <= 0:
         return {"steps": 0}
     model.config.slot_query_inputs = "concepts"
     flags = {name: p.requires_grad for name, p in model.backbone.named_parameters()}
     model.backbone.requires_grad_(False)
     try:
-        stage = replace(config, joint_steps=config.concept_steps, lm_loss_weight=0.0)
+        stage = replace(config, joint_steps=config.concept_steps, lm_loss_weight=0.0,
+                        matching_source=config.concept_matching_source,
+                        confidence_targets=config.concept_confidence_targets)
         return joint_training(model, processor, train, stage, generator, None, pool, desc="Concept stage")
     finally:
         for name, param in model.backbone.named_parameters():
