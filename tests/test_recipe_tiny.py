@@ -183,6 +183,9 @@ def test_train_tiny_command_line(tmp_path, capsys):
     saved = json.loads((out / "config.json").read_text())["confidence_threshold"]
     assert saved == retuned["confidence_threshold"] == retuned["model_config"]["confidence_threshold"]
     assert retuned["threshold_retuned"]["validation_samples"] == retuned["config"]["num_validation"]
+    with pytest.raises(SystemExit) as exited:  # a training setting cannot be changed after training
+        main(["train-tiny", str(out), "--evaluate-only", "--set", "joint_steps=9"])
+    assert exited.value.code == 2 and "training settings need a new run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["train-tiny", str(out), "--retune-threshold"])
     assert exited.value.code == 2 and "--evaluate-only" in capsys.readouterr().err

@@ -253,6 +253,11 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
     return TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
+REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "duplicate_iou", "eval_batch_size",
+                       "max_new_tokens")
+"""The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
+
+
 def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> dict:
     """Re-run the evaluation stages of a finished :func:`train_tiny` run on its saved checkpoint with the current
     code (in-recipe test evaluation with ablations, the evaluation runner, the SAE's FVE on the final backbone) and
@@ -262,8 +267,8 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
         output_dir: the finished run.
         retune_threshold: tune the confidence threshold again on validation (:func:`tune_threshold` over
             ``thresholds``) and save it into the checkpoint's config; otherwise the saved model's threshold is kept.
-        overrides: ``TinyRecipeConfig`` fields of the evaluation to change (``num_validation``, ``thresholds``,
-            ``num_test``, ...); they are recorded in ``metrics.json``.
+        overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; ``duplicate_iou`` only with
+            ``retune_threshold``); they are recorded in ``metrics.json``. A training field raises ``ValueError``.
 
     Returns the updated metrics."""
     from transformers import AutoModel, AutoProcessor
@@ -271,10 +276,11 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
     metrics = _finished_run(output_dir)
-    known = {f.name for f in fields(TinyRecipeConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"Unknown recipe option(s) {unknown}; TinyRecipeConfig fields are {sorted(known)}.")
+    allowed = set(REEVALUATION_FIELDS) if retune_threshold else set(REEVALUATION_FIELDS) - {"duplicate_iou"}
+    refused = sorted(set(overrides) - allowed)
+    if refused:
+        raise ValueError(f"Re-evaluation can change only {sorted(allowed)} (duplicate_iou with retune_threshold, "
+                         f"which saves it into the checkpoint), got {refused}; training settings need a new run.")
     config = replace(_recipe_config(metrics["config"]), **overrides)
     metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     model = AutoModel.from_pretrained(output_dir).eval()
