@@ -23,6 +23,13 @@ import torch
 __all__ = ["drop_duplicate_slots", "keep_and_union", "kept_slots", "slot_concepts"]
 
 
+def _float64_list(confidences: Any) -> list[float]:
+    """``(K,)`` confidences (tensor, array or sequence) as Python floats, compared in float64 whatever their type."""
+    if isinstance(confidences, torch.Tensor):
+        return confidences.detach().to("cpu", torch.float64).reshape(-1).tolist()
+    return np.asarray(confidences, dtype=np.float64).reshape(-1).tolist()
+
+
 def kept_slots(confidences: Any, threshold: float) -> list[int]:
     """Indices ``k`` (ascending) of the slots with ``confidence_k >= threshold``.
 
@@ -33,10 +40,7 @@ def kept_slots(confidences: Any, threshold: float) -> list[int]:
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"The confidence threshold is a probability in [0, 1], got {threshold}.")
-    if isinstance(confidences, torch.Tensor):
-        values = confidences.detach().to("cpu", torch.float64).reshape(-1).tolist()
-    else:
-        values = np.asarray(confidences, dtype=np.float64).reshape(-1).tolist()
+    values = _float64_list(confidences)
     bad = [k for k, value in enumerate(values) if not 0.0 <= value <= 1.0]  # NaN fails both comparisons
     if bad:
         raise ValueError(
@@ -66,17 +70,15 @@ def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicat
         flat = masks.detach().to("cpu", torch.bool).reshape(masks.shape[0], -1).numpy()  # (K, H*W)
     else:
         flat = np.asarray(masks, dtype=bool).reshape(len(masks), -1)  # (K, H*W)
-    scores = (confidences.detach().to("cpu", torch.float64).reshape(-1).numpy() if isinstance(confidences, torch.Tensor)
-              else np.asarray(confidences, dtype=np.float64).reshape(-1))
+    scores = _float64_list(confidences)
+
+    def iou(a: int, b: int) -> float:
+        union = np.count_nonzero(flat[a] | flat[b])
+        return np.count_nonzero(flat[a] & flat[b]) / union if union else 0.0
+
     retained: list[int] = []
     for k in sorted(kept, key=lambda j: (-scores[j], j)):
-        copy = False
-        for r in retained:
-            union = np.count_nonzero(flat[k] | flat[r])
-            if union and np.count_nonzero(flat[k] & flat[r]) / union >= duplicate_iou:
-                copy = True
-                break
-        if not copy:
+        if all(iou(k, r) < duplicate_iou for r in retained):
             retained.append(k)
     return sorted(retained)
 

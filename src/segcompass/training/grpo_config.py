@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .losses import CONFIDENCE_TARGETS, MATCHING_SOURCES
+from .losses import CONFIDENCE_TARGETS, MATCHING_SOURCES, check_loss_option
 
 __all__ = ["SegCompassGRPOConfig"]
 
@@ -223,9 +223,8 @@ class SegCompassGRPOConfig(GRPOConfig):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")
-        for name, choices in (("matching_source", MATCHING_SOURCES), ("confidence_targets", CONFIDENCE_TARGETS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"`{name}` must be one of {list(choices)}, got {getattr(self, name)!r}.")
+        for name in ("matching_source", "confidence_targets"):
+            check_loss_option(name, getattr(self, name))
         for name in ("backbone_lr_multiplier", "codebook_lr_multiplier", "slot_mapper_lr_multiplier",
                      "mask_decoder_lr_multiplier"):
             value = getattr(self, name)

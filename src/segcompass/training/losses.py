@@ -50,6 +50,7 @@ __all__ = [
     "CONFIDENCE_TARGETS",
     "MATCHING_SOURCES",
     "SegmentationLossOutput",
+    "check_loss_option",
     "dice_loss",
     "segmentation_losses",
 ]
@@ -58,6 +59,15 @@ MATCHING_SOURCES = ("heatmap", "mask")
 """What the Hungarian matching compares with the ground truth (``segmentation_losses(matching_source=...)``)."""
 CONFIDENCE_TARGETS = ("matched", "mask_iou")
 """The confidence BCE's targets (``segmentation_losses(confidence_targets=...)``)."""
+_OPTION_CHOICES = {"matching_source": MATCHING_SOURCES, "confidence_targets": CONFIDENCE_TARGETS}
+
+
+def check_loss_option(name: str, value: str, option: str | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a valid ``segmentation_losses`` ``option`` (default:
+    ``name`` itself; e.g. the recipe's ``concept_matching_source`` is a ``matching_source``)."""
+    choices = _OPTION_CHOICES[option or name]
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
 
 # ----------------------------------------------------------------------------------------------- losses
 def dice_loss(
@@ -217,10 +227,8 @@ def segmentation_losses(
         raise ValueError(
             f"`confidence_logits` must have shape (B, K) = {(batch, num_slots)}, got {tuple(confidence_logits.shape)}."
         )
-    if matching_source not in MATCHING_SOURCES:
-        raise ValueError(f"`matching_source` must be one of {list(MATCHING_SOURCES)}, got {matching_source!r}.")
-    if confidence_targets not in CONFIDENCE_TARGETS:
-        raise ValueError(f"`confidence_targets` must be one of {list(CONFIDENCE_TARGETS)}, got {confidence_targets!r}.")
+    check_loss_option("matching_source", matching_source)
+    check_loss_option("confidence_targets", confidence_targets)
     if dice_smooth < 0:
         raise ValueError(f"`dice_smooth` must be >= 0, got {dice_smooth}.")
     _check_targets(gt_masks, batch, height, width)

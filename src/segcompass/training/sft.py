@@ -26,7 +26,7 @@ from ..sae.training import check_finite_loss
 from ..sam_frame import valid_region_mask
 from ..utils.logging import get_logger
 from .freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
-from .losses import CONFIDENCE_TARGETS, MATCHING_SOURCES, segmentation_losses
+from .losses import check_loss_option, segmentation_losses
 from .optim import build_param_groups
 from .targets import ground_truth_on_grid, image_hw
 
@@ -223,9 +223,8 @@ def supervised_warmup(
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
-    if matching_source not in MATCHING_SOURCES or confidence_targets not in CONFIDENCE_TARGETS:
-        raise ValueError(f"matching_source must be one of {list(MATCHING_SOURCES)} and confidence_targets one of "
-                         f"{list(CONFIDENCE_TARGETS)}, got {matching_source!r} and {confidence_targets!r}.")
+    check_loss_option("matching_source", matching_source)
+    check_loss_option("confidence_targets", confidence_targets)
     if num_steps == 0:
         return []
     if dataset is None or len(dataset) == 0:

@@ -117,14 +117,18 @@ def _limitations(metrics: dict) -> str:
     return "\n\n".join(lines)
 
 
+_MATCHED_ON = {"heatmap": "heatmaps", "mask": "decoder masks"}
+"""What a ``matching_source`` matches, in the card's words."""
+
+
 def _concept_summary(metrics: dict) -> str:
     stage, c = metrics.get("concept_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
         return "not run (`concept_steps=0`): the slot queries read e_k and r_k, as in the paper."
     return (f"the slot queries switch to the concepts alone (`slot_query_inputs=\"concepts\"`, Q_k = MLP([0 ; r_k])) "
             f"and the heads and SAM's encoder train {stage['steps']} steps × batch {c['batch_size']} on the frozen "
-            f"backbone (segmentation losses only, matching on the {c.get('concept_matching_source', 'heatmap')}"
-            f"{'s' if c.get('concept_matching_source', 'heatmap') == 'mask' else ''}, confidence targets "
+            f"backbone (segmentation losses only, matching on the "
+            f"{_MATCHED_ON[c.get('concept_matching_source', 'heatmap')]}, confidence targets "
             f"`{c.get('concept_confidence_targets', 'matched')}`; generated reasoning with probability "
             f"{c['generated_share']}). "
             f"Final: seg {format_metric(stage.get('seg'))}, matched soft IoU {format_metric(stage.get('matched_iou'))}.")
@@ -152,7 +156,7 @@ def _continuation(metrics: dict) -> str:
         concept = earlier.get("earlier_concept_stage")
         if concept:
             text += (f" The earlier run had also run a concept stage ({concept['steps']} steps, matching on the "
-                     f"{concept['matching_source']}, confidence targets `{concept['confidence_targets']}`), so these "
+                     f"{_MATCHED_ON[concept['matching_source']]}, confidence targets `{concept['confidence_targets']}`), so these "
                      "heads trained through two concept stages; the one-go command runs one.")
     retuned = metrics.get("threshold_retuned")
     if retuned:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...answer_format import THINK_CLOSE, THINK_OPEN
 from ...presets import default_model_dir
-from ...training.losses import CONFIDENCE_TARGETS, MATCHING_SOURCES
+from ...training.losses import check_loss_option
 
 THINK_TOKENS = (THINK_OPEN, THINK_CLOSE)
 
@@ -142,11 +142,9 @@ class TinyRecipeConfig:
             raise ValueError(f"hook_layer={self.hook_layer} must be in 1..text_layers={self.text_layers}.")
         if self.num_slots < 1:
             raise ValueError(f"num_slots={self.num_slots} must be >= 1.")
-        for name, choices in (("matching_source", MATCHING_SOURCES), ("concept_matching_source", MATCHING_SOURCES),
-                              ("confidence_targets", CONFIDENCE_TARGETS),
-                              ("concept_confidence_targets", CONFIDENCE_TARGETS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {list(choices)}.")
+        for option in ("matching_source", "confidence_targets"):
+            for name in (option, f"concept_{option}"):
+                check_loss_option(name, getattr(self, name), option)
         if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
             raise ValueError(f"duplicate_iou={self.duplicate_iou} must be an IoU in (0, 1] or None.")
         for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):

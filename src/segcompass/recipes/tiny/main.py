@@ -181,12 +181,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     grpo = grpo_stage(model, processor, train, config, output_dir, seed)
     t = lap("grpo", t)
 
-    model.config.duplicate_iou = config.duplicate_iou
-    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
-    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
-    model.config.confidence_threshold = threshold
-    logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)", threshold,
-                sweep)
+    threshold, sweep, validation_reasoning = _tune_on_validation(model, processor, validation, config, seed)
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
@@ -204,7 +199,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
         "joint": joint, "concept_stage": concept, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
-        "validation_reasoning": val["reasoning"], "test_reasoning": test_reasoning, "test": test_metrics,
+        "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
@@ -229,6 +224,18 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
                 time.perf_counter() - start)
     return metrics
+
+
+def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, seed: int) -> tuple[float, dict, dict]:
+    """Set the model's ``duplicate_iou`` from ``config``, tune its confidence threshold on the validation samples'
+    generated reasoning (:func:`tune_threshold`) and set it. Returns ``(threshold, sweep, reasoning accuracy)``."""
+    model.config.duplicate_iou = config.duplicate_iou
+    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
+    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
+    model.config.confidence_threshold = threshold
+    logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)", threshold,
+                sweep)
+    return threshold, sweep, val["reasoning"]
 
 
 def _finished_run(directory) -> dict:
@@ -288,16 +295,11 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     if retune_threshold:
-        model.config.duplicate_iou = config.duplicate_iou
-        val = evaluate_samples(model, processor, validation, config, seed=metrics["seed"], ablations=False,
-                               desc="validation")
-        threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
-        logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)",
-                    threshold, sweep)
-        model.config.confidence_threshold = threshold
+        threshold, sweep, validation_reasoning = _tune_on_validation(model, processor, validation, config,
+                                                                     metrics["seed"])
         save_pretrained_atomic(model, output_dir)
         metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,
-                       validation_reasoning=val["reasoning"])
+                       validation_reasoning=validation_reasoning)
         metrics.setdefault("model_config", {}).update(confidence_threshold=threshold,
                                                       duplicate_iou=config.duplicate_iou)
         metrics["threshold_retuned"] = {"validation_samples": config.num_validation,
