@@ -266,3 +266,33 @@ def test_description_accuracy_names_the_wrong_attribute():
     assert result["wrong"] == {"size": 0.0, "colour": 0.0, "kind": 0.0, "region": pytest.approx(2 / 4)}
     assert description_accuracy([("target : none .", scene)]) == {
         "count": 0, "exact": None, "wrong": dict.fromkeys(("size", "colour", "kind", "region"))}
+
+
+def test_grpo_stage_uses_the_concept_stages_losses(monkeypatch, tmp_path):
+    """The GRPO stage trains the heads after the concept stage; it must match and set targets the same way."""
+    import segcompass.training.grpo_trainer as grpo_trainer
+    from segcompass.recipes.tiny import stages
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(*, args, **_):
+        seen["args"] = args
+        raise Stop
+
+    from transformers import AutoProcessor
+
+    from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
+    from segcompass.recipes.tiny.data import make_split
+
+    monkeypatch.setattr(grpo_trainer, "SegCompassGRPOTrainer", fake_trainer)
+    model = SegCompassForReasoningSegmentation.from_pretrained(DEFAULT_MODEL_DIR)
+    processor = AutoProcessor.from_pretrained(DEFAULT_MODEL_DIR)
+    config = TinyRecipeConfig(grpo_steps=1, concept_matching_source="mask", concept_confidence_targets="mask_iou",
+                              matching_source="heatmap", confidence_targets="matched")
+
+    with pytest.raises(Stop):  # a failure propagates (never swallowed)
+        stages.grpo_stage(model, processor, make_split("train", 8, config, "train"), config, tmp_path, seed=0)
+    assert (seen["args"].matching_source, seen["args"].confidence_targets) == ("mask", "mask_iou")

@@ -6,6 +6,7 @@ from transformers import AutoConfig, PreTrainedConfig, SamConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .answer_format import DEFAULT_REF_TOKEN, DEFAULT_SLOT_TOKEN_TEMPLATE, slot_token_strings
+from .modules.answer_items import CONCEPT_GROUPINGS
 from .modules.concept_interface import VALUE_EMBEDDINGS
 from .sae import SparseAutoencoderConfig
 
@@ -44,6 +45,12 @@ class SegCompassConfig(PreTrainedConfig):
         concept_window (`int`, *optional*): pool the concepts over the last ``concept_window`` valid tokens only
             (the end of the reasoning, where it states its answer, and the slot tokens); ``None`` (default): over
             prompt + reasoning, as in the paper.
+        concept_grouping (`str`): ``"sequence"`` (class default, the paper): one support set S(z) pooled over the
+            sequence, read by all K slots. ``"answer_items"``: slot k pools its own support set over the k-th item of
+            the answer list and reads only that (:mod:`segcompass.modules.answer_items`), so which colour goes with
+            which shape survives when the answer names several objects; ``concept_window`` is then unused.
+        answer_item_token_ids (`list[int]`, *optional*): ``[open, separator, close]`` token ids that open, split
+            and close the answer list (``"answer_items"`` only, where they are required).
         slot_embedding_dropout (`float`): in training mode, the probability of replacing a slot embedding e_k by
             zeros before Q_k = MLP([e_k ; r_k]) (default 0: the paper). The last-layer e_k sees the whole sequence
             and a slot mapper trained without it learns to ignore r_k; dropping e_k makes it use the concepts.
@@ -90,6 +97,8 @@ class SegCompassConfig(PreTrainedConfig):
     concept_value_embedding: str = "scale"
     slot_embedding_dropout: float = 0.0
     concept_window: int | None = None
+    concept_grouping: str = "sequence"
+    answer_item_token_ids: list[int] | None = None
     slot_query_inputs: str = "embeddings_and_concepts"
     codebook_dim: int = 512
     concept_encoder_layers: int = 2
@@ -133,6 +142,17 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(f"`concept_pooling` must be one of {list(POOLINGS)}, got {self.concept_pooling!r}.")
         if self.concept_window is not None and self.concept_window < 1:
             raise ValueError(f"`concept_window` must be None or >= 1 tokens, got {self.concept_window}.")
+        if self.concept_grouping not in CONCEPT_GROUPINGS:
+            raise ValueError(
+                f"`concept_grouping` must be one of {list(CONCEPT_GROUPINGS)}, got {self.concept_grouping!r}."
+            )
+        if self.concept_grouping == "answer_items" and (
+            self.answer_item_token_ids is None or len(self.answer_item_token_ids) != 3
+        ):
+            raise ValueError(
+                "`concept_grouping='answer_items'` needs `answer_item_token_ids` = [open, separator, close] token ids "
+                f"(e.g. the ids of ':', ',' and '.'), got {self.answer_item_token_ids!r}."
+            )
         if not 0.0 <= self.slot_embedding_dropout < 1.0:
             raise ValueError(f"`slot_embedding_dropout` must be in [0, 1), got {self.slot_embedding_dropout}.")
         if self.slot_query_inputs not in SLOT_QUERY_INPUTS:

@@ -27,7 +27,8 @@ from .modeling_outputs import (  # re-exported: the outputs' home is modeling_ou
     SegCompassSegmentation,  # noqa: F401
     SegCompassSegmentationOutput,
 )
-from .modules.concept_interface import SparseConceptInterface, last_activation_distance
+from .modules.concept_interface import SparseConceptInterface
+from .modules.concept_path import concept_path
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.slot_mapper import SlotMapper
 from .sae import SparseAutoencoder
@@ -307,21 +308,14 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             last_states, 1, positions.unsqueeze(-1).expand(-1, -1, last_states.shape[-1])
         )  # (B, K, D)
 
-        interface = self.concept_interface
-        centered = self.config.concept_selection == "centered"
-        concept_mask = attention_mask
-        if self.config.concept_window is not None:  # only the last W valid tokens: the end of the reasoning
-            from_end = attention_mask.flip(1).cumsum(1).flip(1)  # (B, T) valid tokens at or after t
-            concept_mask = attention_mask * (from_end <= self.config.concept_window)
-        concepts = self.sae.pooled_concepts(
-            hook_states, concept_mask, threshold=self.config.concept_threshold, top_n=self.config.max_concepts,
-            pooling=self.config.concept_pooling,
-            baseline=interface.baseline if centered and int(interface.baseline_batches) > 0 else None,
-        )  # indices/values/mask (B, N), token_activations (B, T, N), pooled (B, d_sae)
-        if centered and interface.training:  # the heads' mode (GRPO switches the heads, not this module)
-            interface.update_baseline(concepts.pooled)
-        distances = last_activation_distance(concepts.active, attention_mask)  # (B, N)
-        concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask, distances)
+        config = self.config
+        concepts, concept_slots, provenance = concept_path(
+            self.sae, self.concept_interface, input_ids, attention_mask, hook_states,
+            grouping=config.concept_grouping, item_token_ids=config.answer_item_token_ids,
+            ref_token_id=config.ref_token_id, window=config.concept_window, threshold=config.concept_threshold,
+            top_n=config.max_concepts, pooling=config.concept_pooling,
+            centered=config.concept_selection == "centered",
+        )  # PooledConcepts (B, N'), r_k (B, K, d_c), provenance (B, K, N')
         query_embeddings = slot_embeddings  # (B, K, D): what Q_k = MLP([e_k ; r_k]) reads as e_k
         if self.config.slot_query_inputs == "concepts":  # the reasoning reaches the slots only through the concepts
             query_embeddings = torch.zeros_like(slot_embeddings)

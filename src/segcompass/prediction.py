@@ -126,14 +126,16 @@ def slot_concepts(attention: torch.Tensor, concept_mask: torch.Tensor, indices: 
         attention: ``(N,)`` the slot's attention over the N concept tokens (``slot_concept_attention[b, k]``).
         concept_mask: ``(N,)`` bool, which concept tokens are real (``concept_mask[b]``).
         indices, values: ``(N,)`` SAE feature ids and pooled activations of the concept tokens.
-        top: how many to return (at most the number of real concepts).
+        top: how many to return (at most the number of real concepts the slot attends to).
         label: optional ``feature id -> str | None`` (e.g. ``model.sae.feature_label``).
 
     Returns:
         ``[{"feature", "activation", "weight", "label"}]``, highest weight first.
     """
-    valid = concept_mask.detach().cpu().bool()  # (N,)
     weights = attention.detach().float().cpu()  # (N,)
+    # a concept the slot gives no attention at all is not its own (another slot's item under
+    # ``concept_grouping="answer_items"``; a softmax weight over a real concept is never exactly 0 otherwise)
+    valid = concept_mask.detach().cpu().bool() & (weights > 0)  # (N,)
     indices, values = indices.detach().cpu(), values.detach().float().cpu()
     order = weights.masked_fill(~valid, -1.0).argsort(descending=True)[: min(int(top), int(valid.sum()))]
     return [{"feature": int(indices[j]), "activation": float(values[j]), "weight": float(weights[j]),

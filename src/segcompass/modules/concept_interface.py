@@ -141,14 +141,41 @@ class SparseConceptInterface(nn.Module):
         batch, num_slots = indices.shape[0], self.num_slots
         tokens = self.concept_tokens(indices, values, distances)  # (B, N, d_c)
         slots = self.slot_queries.unsqueeze(0).expand(batch, -1, -1)  # (B, K, d_c)
-        x = torch.cat([slots, tokens], dim=1)  # (B, K + N, d_c)
-        padding = torch.cat([mask.new_zeros(batch, num_slots), ~mask.bool()], dim=1)  # (B, K + N)
+        return self._encode(slots, tokens, mask)
+
+    def forward_grouped(
+        self, indices: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, distances: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each slot reads only its own concepts (``concept_grouping="answer_items"``,
+        :mod:`segcompass.modules.answer_items`): slot query k and the N concept tokens of group k pass through the
+        encoder blocks alone.
+
+        Args:
+            indices / values / mask / distances: `(B, K, N)`, as in :meth:`forward` per group.
+
+        Returns:
+            concept_slots (`(B, K, d_c)`); provenance (`(B, K, N)`): slot k's last-block attention over group k.
+        """
+        batch, num_slots, n = indices.shape
+        if num_slots != self.num_slots:
+            raise ValueError(f"Expected concepts grouped into K={self.num_slots} slots, got {num_slots} groups.")
+        flat_distances = None if distances is None else distances.reshape(batch * num_slots, n)
+        tokens = self.concept_tokens(indices.reshape(batch * num_slots, n), values.reshape(batch * num_slots, n),
+                                     flat_distances)  # (B*K, N, d_c)
+        slots = self.slot_queries.unsqueeze(0).expand(batch, -1, -1).reshape(batch * num_slots, 1, -1)  # (B*K, 1, d_c)
+        concept_slots, provenance = self._encode(slots, tokens, mask.reshape(batch * num_slots, n))
+        return concept_slots.view(batch, num_slots, -1), provenance.view(batch, num_slots, n)
+
+    def _encode(self, slots: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder blocks over [slots (R, S, d_c) ; tokens (R, N, d_c)] -> (R, S, d_c) outputs, (R, S, N) attention."""
+        rows, num_slots = slots.shape[:2]
+        x = torch.cat([slots, tokens], dim=1)  # (R, S + N, d_c)
+        padding = torch.cat([mask.new_zeros(rows, num_slots), ~mask.bool()], dim=1)  # (R, S + N)
         weights = None
         for layer in self.layers:
             x, weights = layer(x, padding)
-        provenance = weights[:, :num_slots, num_slots:]  # (B, K, N)
+        provenance = weights[:, :num_slots, num_slots:]  # (R, S, N)
         return self.norm(x[:, :num_slots]), provenance
-
 
 def last_activation_distance(active: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Tokens between each kept feature's last activation and the sequence's last valid token.

@@ -287,7 +287,8 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
 
 def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
     """Stage e': a short GRPO + segmentation-supervision run with :class:`SegCompassGRPOTrainer` (the backbone
-    below the SAE's layer stays frozen, the slot-token rows train). A failure propagates: the recipe never ships a
+    below the SAE's layer stays frozen, the slot-token rows train; its segmentation losses use the concept stage's
+    matching source and confidence targets, so they do not undo what that stage taught). A failure propagates: the recipe never ships a
     model whose stage silently did not run."""
     if config.grpo_steps <= 0:
         return {"status": "skipped", "reason": "grpo_steps=0"}
@@ -311,6 +312,7 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
             report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
             seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False, activation_checkpointing=False,
             freeze_backbone_through_hook_layer=True, train_slot_token_embeddings=True,
+            matching_source=config.concept_matching_source, confidence_targets=config.concept_confidence_targets,
         )
         trainer = SegCompassGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
         result = trainer.train()

@@ -1,0 +1,123 @@
+"""Concepts grouped by answer item (``concept_grouping="answer_items"``): the item masks, and slot k reading item k only."""
+
+import pytest
+import torch
+
+from segcompass import SegCompassConfig, SegCompassForReasoningSegmentation
+from segcompass.modules.answer_items import answer_item_masks, block_diagonal_provenance
+from segcompass.testing import tiny_segcompass_config
+
+OPEN, SEP, CLOSE, REF = 7, 8, 9, 100
+
+
+def test_item_masks_split_the_last_list_before_the_reference_token():
+    # pad, "a : b c , d .", "target : e f , g , h ." REF slots...; a second ':' list comes last and wins
+    ids = torch.tensor([
+        [0, 0, 11, OPEN, 12, 13, SEP, 14, CLOSE, 15, OPEN, 16, 17, SEP, 18, SEP, 19, CLOSE, REF, 101, 102],
+        [21, 22, OPEN, 23, SEP, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, REF, OPEN, 37],  # no close
+    ])
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    mask[1, 5] = 0  # a hole: token 24 belongs to no item
+    groups = answer_item_masks(ids, mask, REF, (OPEN, SEP, CLOSE), num_slots=2)
+    assert groups.shape == (2, 2, ids.shape[1]) and groups.dtype == mask.dtype
+    items = [[ids[b][groups[b, k].bool()].tolist() for k in range(2)] for b in range(2)]
+    assert items[0] == [[16, 17], [18]]  # the third item (19) has no slot; the list after REF is not read
+    assert items[1] == [[23], [25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36]]  # runs to REF without a close
+
+
+def test_item_masks_fall_back_to_the_whole_sequence_in_slot_0():
+    ids = torch.tensor([[0, 11, 12, SEP, 13, REF, 101], [11, 12, 13, 14, 15, 16, 17]])  # no open; no REF at all
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])
+    groups = answer_item_masks(ids, mask, REF, (OPEN, SEP, CLOSE), num_slots=3)
+    assert torch.equal(groups[:, 0], mask) and not groups[:, 1:].any()
+
+
+def test_block_diagonal_provenance():
+    provenance = torch.arange(1, 13, dtype=torch.float).view(1, 2, 6)  # (B=1, K=2, N=6)
+    full = block_diagonal_provenance(provenance)
+    assert full.shape == (1, 2, 12)
+    assert torch.equal(full[0, 0], torch.cat([provenance[0, 0], torch.zeros(6)]))
+    assert torch.equal(full[0, 1], torch.cat([torch.zeros(6), provenance[0, 1]]))
+
+
+def _grouped_model(selection="pooled"):
+    torch.manual_seed(0)
+    config = tiny_segcompass_config(num_slots=3, concept_grouping="answer_items", answer_item_token_ids=[OPEN, SEP, CLOSE],
+                                    slot_query_inputs="concepts", concept_selection=selection)
+    return SegCompassForReasoningSegmentation(config).eval()
+
+
+def _inputs(model):
+    body = [11, 12, 13, OPEN, 20, 21, SEP, 30, 31, 32, CLOSE]
+    ids = torch.tensor([[*body, REF, *model.config.slot_token_ids]])
+    return ids, torch.ones_like(ids)
+
+
+def test_each_slot_reads_only_its_own_item():
+    model = _grouped_model()
+    ids, mask = _inputs(model)
+    n, num_slots = model.config.max_concepts, model.config.num_slots
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        states = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        hook, last = states[model.config.sae_config.hook_layer], states[-1]
+        out = model.segment_from_hidden_states(ids, mask, hook, last, embeddings)
+        moved = hook.clone()
+        moved[0, 7:10] += 3 * torch.randn(3, hook.shape[-1], generator=torch.Generator().manual_seed(1))  # item 1
+        other = model.segment_from_hidden_states(ids, mask, moved, last, embeddings)
+    assert out.concept_indices.shape == (1, num_slots * n) and out.slot_concept_attention.shape == (1, num_slots, num_slots * n)
+    tokens = (out.concept_token_activations[0] != 0).view(ids.shape[1], num_slots, n).any(-1)  # (T, K)
+    assert tokens[:, 0].nonzero().flatten().tolist() == [4, 5]
+    assert set(tokens[:, 1].nonzero().flatten().tolist()) <= {7, 8, 9} and tokens[:, 1].any()
+    assert not tokens[:, 2].any() and not out.concept_mask[0, 2 * n:].any()  # no third item: no concepts
+    attention = out.slot_concept_attention[0].view(num_slots, num_slots, n)
+    assert attention[0, 1:].abs().sum() == 0 and attention[1, 0].abs().sum() == 0 and attention[1, 2].abs().sum() == 0
+    # moving item 1's tokens changes slot 1 only
+    torch.testing.assert_close(other.heatmap_logits[:, [0, 2]], out.heatmap_logits[:, [0, 2]])
+    torch.testing.assert_close(other.mask_logits[:, [0, 2]], out.mask_logits[:, [0, 2]])
+    assert not torch.allclose(other.heatmap_logits[:, 1], out.heatmap_logits[:, 1])
+
+
+def test_grouped_model_trains_and_round_trips(tmp_path):
+    model = _grouped_model("centered").train()
+    ids, mask = _inputs(model)
+    out = model(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))
+    out.heatmap_logits.sum().backward()
+    assert model.concept_interface.codebook.weight.grad.abs().sum() > 0
+    assert model.concept_interface.baseline_batches == 1  # the baseline learns from the two non-empty items
+    assert model.concept_interface.baseline.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    reloaded = SegCompassForReasoningSegmentation.from_pretrained(tmp_path).eval()
+    assert reloaded.config.concept_grouping == "answer_items" and reloaded.config.answer_item_token_ids == [OPEN, SEP, CLOSE]
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))
+        b = reloaded(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))
+    torch.testing.assert_close(a.mask_logits, b.mask_logits)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(concept_grouping="phrases"), "concept_grouping"),
+    (dict(concept_grouping="answer_items"), "answer_item_token_ids"),
+    (dict(concept_grouping="answer_items", answer_item_token_ids=[1, 2]), "answer_item_token_ids"),
+])
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        SegCompassConfig.from_preset("tiny", **overrides)
+
+
+def test_pipeline_runs_on_a_grouped_checkpoint(tiny_checkpoint_factory):
+    """The pipeline's per-slot concepts read the (B, K, K·N) provenance: a slot lists only concepts of its own item
+    (a random model's answer has no list, so only slot 0 has concepts: the fallback)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    directory = tiny_checkpoint_factory(num_slots=3, concept_grouping="answer_items", answer_item_token_ids=(7, 8, 9),
+                                        slot_query_inputs="concepts")
+    pipe = pipeline("reasoning-segmentation", model=str(directory))
+    out = pipe(Image.fromarray(np.full((48, 80, 3), 127, np.uint8)), "the red circle", max_new_tokens=6, threshold=0.0,
+               top_concepts=3)
+    assert len(out["instances"]) == 3
+    by_slot = {instance["slot"]: instance["concepts"] for instance in out["instances"]}
+    assert len(by_slot[0]) == 3 and by_slot[1] == by_slot[2] == []
