@@ -296,3 +296,21 @@ def test_grpo_stage_uses_the_concept_stages_losses(monkeypatch, tmp_path):
     with pytest.raises(Stop):  # a failure propagates (never swallowed)
         stages.grpo_stage(model, processor, make_split("train", 8, config, "train"), config, tmp_path, seed=0)
     assert (seen["args"].matching_source, seen["args"].confidence_targets) == ("mask", "mask_iou")
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
+    """--continue-from: the earlier run's values for the stages it carries over, today's defaults for the stages that
+    run again (a smoke run: the smoke defaults), so metrics.json describes what ran."""
+    from dataclasses import asdict
+
+    from segcompass.recipes.tiny.main import CONTINUATION_FIELDS, _continuation_config
+
+    earlier = asdict(TinyRecipeConfig()) | {"joint_steps": 123, "lm_warmup_steps": 45, "num_validation": 96,
+                                            "thresholds": [0.3, 0.5], "concept_steps": 99, "grpo_steps": 3}
+    config = _continuation_config({"config": earlier, "smoke": smoke})
+    defaults = TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig()
+    assert (config.joint_steps, config.lm_warmup_steps) == (123, 45)
+    for name in CONTINUATION_FIELDS:
+        assert getattr(config, name) == getattr(defaults, name), name
+    assert {"num_validation", "thresholds", "concept_steps", "grpo_steps"} <= set(CONTINUATION_FIELDS)

@@ -36,7 +36,7 @@ class TrainTinyArguments:
     continue_from: str | None = field(
         default=None, metadata={"help": "a finished train-tiny run: take its saved model (with stages 0-4's metrics "
                                         "and timings, and its own concept stage if it ran one) and run the concept "
-                                        "stage and the stages after it on top"}
+                                        "stage and the stages after it on top, with today's settings for them"}
     )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, batch order and the random-SAE ablation"})
     processes: int = field(

@@ -75,8 +75,9 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             threads for a model this small.
         continue_from: a finished run's directory (checkpoint + ``metrics.json``): its model replaces stages 0-4
             (vision pretraining to joint training, whose metrics and timings are carried over from its
-            ``metrics.json``, as is its recipe config unless ``config`` is given) and the run goes on from the concept
-            stage. Used to add a stage to a finished run without repeating the hour before it. The saved model is
+            ``metrics.json``, as are the fields of its recipe config that those stages used, unless ``config`` is
+            given) and the run goes on from the concept stage; the stages that run again take today's defaults
+            (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a stage to a finished run without repeating the hour before it. The saved model is
             the earlier run's last one: when that run had a concept stage of its own, the new one trains on top of
             it, and ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so.
 
@@ -85,7 +86,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     """
     previous = _finished_run(continue_from) if continue_from is not None else None
     if config is None and previous is not None:
-        config = _recipe_config(previous["config"])
+        config = _continuation_config(previous)
     base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
     known = {f.name for f in fields(TinyRecipeConfig)}
     unknown = sorted(set(overrides) - known)
@@ -263,6 +264,19 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
 REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "duplicate_iou", "eval_batch_size",
                        "max_new_tokens")
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
+
+CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
+                                             "grpo_steps", "generated_pool")
+"""The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
+the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
+
+
+def _continuation_config(previous: dict) -> TinyRecipeConfig:
+    """The recipe config of a run continued from ``previous`` (its ``metrics.json``): the earlier run's values for the
+    stages carried over, the defaults (smoke defaults for a smoke run) for :data:`CONTINUATION_FIELDS`."""
+    carried = _recipe_config(previous["config"])
+    defaults = TinyRecipeConfig.smoke() if previous.get("smoke") else TinyRecipeConfig()
+    return replace(carried, **{name: getattr(defaults, name) for name in CONTINUATION_FIELDS})
 
 
 def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> dict:
