@@ -270,8 +270,8 @@ def test_description_accuracy_names_the_wrong_attribute():
 
 def test_grpo_stage_uses_the_concept_stages_losses(monkeypatch, tmp_path):
     """The GRPO stage trains the heads after the concept stage; it must match and set targets the same way."""
-    import segcompass.training.grpo_trainer as grpo_trainer
     from segcompass.recipes.tiny import stages
+    from segcompass.training import grpo_trainer
 
     seen = {}
 

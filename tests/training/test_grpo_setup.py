@@ -74,6 +74,10 @@ def test_reward_threshold_comes_from_the_model_config(model, tmp_path):
     assert explicit.mask_confidence_threshold == 0.4
     assert SegCompassGRPOTrainer._build_reward_functions(None, explicit)[1].confidence_threshold == 0.4
 
+    # the model's duplicate rule comes with its threshold (the trainer passes model.config.duplicate_iou)
+    funcs = SegCompassGRPOTrainer._build_reward_functions([mask_reward, SegmentationReward(), own], args, 0.5)
+    assert [funcs[0].duplicate_iou, funcs[1].mask.duplicate_iou, funcs[2].duplicate_iou] == [0.5, 0.5, None]
+
 
 def test_resolved_reward_keeps_what_evaluation_keeps(model, tmp_path):
     """With the model's threshold 0.15 a slot at confidence 0.3 is predicted, so it counts in the reward."""

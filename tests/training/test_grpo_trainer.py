@@ -366,6 +366,11 @@ def test_rollout_iou():
     assert rollout_iou(pred, torch.tensor([0.9, 0.1]), gt) == pytest.approx(4 / 12)
     assert rollout_iou(pred, torch.tensor([0.1, 0.1]), torch.zeros(0, 4, 4)) == 1.0  # both empty
     assert rollout_iou(pred, torch.tensor([0.9, 0.9]), gt) == pytest.approx(8 / 16)
+    copy = torch.zeros(2, 4, 4)
+    copy[0, :2], copy[1, :3] = 0.9, 0.9  # slot 1 copies slot 0 with one more row: IoU 8 / 12
+    top = copy[:1].clone()
+    assert rollout_iou(copy, torch.tensor([0.9, 0.8]), top) == pytest.approx(8 / 12)
+    assert rollout_iou(copy, torch.tensor([0.9, 0.8]), top, duplicate_iou=0.5) == 1.0  # as evaluation scores it
 
 
 def test_warmup_gives_grpo_a_format_signal(tiny, tmp_path):

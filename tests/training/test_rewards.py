@@ -1,5 +1,7 @@
 """Format / mask rewards (paper appendix B.3) and their TRL adapters, against hand-computed values."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -407,3 +409,26 @@ def test_combined_score_is_a_fraction_and_monotone(format_score, mask_score, for
     assert -1e-12 <= value <= 1.0 + 1e-12
     assert combined_reward_score(1.0, mask_score) >= combined_reward_score(format_score, mask_score) - 1e-12
     assert combined_reward_score(format_score, 1.0) >= combined_reward_score(format_score, mask_score) - 1e-12
+
+
+def test_duplicate_slots_are_dropped_as_evaluation_drops_them():
+    """A kept slot copying a more confident one (IoU >= duplicate_iou) is one instance, not two: under the authors'
+    max(K', G) rule it no longer costs a share; the trainer fills in the model's duplicate_iou with the threshold."""
+    a, b = torch.zeros(8, 8), torch.zeros(8, 8)
+    a[:4, :4], b[4:, 4:] = 1.0, 1.0
+    copy_of_a = a.clone()
+    copy_of_a[4, :4] = 1.0  # IoU 16/20 with a
+    pred, gt, conf = torch.stack([a, copy_of_a, b]), torch.stack([a, b]), torch.tensor([0.9, 0.8, 0.7])
+    score = functools.partial(mask_reward_score, pred, conf, gt, confidence_threshold=0.5, multi_object_rule="max")
+    assert score() == pytest.approx(2 / 3)
+    assert score(duplicate_iou=0.5) == pytest.approx(1.0)
+    assert score(duplicate_iou=0.9) == pytest.approx(2 / 3)  # IoU 0.8 < 0.9: two instances
+    resolved = MaskReward(multi_object_rule="max").with_threshold(0.5, 0.5)
+    assert (resolved.confidence_threshold, resolved.duplicate_iou) == (0.5, 0.5)
+    out = resolved(completions=["x"], pred_masks=[pred], pred_confidences=[conf], masks=[gt])
+    assert out == pytest.approx([1.0])
+    assert MaskReward(duplicate_iou=0.9).with_threshold(0.5, 0.5).duplicate_iou == 0.9  # its own rule wins
+    assert MaskReward(confidence_threshold=0.3).with_threshold(0.5, 0.5).duplicate_iou is None
+    assert SegmentationReward().with_threshold(0.5, 0.5).mask.duplicate_iou == 0.5
+    with pytest.raises(ValueError, match=r"`duplicate_iou` must be None .* got 0"):
+        MaskReward(duplicate_iou=0)

@@ -170,7 +170,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         model, processing_class = load_model_and_processor(model, processing_class)
         args = check_grpo_args(args, model, peft_config)
         self._check_datasets(train_dataset, eval_dataset, args)
-        reward_funcs = self._build_reward_functions(reward_funcs, args)
+        reward_funcs = self._build_reward_functions(reward_funcs, args, model.config.duplicate_iou)
         prepare_model_for_grpo(model, args, processing_class)
         self.segcompass = model
 
@@ -217,19 +217,21 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
                 validate_grpo_dataset(data, str(name), args.dataset_check_rows)
 
     @staticmethod
-    def _build_reward_functions(reward_funcs, args: SegCompassGRPOConfig) -> list:
+    def _build_reward_functions(reward_funcs, args: SegCompassGRPOConfig, duplicate_iou: float | None = None) -> list:
         """Default ``[format_reward, mask_reward]`` weighted 0.3 / 0.7 (when ``args.reward_weights`` is None). A mask
         or segmentation reward without a keep threshold (``confidence_threshold=None``, the default) gets
         ``args.mask_confidence_threshold`` (the model's ``config.confidence_threshold`` unless set; filled in by
-        :func:`check_grpo_args`) through ``with_threshold`` (a copy); one with its own threshold keeps it."""
+        :func:`check_grpo_args`) and the model's ``duplicate_iou`` through ``with_threshold`` (a copy); one with its
+        own threshold keeps its rule."""
         if reward_funcs is None:
             reward_funcs = [format_reward, mask_reward]
             if args.reward_weights is None:
                 args.reward_weights = [0.3, 0.7]
         if isinstance(reward_funcs, (list, tuple)):
-            reward_funcs = [resolve_reward_threshold(f, args.mask_confidence_threshold) for f in reward_funcs]
+            reward_funcs = [resolve_reward_threshold(f, args.mask_confidence_threshold, duplicate_iou)
+                            for f in reward_funcs]
         else:
-            reward_funcs = resolve_reward_threshold(reward_funcs, args.mask_confidence_threshold)
+            reward_funcs = resolve_reward_threshold(reward_funcs, args.mask_confidence_threshold, duplicate_iou)
         return reward_funcs
 
     def _adopt_peft_backbone(self) -> None:
@@ -368,7 +370,8 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         mode = "train" if self.model.training else "eval"
         valid = valid_region_mask(rollout["seg_valid_sizes"], self._grid)
         ious = [rollout_iou(rollout["pred_masks"][b], rollout["pred_confidences"][b], gt[b].to(device),
-                            self.args.mask_confidence_threshold, valid[b]) for b in range(len(gt))]
+                            self.args.mask_confidence_threshold, valid[b], self.segcompass.config.duplicate_iou)
+                for b in range(len(gt))]
         iou = self.accelerator.gather(torch.tensor(ious, device=device)).mean().item()
         malformed = self.accelerator.gather(rollout["seg_malformed"].float().to(device)).mean().item()
         self._metrics[mode]["seg/rollout_iou"].append(iou)

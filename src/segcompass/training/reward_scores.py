@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..prediction import keep_and_union, kept_slots
+from ..prediction import drop_duplicate_slots, keep_and_union, kept_slots
 from .matching import hungarian_match, pairwise_soft_iou
 
 __all__ = [
@@ -119,12 +119,15 @@ def mask_reward_score(
     multi_object: bool | None = None,
     multi_object_rule: MultiObjectRule | None = None,
     denominator: Literal["matched", "max"] | None = None,
+    duplicate_iou: float | None = None,
 ) -> float:
     """Mask score of one response in ``[0, 1]`` (paper appendix B.3, chosen to rank like the evaluation).
 
-    The kept slots are those with confidence ≥ ``confidence_threshold`` (all K when ``confidences`` is None), K'
-    of them: the slots :func:`segcompass.prediction.keep_and_union` turns into the prediction at evaluation. Pass
-    the model's ``config.confidence_threshold``; 0.5 is only ``SegCompassConfig``'s default.
+    The kept slots are those with confidence ≥ ``confidence_threshold`` (all K when ``confidences`` is None), less
+    those whose binarised mask copies a more confident kept slot's (IoU ≥ ``duplicate_iou``, when given and
+    confidences are), K' of them: the slots :func:`segcompass.prediction.keep_and_union` turns into the prediction
+    at evaluation. Pass the model's ``config.confidence_threshold`` and ``config.duplicate_iou``; 0.5 and None are
+    only ``SegCompassConfig``'s defaults.
 
     * Single object (the sample has one target, G = 1, with ``multi_object`` None; or ``multi_object=False``): soft
       IoU of the soft union (pixelwise max) of the kept slots with the instance; no matching. With K = 1 and no
@@ -153,6 +156,8 @@ def mask_reward_score(
         multi_object: force the single- (False) or multi-object (True) rule; None chooses by G as above.
         multi_object_rule: ``"union"`` (default), ``"max"`` or ``"matched"``.
         denominator: legacy spelling of ``multi_object_rule="matched"`` / ``"max"``.
+        duplicate_iou: drop kept slots that copy a more confident kept one
+            (:func:`segcompass.prediction.drop_duplicate_slots`); None keeps them (the paper).
 
     Example:
         >>> p = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])    # one slot covering the top row
@@ -191,7 +196,12 @@ def mask_reward_score(
         if conf.numel() != num_slots:
             raise ValueError(f"`confidences` has {conf.numel()} values but `pred_probs` has K = {num_slots} slots.")
         _check_unit_range(conf, "confidences", "Pass probabilities: apply sigmoid to confidence logits.")
-    kept = pred if conf is None else pred[kept_slots(conf, confidence_threshold)]  # (K', H, W)
+    kept = pred
+    if conf is not None:
+        keep = kept_slots(conf, confidence_threshold)
+        if duplicate_iou is not None:
+            keep = drop_duplicate_slots(pred > 0.5, conf, keep, duplicate_iou)
+        kept = pred[keep]  # (K', H, W)
     num_kept = kept.shape[0]
 
     single = multi_object is False or (multi_object is None and num_gt == 1)
@@ -243,9 +253,10 @@ def _is_number(value: Any) -> bool:
 
 
 def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5,
-                valid: torch.Tensor | None = None) -> float:
-    """IoU of one rollout: union of the slots with confidence ≥ ``threshold`` (pixels > 0.5) vs the union of the
-    ground-truth instances (≥ 0.5); both empty = 1. The GRPO trainer logs its mean as ``seg/rollout_iou``.
+                valid: torch.Tensor | None = None, duplicate_iou: float | None = None) -> float:
+    """IoU of one rollout: union of the slots with confidence ≥ ``threshold`` (pixels > 0.5; copies of a more
+    confident slot dropped at ``duplicate_iou``) vs the union of the ground-truth instances (≥ 0.5); both empty = 1.
+    The GRPO trainer logs its mean as ``seg/rollout_iou``.
 
     Args:
         pred_probs (`(K, m, m)`), confidences (`(K,)`), gt (`(G, m, m)`), valid (`(m, m)` bool, optional).
@@ -263,7 +274,7 @@ def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.T
         raise ValueError(f"`valid` has shape {tuple(valid.shape)} but the masks are {tuple(pred_probs.shape[-2:])}.")
     _check_unit_range(_as_float_tensor(confidences, "confidences").reshape(-1), "confidences",
                       "Pass probabilities: apply sigmoid to confidence logits.")
-    pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold)  # (m, m) bool
+    pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold, duplicate_iou=duplicate_iou)  # (m, m) bool
     target = (gt >= 0.5).any(0) if gt.shape[0] else torch.zeros_like(pred)
     if valid is not None:
         pred, target = pred & valid, target & valid

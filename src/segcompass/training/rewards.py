@@ -27,7 +27,9 @@ does (the paper's and the authors' variants stay available as options):
   a fixed 0.5. ``MaskReward(confidence_threshold=None)`` (the default) means exactly that: the
   SegCompass GRPO trainer fills it in from ``model.config`` (or from ``SegCompassGRPOConfig.mask_confidence_threshold``
   when set; an explicit ``MaskReward(confidence_threshold=t)`` always wins). Called outside the trainer with
-  confidences, an unset threshold is an error rather than a silent 0.5.
+  confidences, an unset threshold is an error rather than a silent 0.5. With the threshold the trainer also fills in
+  the model's ``config.duplicate_iou`` (unless the reward set its own ``duplicate_iou``): a kept slot that copies a
+  more confident one is dropped, as evaluation drops it.
 * Mask, single object: used whenever the *sample* has one target (G = 1), whatever K. "The prediction" is what
   evaluation scores (:func:`segcompass.prediction.keep_and_union`: the union of the kept slots), taken soft: the
   pixelwise maximum of the kept slots' probabilities, whose > 0.5 region is exactly evaluation's union. Its soft IoU
@@ -103,6 +105,16 @@ def _check_threshold(threshold: Any) -> float | None:
             f"[0, 1], got {threshold!r}."
         )
     return float(threshold)
+
+
+def _check_duplicate_iou(duplicate_iou: Any) -> float | None:
+    """None, or an IoU in (0, 1] as a float; anything else is a ValueError naming it."""
+    if duplicate_iou is None:
+        return None
+    if isinstance(duplicate_iou, bool) or not isinstance(duplicate_iou, (int, float)) or not 0.0 < duplicate_iou <= 1.0:
+        raise ValueError(f"`duplicate_iou` must be None (keep copies, the paper) or an IoU in (0, 1], got "
+                         f"{duplicate_iou!r}; the model's is `config.duplicate_iou`.")
+    return float(duplicate_iou)
 
 
 def _check_column(values: Any, name: str, what: str = "one entry per completion") -> None:
@@ -236,23 +248,29 @@ class MaskReward:
         denominator: Literal["matched", "max"] | None = None,
         gt_layout: Literal["letterbox", "stretch"] = "letterbox",
         name: str = "mask_reward",
+        duplicate_iou: float | None = None,
     ) -> None:
         if gt_layout not in ("letterbox", "stretch"):
             raise ValueError(f"`gt_layout` must be 'letterbox' or 'stretch', got {gt_layout!r}.")
         self.multi_object_rule = resolve_multi_object_rule(multi_object_rule, denominator)
         self.confidence_threshold = _check_threshold(confidence_threshold)
+        self.duplicate_iou = _check_duplicate_iou(duplicate_iou)
         self.multi_object = multi_object
         self.gt_layout = gt_layout
         self.__name__ = name
 
-    def with_threshold(self, threshold: float) -> MaskReward:
-        """This reward with ``threshold`` as its keep threshold when it has none (``confidence_threshold=None``, the
-        default: "the model's"); an explicit threshold wins and ``self`` is returned. Otherwise a copy (the module's
-        default instances are never changed). The GRPO trainer calls it with the model's threshold."""
+    def with_threshold(self, threshold: float, duplicate_iou: float | None = None) -> MaskReward:
+        """This reward with the model's prediction rule when it has no threshold of its own
+        (``confidence_threshold=None``, the default: "the model's"): ``threshold`` as its keep threshold and, unless
+        it set one, ``duplicate_iou``. An explicit threshold wins and ``self`` is returned. Otherwise a copy (the
+        module's default instances are never changed). The GRPO trainer calls it with the model's
+        ``config.confidence_threshold`` and ``config.duplicate_iou``."""
         if self.confidence_threshold is not None:
             return self
         resolved = copy.copy(self)
         resolved.confidence_threshold = _check_threshold(threshold)
+        if resolved.duplicate_iou is None:
+            resolved.duplicate_iou = _check_duplicate_iou(duplicate_iou)
         return resolved
 
     def scores(
@@ -321,6 +339,7 @@ class MaskReward:
                     confidence_threshold=0.5 if self.confidence_threshold is None else self.confidence_threshold,
                     multi_object=self.multi_object,
                     multi_object_rule=self.multi_object_rule,
+                    duplicate_iou=self.duplicate_iou,
                 )
             )
         return out
@@ -339,7 +358,7 @@ class MaskReward:
         return (
             f"MaskReward(name={self.__name__!r}, confidence_threshold={self.confidence_threshold}, "
             f"multi_object={self.multi_object}, multi_object_rule={self.multi_object_rule!r}, "
-            f"gt_layout={self.gt_layout!r})"
+            f"gt_layout={self.gt_layout!r}, duplicate_iou={self.duplicate_iou})"
         )
 
 
@@ -367,6 +386,7 @@ class SegmentationReward:
         denominator: Literal["matched", "max"] | None = None,
         gt_layout: Literal["letterbox", "stretch"] = "letterbox",
         name: str = "segmentation_reward",
+        duplicate_iou: float | None = None,
     ) -> None:
         self.format_weight = format_weight
         self.mask_weight = mask_weight
@@ -380,6 +400,7 @@ class SegmentationReward:
             denominator=denominator,
             gt_layout=gt_layout,
             name=name,
+            duplicate_iou=duplicate_iou,
         )
         self.__name__ = name
 
@@ -388,12 +409,13 @@ class SegmentationReward:
         """The keep threshold of the mask part (None: the model's, filled in by the GRPO trainer)."""
         return self.mask.confidence_threshold
 
-    def with_threshold(self, threshold: float) -> SegmentationReward:
-        """As :meth:`MaskReward.with_threshold`: ``self`` when the threshold is set, else a copy with ``threshold``."""
+    def with_threshold(self, threshold: float, duplicate_iou: float | None = None) -> SegmentationReward:
+        """As :meth:`MaskReward.with_threshold`: ``self`` when the threshold is set, else a copy with the model's
+        rule."""
         if self.mask.confidence_threshold is not None:
             return self
         resolved = copy.copy(self)
-        resolved.mask = self.mask.with_threshold(threshold)
+        resolved.mask = self.mask.with_threshold(threshold, duplicate_iou)
         return resolved
 
     def __call__(
@@ -426,13 +448,14 @@ class SegmentationReward:
         )
 
 
-def resolve_reward_threshold(reward_func: Any, threshold: float | None) -> Any:
-    """``reward_func.with_threshold(threshold)`` for a :class:`MaskReward` / :class:`SegmentationReward` without its
-    own keep threshold, else ``reward_func`` itself (other reward functions, explicit thresholds, ``threshold``
-    None). The GRPO trainer passes every reward function through it with the model's threshold."""
+def resolve_reward_threshold(reward_func: Any, threshold: float | None, duplicate_iou: float | None = None) -> Any:
+    """``reward_func.with_threshold(threshold, duplicate_iou)`` for a :class:`MaskReward` / :class:`SegmentationReward`
+    without its own keep threshold, else ``reward_func`` itself (other reward functions, explicit thresholds,
+    ``threshold`` None). The GRPO trainer passes every reward function through it with the model's threshold and
+    duplicate rule."""
     if threshold is None or not isinstance(reward_func, (MaskReward, SegmentationReward)):
         return reward_func
-    return reward_func.with_threshold(threshold)
+    return reward_func.with_threshold(threshold, duplicate_iou)
 
 
 format_reward = FormatReward()
