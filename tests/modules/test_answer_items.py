@@ -1,4 +1,5 @@
-"""Concepts grouped by answer item (``concept_grouping="answer_items"``): the item masks, and slot k reading item k only."""
+"""Concepts grouped by answer item (``concept_grouping="answer_items"``): the item masks, and slot k reading item k
+only."""
 
 import pytest
 import torch
@@ -43,8 +44,9 @@ def test_block_diagonal_provenance():
 
 def _grouped_model(selection="pooled"):
     torch.manual_seed(0)
-    config = tiny_segcompass_config(num_slots=3, concept_grouping="answer_items", answer_item_token_ids=[OPEN, SEP, CLOSE],
-                                    slot_query_inputs="concepts", concept_selection=selection)
+    config = tiny_segcompass_config(num_slots=3, concept_grouping="answer_items",
+                                    answer_item_token_ids=[OPEN, SEP, CLOSE], slot_query_inputs="concepts",
+                                    concept_selection=selection)
     return SegCompassForReasoningSegmentation(config).eval()
 
 
@@ -66,7 +68,8 @@ def test_each_slot_reads_only_its_own_item():
         moved = hook.clone()
         moved[0, 7:10] += 3 * torch.randn(3, hook.shape[-1], generator=torch.Generator().manual_seed(1))  # item 1
         other = model.segment_from_hidden_states(ids, mask, moved, last, embeddings)
-    assert out.concept_indices.shape == (1, num_slots * n) and out.slot_concept_attention.shape == (1, num_slots, num_slots * n)
+    assert out.concept_indices.shape == (1, num_slots * n)
+    assert out.slot_concept_attention.shape == (1, num_slots, num_slots * n)
     tokens = (out.concept_token_activations[0] != 0).view(ids.shape[1], num_slots, n).any(-1)  # (T, K)
     assert tokens[:, 0].nonzero().flatten().tolist() == [4, 5]
     assert set(tokens[:, 1].nonzero().flatten().tolist()) <= {7, 8, 9} and tokens[:, 1].any()
@@ -89,7 +92,8 @@ def test_grouped_model_trains_and_round_trips(tmp_path):
     assert model.concept_interface.baseline.abs().sum() > 0
     model.eval().save_pretrained(tmp_path)
     reloaded = SegCompassForReasoningSegmentation.from_pretrained(tmp_path).eval()
-    assert reloaded.config.concept_grouping == "answer_items" and reloaded.config.answer_item_token_ids == [OPEN, SEP, CLOSE]
+    assert reloaded.config.concept_grouping == "answer_items"
+    assert reloaded.config.answer_item_token_ids == [OPEN, SEP, CLOSE]
     with torch.no_grad():
         a = model(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))
         b = reloaded(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))

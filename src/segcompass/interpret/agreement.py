@@ -72,7 +72,8 @@ def sample_agreement(model, processor, sample, completion: str, index: int, *, c
     mask_logits = processor.post_process_masks(out.mask_logits.float().cpu(), *sizes, binarize=False)[0]
     masks = (mask_logits > mask_threshold).numpy()  # (K, H, W)
     heat_pred, kept = keep_and_union((heat_logits > heatmap_logit(heatmap_threshold)).numpy(), confidences,
-                                     confidence_threshold, shape=union.shape, duplicate_iou=model.config.duplicate_iou)  # (H, W)
+                                     confidence_threshold, shape=union.shape,
+                                     duplicate_iou=model.config.duplicate_iou)  # (H, W)
     mask_pred, _ = keep_and_union(masks, confidences, confidence_threshold, shape=union.shape,
                                   duplicate_iou=model.config.duplicate_iou)  # (H, W)
     h_iou, h_i, h_u = _iou(heat_pred, union)

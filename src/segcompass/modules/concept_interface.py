@@ -166,7 +166,8 @@ class SparseConceptInterface(nn.Module):
         concept_slots, provenance = self._encode(slots, tokens, mask.reshape(batch * num_slots, n))
         return concept_slots.view(batch, num_slots, -1), provenance.view(batch, num_slots, n)
 
-    def _encode(self, slots: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, slots: torch.Tensor, tokens: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder blocks over [slots (R, S, d_c) ; tokens (R, N, d_c)] -> (R, S, d_c) outputs, (R, S, N) attention."""
         rows, num_slots = slots.shape[:2]
         x = torch.cat([slots, tokens], dim=1)  # (R, S + N, d_c)

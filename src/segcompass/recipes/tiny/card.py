@@ -156,8 +156,9 @@ def _continuation(metrics: dict) -> str:
         concept = earlier.get("earlier_concept_stage")
         if concept:
             text += (f" The earlier run had also run a concept stage ({concept['steps']} steps, matching on the "
-                     f"{_MATCHED_ON[concept['matching_source']]}, confidence targets `{concept['confidence_targets']}`), so these "
-                     "heads trained through two concept stages; the one-go command runs one.")
+                     f"{_MATCHED_ON[concept['matching_source']]}, confidence targets "
+                     f"`{concept['confidence_targets']}`), so these heads trained through two concept stages; the "
+                     "one-go command runs one.")
     retuned = metrics.get("threshold_retuned")
     if retuned:
         text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "
@@ -209,8 +210,8 @@ def render_model_card(metrics: dict) -> str:
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
         continuation=_continuation(metrics),
-        duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped as a "
-                        "copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else
+        duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped "
+                        "as a copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else
                         "every slot past the threshold is an instance (`config.duplicate_iou` None)"),
     )
     return TEMPLATE.read_text().format_map(values)

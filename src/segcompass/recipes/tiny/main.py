@@ -77,9 +77,10 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             (vision pretraining to joint training, whose metrics and timings are carried over from its
             ``metrics.json``, as are the fields of its recipe config that those stages used, unless ``config`` is
             given) and the run goes on from the concept stage; the stages that run again take today's defaults
-            (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a stage to a finished run without repeating the hour before it. The saved model is
-            the earlier run's last one: when that run had a concept stage of its own, the new one trains on top of
-            it, and ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so.
+            (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a
+            stage to a finished run without repeating the hour before it. The saved model is the earlier run's last
+            one: when that run had a concept stage of its own, the new one trains on top of it, and
+            ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so.
 
     Returns:
         The metrics dict also written to ``metrics.json``.

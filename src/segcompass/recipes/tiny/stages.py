@@ -288,8 +288,8 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
 def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
     """Stage e': a short GRPO + segmentation-supervision run with :class:`SegCompassGRPOTrainer` (the backbone
     below the SAE's layer stays frozen, the slot-token rows train; its segmentation losses use the concept stage's
-    matching source and confidence targets, so they do not undo what that stage taught). A failure propagates: the recipe never ships a
-    model whose stage silently did not run."""
+    matching source and confidence targets, so they do not undo what that stage taught). A failure propagates: the
+    recipe never ships a model whose stage silently did not run."""
     if config.grpo_steps <= 0:
         return {"status": "skipped", "reason": "grpo_steps=0"}
     import datasets
