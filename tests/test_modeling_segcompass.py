@@ -347,6 +347,7 @@ def test_full_size_presets_are_consistent(preset):
         (dict(num_slots=0), "num_slots"),
         (dict(concept_pooling="median"), "concept_pooling"),
         (dict(confidence_threshold=2.0), "confidence_threshold"),
+        (dict(duplicate_iou=0.0), r"`duplicate_iou` must be None .* got 0\.0"),
     ],
 )
 def test_config_validation(overrides, match):

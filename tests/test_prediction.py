@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segcompass.prediction import drop_duplicate_slots, keep_and_union, kept_slots
+from segcompass.prediction import drop_duplicate_slots, keep_and_union, kept_instances, kept_slots
 
 
 def masks():
@@ -76,3 +76,6 @@ def test_duplicate_slots_are_dropped_most_confident_first():
     assert drop_duplicate_slots(tie, [0.5, 0.5], [0, 1], 0.9) == [0]  # equal scores: the lower index stays
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         drop_duplicate_slots(m, scores, [0, 1], 0.0)
+    assert kept_instances(m, scores, 0.5, 0.75) == [1, 2, 3] and kept_instances(None, scores, 0.5) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="kept_instances"):
+        drop_duplicate_slots(m, scores, [0, 1], None)

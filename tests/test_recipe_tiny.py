@@ -23,6 +23,8 @@ def test_config_rejects_bad_sizes():
         TinyRecipeConfig(backbone_image_side=100)
     with pytest.raises(ValueError, match="hook_layer"):
         TinyRecipeConfig(hook_layer=9)
+    with pytest.raises(ValueError, match=r"`duplicate_iou` must be None .* got 1\.5"):
+        TinyRecipeConfig(duplicate_iou=1.5)
 
 
 def test_unknown_override_is_named(tmp_path):

@@ -8,6 +8,7 @@ from transformers.configuration_utils import SubConfigSpec
 from .answer_format import DEFAULT_REF_TOKEN, DEFAULT_SLOT_TOKEN_TEMPLATE, slot_token_strings
 from .modules.answer_items import CONCEPT_GROUPINGS
 from .modules.concept_interface import VALUE_EMBEDDINGS
+from .prediction import check_duplicate_iou
 from .sae import SparseAutoencoderConfig
 
 SUPPORTED_BACKBONES = ("qwen2_5_vl", "llava")
@@ -173,8 +174,7 @@ class SegCompassConfig(PreTrainedConfig):
                 f"`codebook_dim`={self.codebook_dim} must be divisible by `concept_encoder_heads`="
                 f"{self.concept_encoder_heads}."
             )
-        if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
-            raise ValueError(f"`duplicate_iou` is an IoU in (0, 1] or None, got {self.duplicate_iou}.")
+        check_duplicate_iou(self.duplicate_iou)
         if not 0.0 <= self.confidence_threshold <= 1.0:
             raise ValueError(
                 f"`confidence_threshold` is a probability in [0, 1], got {self.confidence_threshold}."

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["drop_duplicate_slots", "keep_and_union", "kept_slots", "slot_concepts"]
+__all__ = ["check_duplicate_iou", "drop_duplicate_slots", "keep_and_union", "kept_instances", "kept_slots",
+           "slot_concepts"]
 
 
 def _float64_list(confidences: Any) -> list[float]:
@@ -50,6 +51,19 @@ def kept_slots(confidences: Any, threshold: float) -> list[int]:
     return [k for k, value in enumerate(values) if value >= threshold]
 
 
+def check_duplicate_iou(duplicate_iou: Any) -> float | None:
+    """``duplicate_iou`` as a float, or None (every slot past the threshold is an instance: the paper); anything but
+    None or an IoU in (0, 1] is a ValueError naming it. The one check of the model config, the recipe config and the
+    rewards."""
+    if duplicate_iou is None:
+        return None
+    is_number = isinstance(duplicate_iou, (int, float)) and not isinstance(duplicate_iou, bool)
+    if not is_number or not 0.0 < duplicate_iou <= 1.0:
+        raise ValueError(f"`duplicate_iou` must be None (keep every slot past the threshold, the paper) or an IoU in "
+                         f"(0, 1], got {duplicate_iou!r}; the model's is `config.duplicate_iou`.")
+    return float(duplicate_iou)
+
+
 def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicate_iou: float) -> list[int]:
     """``kept`` (ascending) without the slots that copy a more confident kept slot.
 
@@ -62,8 +76,8 @@ def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicat
         kept: slot indices already past the threshold (:func:`kept_slots`).
         duplicate_iou: IoU in (0, 1] at which two masks count as one instance.
     """
-    if not 0.0 < float(duplicate_iou) <= 1.0:
-        raise ValueError(f"`duplicate_iou` is an IoU in (0, 1], got {duplicate_iou}.")
+    if check_duplicate_iou(duplicate_iou) is None:
+        raise ValueError("`duplicate_iou` is None: there is no duplicate rule to apply; call kept_instances instead.")
     if len(kept) < 2:
         return list(kept)
     if isinstance(masks, torch.Tensor):
@@ -81,6 +95,16 @@ def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicat
         if all(iou(k, r) < duplicate_iou for r in retained):
             retained.append(k)
     return sorted(retained)
+
+
+def kept_instances(masks: Any, confidences: Any, threshold: float, duplicate_iou: float | None = None) -> list[int]:
+    """The slots the prediction keeps, ascending: confidence ≥ ``threshold`` (:func:`kept_slots`), less the copies of
+    a more confident kept slot when ``duplicate_iou`` is given (:func:`drop_duplicate_slots`). ``masks``: ``(K, H, W)``
+    bool (read only with ``duplicate_iou``)."""
+    kept = kept_slots(confidences, threshold)
+    if duplicate_iou is not None:
+        kept = drop_duplicate_slots(masks, confidences, kept, duplicate_iou)
+    return kept
 
 
 def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[int, int] | None = None,
@@ -103,9 +127,7 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
         raise ValueError(f"masks must be (slots, H, W), got shape {tuple(masks.shape)}.")
     if len(confidences) != masks.shape[0]:
         raise ValueError(f"Got {masks.shape[0]} slot masks but {len(confidences)} confidences; pass one per slot.")
-    kept = kept_slots(confidences, threshold)
-    if duplicate_iou is not None:
-        kept = drop_duplicate_slots(masks, confidences, kept, duplicate_iou)
+    kept = kept_instances(masks, confidences, threshold, duplicate_iou)
     size = tuple(shape) if shape is not None else tuple(masks.shape[1:])
     if isinstance(masks, torch.Tensor):
         if kept:

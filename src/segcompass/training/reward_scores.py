@@ -3,7 +3,8 @@ rollout IoU the trainer logs. Plain tensors in, floats out; the TRL adapters are
 
 "Soft IoU" everywhere is ``Σ p·g / (Σ p + Σ g − Σ p·g)`` over pixels, with ``p`` the predicted probabilities and
 ``g`` the (possibly soft) ground truth; two all-zero maps score 1. See :mod:`segcompass.training.matching`. The keep
-rule of the confident slots is :func:`segcompass.prediction.kept_slots` (probability ≥ threshold).
+rule of the confident slots is :func:`segcompass.prediction.kept_instances` (probability ≥ threshold, less the copies
+of a more confident slot under ``duplicate_iou``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..prediction import drop_duplicate_slots, keep_and_union, kept_slots
+from ..prediction import keep_and_union, kept_instances
 from .matching import hungarian_match, pairwise_soft_iou
 
 __all__ = [
@@ -196,12 +197,9 @@ def mask_reward_score(
         if conf.numel() != num_slots:
             raise ValueError(f"`confidences` has {conf.numel()} values but `pred_probs` has K = {num_slots} slots.")
         _check_unit_range(conf, "confidences", "Pass probabilities: apply sigmoid to confidence logits.")
-    kept = pred
+    kept = pred  # (K', H, W): every slot without confidences, else the slots the prediction keeps
     if conf is not None:
-        keep = kept_slots(conf, confidence_threshold)
-        if duplicate_iou is not None:
-            keep = drop_duplicate_slots(pred > 0.5, conf, keep, duplicate_iou)
-        kept = pred[keep]  # (K', H, W)
+        kept = pred[kept_instances(pred > 0.5, conf, confidence_threshold, duplicate_iou)]
     num_kept = kept.shape[0]
 
     single = multi_object is False or (multi_object is None and num_gt == 1)

@@ -62,6 +62,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from ..answer_format import DEFAULT_EOS_MARKERS, DEFAULT_REF_TOKEN, format_score
+from ..prediction import check_duplicate_iou
 from ..utils.logging import get_logger
 from .reward_scores import (
     MultiObjectRule,
@@ -105,16 +106,6 @@ def _check_threshold(threshold: Any) -> float | None:
             f"[0, 1], got {threshold!r}."
         )
     return float(threshold)
-
-
-def _check_duplicate_iou(duplicate_iou: Any) -> float | None:
-    """None, or an IoU in (0, 1] as a float; anything else is a ValueError naming it."""
-    if duplicate_iou is None:
-        return None
-    if isinstance(duplicate_iou, bool) or not isinstance(duplicate_iou, (int, float)) or not 0.0 < duplicate_iou <= 1.0:
-        raise ValueError(f"`duplicate_iou` must be None (keep copies, the paper) or an IoU in (0, 1], got "
-                         f"{duplicate_iou!r}; the model's is `config.duplicate_iou`.")
-    return float(duplicate_iou)
 
 
 def _check_column(values: Any, name: str, what: str = "one entry per completion") -> None:
@@ -254,7 +245,7 @@ class MaskReward:
             raise ValueError(f"`gt_layout` must be 'letterbox' or 'stretch', got {gt_layout!r}.")
         self.multi_object_rule = resolve_multi_object_rule(multi_object_rule, denominator)
         self.confidence_threshold = _check_threshold(confidence_threshold)
-        self.duplicate_iou = _check_duplicate_iou(duplicate_iou)
+        self.duplicate_iou = check_duplicate_iou(duplicate_iou)
         self.multi_object = multi_object
         self.gt_layout = gt_layout
         self.__name__ = name
@@ -270,7 +261,7 @@ class MaskReward:
         resolved = copy.copy(self)
         resolved.confidence_threshold = _check_threshold(threshold)
         if resolved.duplicate_iou is None:
-            resolved.duplicate_iou = _check_duplicate_iou(duplicate_iou)
+            resolved.duplicate_iou = check_duplicate_iou(duplicate_iou)
         return resolved
 
     def scores(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...answer_format import THINK_CLOSE, THINK_OPEN
+from ...prediction import check_duplicate_iou
 from ...presets import default_model_dir
 from ...training.losses import check_loss_option
 
@@ -145,8 +146,7 @@ class TinyRecipeConfig:
         for option in ("matching_source", "confidence_targets"):
             for name in (option, f"concept_{option}"):
                 check_loss_option(name, getattr(self, name), option)
-        if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
-            raise ValueError(f"duplicate_iou={self.duplicate_iou} must be an IoU in (0, 1] or None.")
+        check_duplicate_iou(self.duplicate_iou)
         for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
