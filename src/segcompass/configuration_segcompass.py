@@ -50,8 +50,10 @@ class SegCompassConfig(PreTrainedConfig):
             sequence, read by all K slots. ``"answer_items"``: slot k pools its own support set over the k-th item of
             the answer list and reads only that (:mod:`segcompass.modules.answer_items`), so which colour goes with
             which shape survives when the answer names several objects; ``concept_window`` is then unused.
+            ``"answer"``: one support set pooled over every item of the answer list, read by all K slots, so the
+            objects the reasoning mentioned and rejected stay out of it; ``concept_window`` is then unused.
         answer_item_token_ids (`list[int]`, *optional*): ``[open, separator, close]`` token ids that open, split
-            and close the answer list (``"answer_items"`` only, where they are required).
+            and close the answer list (``"answer"`` and ``"answer_items"`` only, where they are required).
         slot_embedding_dropout (`float`): in training mode, the probability of replacing a slot embedding e_k by
             zeros before Q_k = MLP([e_k ; r_k]) (default 0: the paper). The last-layer e_k sees the whole sequence
             and a slot mapper trained without it learns to ignore r_k; dropping e_k makes it use the concepts.
@@ -147,12 +149,12 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(
                 f"`concept_grouping` must be one of {list(CONCEPT_GROUPINGS)}, got {self.concept_grouping!r}."
             )
-        if self.concept_grouping == "answer_items" and (
+        if self.concept_grouping != "sequence" and (
             self.answer_item_token_ids is None or len(self.answer_item_token_ids) != 3
         ):
             raise ValueError(
-                "`concept_grouping='answer_items'` needs `answer_item_token_ids` = [open, separator, close] token ids "
-                f"(e.g. the ids of ':', ',' and '.'), got {self.answer_item_token_ids!r}."
+                f"`concept_grouping={self.concept_grouping!r}` needs `answer_item_token_ids` = [open, separator, "
+                f"close] token ids (e.g. the ids of ':', ',' and '.'), got {self.answer_item_token_ids!r}."
             )
         if not 0.0 <= self.slot_embedding_dropout < 1.0:
             raise ValueError(f"`slot_embedding_dropout` must be in [0, 1), got {self.slot_embedding_dropout}.")

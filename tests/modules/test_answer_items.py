@@ -1,11 +1,11 @@
 """Concepts grouped by answer item (``concept_grouping="answer_items"``): the item masks, and slot k reading item k
-only."""
+only; and one support set over the whole answer list (``concept_grouping="answer"``)."""
 
 import pytest
 import torch
 
 from segcompass import SegCompassConfig, SegCompassForReasoningSegmentation
-from segcompass.modules.answer_items import answer_item_masks, block_diagonal_provenance
+from segcompass.modules.answer_items import answer_item_masks, answer_mask, block_diagonal_provenance
 from segcompass.testing import tiny_segcompass_config
 
 OPEN, SEP, CLOSE, REF = 7, 8, 9, 100
@@ -32,6 +32,32 @@ def test_item_masks_fall_back_to_the_whole_sequence_in_slot_0():
     mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])
     groups = answer_item_masks(ids, mask, REF, (OPEN, SEP, CLOSE), num_slots=3)
     assert torch.equal(groups[:, 0], mask) and not groups[:, 1:].any()
+
+
+def test_item_masks_read_the_answer_before_the_last_reference_token():
+    # the prompt names REF too ("... output <REF_POS> after </think>"): the answer is the list before the last REF
+    ids = torch.tensor([[0, 11, REF, 12, 13, OPEN, 14, SEP, 15, 16, CLOSE, REF, 101, 102, 0]])
+    mask = torch.tensor([[0] + [1] * 13 + [0]])
+    groups = answer_item_masks(ids, mask, REF, (OPEN, SEP, CLOSE), num_slots=3)
+    assert [ids[0][groups[0, k].bool()].tolist() for k in range(3)] == [[14], [15, 16], []]
+    padded = ids.clone()
+    padded[0, -1] = REF  # a reference token on a padding position is not the answer's
+    assert torch.equal(answer_item_masks(padded, mask, REF, (OPEN, SEP, CLOSE), num_slots=3), groups)
+
+
+def test_answer_mask_is_every_item_and_falls_back_to_the_sequence():
+    ids = torch.tensor([
+        [11, REF, OPEN, 12, SEP, 13, SEP, 14, SEP, 15, CLOSE, REF, 101],  # four items: all of them, not only K
+        [11, 12, 13, SEP, 14, 15, 16, 17, 18, 19, 20, REF, 101],  # no open token: every valid token
+    ])
+    mask = torch.ones_like(ids)
+    mask[1, 0] = 0
+    kept = answer_mask(ids, mask, REF, (OPEN, SEP, CLOSE))
+    assert kept.dtype == mask.dtype and kept.shape == ids.shape
+    assert ids[0][kept[0].bool()].tolist() == [12, 13, 14, 15]
+    assert torch.equal(kept[1], mask[1])
+    union = answer_item_masks(ids[:1], mask[:1], REF, (OPEN, SEP, CLOSE), num_slots=4).amax(1)  # (1, T)
+    assert torch.equal(kept[:1], union)
 
 
 def test_block_diagonal_provenance():
@@ -100,10 +126,38 @@ def test_grouped_model_trains_and_round_trips(tmp_path):
     torch.testing.assert_close(a.mask_logits, b.mask_logits)
 
 
+def test_answer_grouping_pools_one_support_set_over_the_answer_list():
+    """``concept_grouping="answer"``: every slot reads one support set, pooled over the answer's items only; the
+    reasoning before the list (a rejected candidate) does not reach the masks."""
+    torch.manual_seed(0)
+    config = tiny_segcompass_config(num_slots=3, concept_grouping="answer", answer_item_token_ids=[OPEN, SEP, CLOSE],
+                                    slot_query_inputs="concepts")
+    model = SegCompassForReasoningSegmentation(config).eval()
+    ids, mask = _inputs(model)  # items: tokens 4-5 and 7-9; tokens 0-2 are the reasoning before the list
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        states = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        hook, last = states[model.config.sae_config.hook_layer], states[-1]
+        out = model.segment_from_hidden_states(ids, mask, hook, last, embeddings)
+        noise = 3 * torch.randn(3, hook.shape[-1], generator=torch.Generator().manual_seed(1))
+        before_list, in_list = hook.clone(), hook.clone()
+        before_list[0, 0:3] += noise
+        in_list[0, 7:10] += noise
+        unchanged = model.segment_from_hidden_states(ids, mask, before_list, last, embeddings)
+        changed = model.segment_from_hidden_states(ids, mask, in_list, last, embeddings)
+    n = model.config.max_concepts
+    assert out.concept_indices.shape == (1, n) and out.slot_concept_attention.shape == (1, 3, n)
+    tokens = (out.concept_token_activations[0] != 0).any(-1)  # (T,) tokens any kept concept is read on
+    assert set(tokens.nonzero().flatten().tolist()) <= {4, 5, 7, 8, 9} and tokens.any()
+    torch.testing.assert_close(unchanged.mask_logits, out.mask_logits, rtol=0, atol=0)
+    assert not torch.allclose(changed.heatmap_logits, out.heatmap_logits)
+
+
 @pytest.mark.parametrize("overrides,match", [
     (dict(concept_grouping="phrases"), "concept_grouping"),
     (dict(concept_grouping="answer_items"), "answer_item_token_ids"),
     (dict(concept_grouping="answer_items", answer_item_token_ids=[1, 2]), "answer_item_token_ids"),
+    (dict(concept_grouping="answer"), "answer_item_token_ids"),
 ])
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):

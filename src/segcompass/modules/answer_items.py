@@ -4,15 +4,16 @@ The paper pools one support set S(z) over the whole prompt + reasoning and lets 
 answer names several objects ("target : small yellow diamond at top right , big red circle at center ."), that bag
 no longer says which colour goes with which kind or place, and the words of the reasoning's other sentences (the
 reference object, the candidates it rejected) are in it too. With ``SegCompassConfig.concept_grouping =
-"answer_items"`` the answer list (the tokens after the last *open* token before the reference token, up to the next
-*close* token) is split at the *separator* tokens, and slot k pools its own support set over the tokens of item k:
+"answer_items"`` the answer list (the tokens after the last *open* token before the last reference token, up to the
+next *close* token) is split at the *separator* tokens, and slot k pools its own support set over the tokens of item k:
 the k-th slot's concepts, heatmap and mask then come from the k-th named object, and the provenance of a slot is the
 words of that one item.
 
 Which tokens open, separate and close the list is ``SegCompassConfig.answer_item_token_ids`` (``[open, separator,
 close]``; ``:``, ``,`` and ``.`` in the synthetic reasoning). A sequence without an open token (a malformed answer)
 falls back to the paper's pooling for slot 0 (every valid token) and no concepts for the other slots. Items past the
-K-th are not read.
+K-th are not read. ``concept_grouping = "answer"`` keeps one support set for all slots, pooled over every item of the
+list (:func:`answer_mask`): the objects the reasoning mentioned and rejected stay out of it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,29 @@ import torch
 
 from ..sae.outputs import PooledConcepts
 
-CONCEPT_GROUPINGS = ("sequence", "answer_items")
-"""``SegCompassConfig.concept_grouping``: one support set over the sequence (the paper) or one per answer item."""
+CONCEPT_GROUPINGS = ("sequence", "answer", "answer_items")
+"""``SegCompassConfig.concept_grouping``: one support set over the sequence (the paper), one over the answer list, or
+one per answer item."""
+
+
+def _answer_list(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_token_id: int,
+                 item_token_ids: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The answer list's tokens: ``span`` `(B, T)` bool (separators included), ``separators`` `(B, T)` bool and
+    ``found`` `(B,)` bool (False when the sequence has no open token before the reference token)."""
+    open_id, separator_id, close_id = item_token_ids
+    batch, length = input_ids.shape
+    valid = attention_mask.bool()  # (B, T)
+    position = torch.arange(length, device=input_ids.device).expand(batch, -1)  # (B, T)
+    is_ref = (input_ids == ref_token_id) & valid  # the prompt may name the token too: the answer ends at the last
+    ref_at = torch.where(is_ref.any(1), torch.where(is_ref, position, -1).amax(1), length)  # (B,) last one, else T
+    before_ref = position < ref_at[:, None]  # (B, T)
+    opens = (input_ids == open_id) & before_ref & valid
+    open_at = torch.where(opens, position, -1).amax(1)  # (B,) last open token, -1 when none
+    after_open = position > open_at[:, None]
+    closes = (input_ids == close_id) & after_open & before_ref
+    close_at = torch.where(closes, position, length).amin(1).minimum(ref_at)  # (B,) first close after the open
+    span = after_open & (position < close_at[:, None]) & valid  # (B, T) the answer list
+    return span, (input_ids == separator_id) & span, open_at >= 0
 
 
 def answer_item_masks(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_token_id: int,
@@ -31,8 +53,9 @@ def answer_item_masks(input_ids: torch.LongTensor, attention_mask: torch.Tensor,
 
     Args:
         input_ids (`(B, T)`); attention_mask (`(B, T)`): 1 on valid tokens (holes allowed; they belong to no item).
-        ref_token_id (`int`): the reference token; the answer list is looked for before its first occurrence (the
-            whole sequence when it is absent).
+        ref_token_id (`int`): the reference token; the answer list is looked for before its last valid occurrence
+            (the one that ends the reasoning: a prompt may also name the token), or in the whole sequence when it is
+            absent.
         item_token_ids (`(open, separator, close)` ints): the list starts after the last ``open`` token before the
             reference token and ends at the first ``close`` token after that (or at the reference token); items are
             split at ``separator`` tokens, which belong to no item.
@@ -42,28 +65,28 @@ def answer_item_masks(input_ids: torch.LongTensor, attention_mask: torch.Tensor,
         `(B, K, T)` masks in ``attention_mask``'s dtype: 1 where token t belongs to item k. A sequence with no open
         token gets every valid token in slot 0 and nothing in the others.
     """
-    open_id, separator_id, close_id = item_token_ids
-    batch, length = input_ids.shape
-    valid = attention_mask.bool()  # (B, T)
-    position = torch.arange(length, device=input_ids.device).expand(batch, -1)  # (B, T)
-    is_ref = input_ids == ref_token_id
-    ref_at = torch.where(is_ref.any(1), is_ref.float().argmax(1), length)  # (B,) first reference token, else T
-    before_ref = position < ref_at[:, None]  # (B, T)
-    opens = (input_ids == open_id) & before_ref & valid
-    open_at = torch.where(opens, position, -1).amax(1)  # (B,) last open token, -1 when none
-    after_open = position > open_at[:, None]
-    closes = (input_ids == close_id) & after_open & before_ref
-    close_at = torch.where(closes, position, length).amin(1).minimum(ref_at)  # (B,) first close after the open
-    span = after_open & (position < close_at[:, None]) & valid  # (B, T) the answer list
-    separators = (input_ids == separator_id) & span
+    span, separators, found = _answer_list(input_ids, attention_mask, ref_token_id, item_token_ids)
     item = separators.long().cumsum(1)  # (B, T) index of the item each token is in
     in_item = span & ~separators
     slots = torch.arange(num_slots, device=input_ids.device)
     groups = in_item[:, None, :] & (item[:, None, :] == slots[None, :, None])  # (B, K, T)
     fallback = torch.zeros_like(groups)
-    fallback[:, 0] = valid  # the paper's pooling in slot 0 when no list was found
-    groups = torch.where((open_at >= 0)[:, None, None], groups, fallback)  # (B, K, T)
+    fallback[:, 0] = attention_mask.bool()  # the paper's pooling in slot 0 when no list was found
+    groups = torch.where(found[:, None, None], groups, fallback)  # (B, K, T)
     return groups.to(attention_mask.dtype)
+
+
+def answer_mask(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_token_id: int,
+                item_token_ids: tuple[int, int, int]) -> torch.Tensor:
+    """The tokens of every answer item (``concept_grouping="answer"``): the list of :func:`answer_item_masks`
+    without its separators, all items (not only the first K). A sequence with no open token keeps every valid token.
+
+    Returns:
+        `(B, T)` mask in ``attention_mask``'s dtype.
+    """
+    span, separators, found = _answer_list(input_ids, attention_mask, ref_token_id, item_token_ids)
+    items = span & ~separators  # (B, T)
+    return torch.where(found[:, None], items, attention_mask.bool()).to(attention_mask.dtype)
 
 
 def flatten_groups(concepts: PooledConcepts, batch: int, num_slots: int) -> PooledConcepts:
@@ -94,4 +117,4 @@ def block_diagonal_provenance(provenance: torch.Tensor) -> torch.Tensor:
     return (eye[None, :, :, None] * provenance[:, :, None, :]).reshape(batch, num_slots, num_slots * n)
 
 
-__all__ = ["CONCEPT_GROUPINGS", "answer_item_masks", "block_diagonal_provenance", "flatten_groups"]
+__all__ = ["CONCEPT_GROUPINGS", "answer_item_masks", "answer_mask", "block_diagonal_provenance", "flatten_groups"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..sae.outputs import PooledConcepts
-from .answer_items import answer_item_masks, block_diagonal_provenance, flatten_groups
+from .answer_items import answer_item_masks, answer_mask, block_diagonal_provenance, flatten_groups
 from .concept_interface import SparseConceptInterface, last_activation_distance
 
 
@@ -38,7 +38,9 @@ def concept_path(
     grouped = grouping == "answer_items"
     batch, num_slots = input_ids.shape[0], interface.num_slots
     concept_mask = attention_mask  # (B, T)
-    if grouped:
+    if grouping == "answer":  # one support set over the whole answer list (every valid token when there is none)
+        concept_mask = answer_mask(input_ids, attention_mask, ref_token_id, item_token_ids)  # (B, T)
+    elif grouped:
         concept_mask = answer_item_masks(input_ids, attention_mask, ref_token_id, item_token_ids,
                                          num_slots).flatten(0, 1)  # (B*K, T)
         hook_states = hook_states.repeat_interleave(num_slots, dim=0)  # (B*K, T, D)
@@ -51,7 +53,7 @@ def concept_path(
     )  # indices/values/mask (R, N), token_activations (R, T, N), pooled (R, d_sae); R = B or B*K
     if centered and interface.training:  # the heads' mode (GRPO switches the heads, not this module)
         interface.update_baseline(concepts.pooled[concept_mask.bool().any(1)] if grouped else concepts.pooled)
-    distances = last_activation_distance(concepts.active, concept_mask if grouped else attention_mask)  # (R, N)
+    distances = last_activation_distance(concepts.active, attention_mask if grouping == "sequence" else concept_mask)
     if not grouped:
         concept_slots, provenance = interface(concepts.indices, concepts.values, concepts.mask, distances)
         return concepts, concept_slots, provenance
