@@ -125,13 +125,23 @@ def _concept_summary(metrics: dict) -> str:
     stage, c = metrics.get("concept_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
         return "not run (`concept_steps=0`): the slot queries read e_k and r_k, as in the paper."
-    return (f"the slot queries switch to the concepts alone (`slot_query_inputs=\"concepts\"`, Q_k = MLP([0 ; r_k])) "
-            f"and the heads and SAM's encoder train {stage['steps']} steps × batch {c['batch_size']} on the frozen "
-            f"backbone (segmentation losses only, matching on the "
+    grouping = c.get("concept_grouping", "sequence")
+    pooled = "" if grouping == "sequence" else f", pooled over {_CONCEPT_SPANS[grouping]}"
+    return (f"the slot queries switch to the concepts alone (`slot_query_inputs=\"concepts\"`, Q_k = MLP([0 ; r_k])"
+            f"{pooled}) and the heads and SAM's encoder train {stage['steps']} steps × batch {c['batch_size']} on "
+            f"the frozen backbone (segmentation losses only, matching on the "
             f"{_MATCHED_ON[c.get('concept_matching_source', 'heatmap')]}, confidence targets "
             f"`{c.get('concept_confidence_targets', 'matched')}`; generated reasoning with probability "
             f"{c['generated_share']}). "
             f"Final: seg {format_metric(stage.get('seg'))}, matched soft IoU {format_metric(stage.get('matched_iou'))}.")
+
+
+_CONCEPT_SPANS = {
+    "sequence": "the prompt and the reasoning (`concept_grouping=\"sequence\"`, the paper)",
+    "answer": "the answer list only (the objects named after `target :`; `concept_grouping=\"answer\"`)",
+    "answer_items": "each answer item apart, one support set per slot (`concept_grouping=\"answer_items\"`)",
+}
+"""Where the support set S(z) is pooled, per ``concept_grouping``, in the card's words."""
 
 
 def _slot_query_description(metrics: dict) -> str:
@@ -148,17 +158,31 @@ def _continuation(metrics: dict) -> str:
     text = ""
     earlier = metrics.get("continued_from")
     if earlier:
-        text += (f" This checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
-                 f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that run's), "
-                 f"then stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
-                 f"({earlier['this_run_s'] / 60:.1f} min). `segcompass train-tiny OUTPUT_DIR` runs every stage in one "
-                 "go.")
-        concept = earlier.get("earlier_concept_stage")
-        if concept:
-            text += (f" The earlier run had also run a concept stage ({concept['steps']} steps, matching on the "
-                     f"{_MATCHED_ON[concept['matching_source']]}, confidence targets "
-                     f"`{concept['confidence_targets']}`), so these heads trained through two concept stages; the "
-                     "one-go command runs one.")
+        runs = earlier.get("runs", 2)
+        if runs == 2:
+            text += (f" This checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
+                     f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that "
+                     "run's), then stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
+                     f"({earlier['this_run_s'] / 60:.1f} min).")
+        else:
+            text += (f" This checkpoint was made in {runs} runs of this recipe: stages 0-4 by the first (their metrics "
+                     "and timings above are that run's), then each later run continued the one before it from stage "
+                     "4b on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
+                     f"{earlier['this_run_s'] / 60:.1f} min, the wall time above sums all {runs}).")
+        text += " `segcompass train-tiny OUTPUT_DIR` runs every stage in one go."
+        stages = earlier.get("earlier_concept_stages") or (
+            [earlier["earlier_concept_stage"]] if earlier.get("earlier_concept_stage") else [])
+        if stages:
+            described = "; ".join(
+                f"{stage['steps']} steps, matching on the {_MATCHED_ON[stage['matching_source']]}, confidence "
+                f"targets `{stage['confidence_targets']}`, concepts pooled over "
+                f"{_CONCEPT_SPANS[stage.get('concept_grouping', 'sequence')]}" for stage in stages)
+            if len(stages) == 1:
+                text += (f" The earlier run had also run a concept stage ({described}), so these heads trained "
+                         "through two concept stages; the one-go command runs one.")
+            else:
+                text += (f" The earlier runs had also run {len(stages)} concept stages ({described}), so these heads "
+                         f"trained through {len(stages) + 1} concept stages; the one-go command runs one.")
     retuned = metrics.get("threshold_retuned")
     if retuned:
         text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "
@@ -185,6 +209,7 @@ def render_model_card(metrics: dict) -> str:
         d_sae=c["sae_expansion"] * c["text_hidden_size"],
         concept_selection=metrics.get("model_config", {}).get("concept_selection", "centered"),
         concept_value_embedding=metrics.get("model_config", {}).get("concept_value_embedding", "log"),
+        concept_span=_CONCEPT_SPANS[metrics.get("model_config", {}).get("concept_grouping", "sequence")],
         grid=grid, mask_grid=4 * grid,
         num_parameters_m=f"{metrics['num_parameters'] / 1e6:.2f}",
         command=command, smoke=metrics["smoke"], seed=metrics["seed"], processes=processes,

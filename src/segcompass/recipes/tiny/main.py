@@ -80,7 +80,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a
             stage to a finished run without repeating the hour before it. The saved model is the earlier run's last
             one: when that run had a concept stage of its own, the new one trains on top of it, and
-            ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so.
+            ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so; a continued run may be
+            continued again (``"runs"`` and ``"earlier_concept_stages"`` then cover the whole chain).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -206,20 +207,15 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
-            "slot_query_inputs", "confidence_threshold", "duplicate_iou")},
+            "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
+            "duplicate_iou")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
-        earlier = sum(v for k, v in previous["timings_s"].items() if k != "total")
-        metrics["continued_from"] = {"path": str(continue_from), "stages_carried_over": [
-            "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
-            "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": metrics["timings_s"]["total"]}
-        earlier_concept = previous.get("concept_stage") or {}
-        if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
-            earlier_config = previous["config"]
-            metrics["continued_from"]["earlier_concept_stage"] = earlier_concept | {
-                "matching_source": earlier_config.get("concept_matching_source", "heatmap"),
-                "confidence_targets": earlier_config.get("concept_confidence_targets", "matched")}
+        metrics["continued_from"] = _continuation_record(continue_from, previous, metrics["timings_s"]["total"])
+        earlier_chain = previous.get("continued_from")
+        earlier = (previous["timings_s"]["total"] if earlier_chain  # already counts the runs before it
+                   else sum(v for k, v in previous["timings_s"].items() if k != "total"))
         metrics["timings_s"]["total"] = round(metrics["timings_s"]["total"] + earlier, 1)
     write_json_atomic(output_dir / "metrics.json", metrics)
     write_text_atomic(output_dir / "README.md", render_model_card(metrics))
@@ -266,8 +262,30 @@ REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "duplicate_io
                        "max_new_tokens")
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
 
+def _continuation_record(continue_from, previous: dict, this_run_s: float) -> dict:
+    """``metrics["continued_from"]``: the earlier run, how many runs made the checkpoint, and every concept stage its
+    heads went through before this run's (earliest first), through a chain of continued runs."""
+    record = {"path": str(continue_from), "stages_carried_over": [
+        "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
+        "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s}
+    chain = previous.get("continued_from") or {}
+    stages = list(chain.get("earlier_concept_stages") or
+                  ([chain["earlier_concept_stage"]] if chain.get("earlier_concept_stage") else []))
+    earlier_concept = previous.get("concept_stage") or {}
+    if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
+        earlier_config = previous["config"]
+        record["earlier_concept_stage"] = earlier_concept | {
+            "matching_source": earlier_config.get("concept_matching_source", "heatmap"),
+            "confidence_targets": earlier_config.get("concept_confidence_targets", "matched"),
+            "concept_grouping": earlier_config.get("concept_grouping", "sequence")}
+        stages.append(record["earlier_concept_stage"])
+    record["earlier_concept_stages"] = stages
+    record["runs"] = chain.get("runs", 2 if chain else 1) + 1
+    return record
+
+
 CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
-                                             "grpo_steps", "generated_pool")
+                                             "concept_grouping", "grpo_steps", "generated_pool")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 

@@ -269,10 +269,14 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
     """Stage e'': the slot queries switch to the concepts alone (``slot_query_inputs="concepts"``) and the heads and
     SAM's encoder train for ``config.concept_steps`` steps on the frozen backbone (:func:`joint_training` without the
     LM loss or the probe; ``generated_share`` of the pooled samples with their generated reasoning; the concept stage's
-    own matching source and confidence targets). The backbone's ``requires_grad`` flags are restored afterwards."""
+    own matching source, confidence targets and ``concept_grouping``). The backbone's ``requires_grad`` flags are
+    restored afterwards."""
     if config.concept_steps <= 0:
         return {"steps": 0}
     model.config.slot_query_inputs = "concepts"
+    if config.concept_grouping != "sequence":
+        model.config.answer_item_token_ids = answer_item_token_ids(processor)
+    model.config.concept_grouping = config.concept_grouping
     flags = {name: p.requires_grad for name, p in model.backbone.named_parameters()}
     model.backbone.requires_grad_(False)
     try:
@@ -283,6 +287,16 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
     finally:
         for name, param in model.backbone.named_parameters():
             param.requires_grad_(flags[name])
+
+
+def answer_item_token_ids(processor) -> list[int]:
+    """``[open, separator, close]`` of the synthetic reasoning's answer list (``target : a , b .``): the ids of
+    ``:``, ``,`` and ``.`` in the recipe's word-level tokenizer."""
+    ids = processor.tokenizer.convert_tokens_to_ids([":", ",", "."])
+    unknown = processor.tokenizer.unk_token_id
+    if any(i is None or i == unknown for i in ids):
+        raise ValueError(f"The tokenizer lacks one of ':', ',', '.' (ids {ids}); the answer list cannot be found.")
+    return list(ids)
 
 
 def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, work_dir: Path, seed: int) -> dict:
