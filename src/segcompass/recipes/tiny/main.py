@@ -262,6 +262,7 @@ REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "duplicate_io
                        "max_new_tokens")
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
 
+
 def _continuation_record(continue_from, previous: dict, this_run_s: float) -> dict:
     """``metrics["continued_from"]``: the earlier run, how many runs made the checkpoint, and every concept stage its
     heads went through before this run's (earliest first), through a chain of continued runs."""
