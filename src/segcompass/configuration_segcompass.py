@@ -6,7 +6,7 @@ from transformers import AutoConfig, PreTrainedConfig, SamConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .answer_format import DEFAULT_REF_TOKEN, DEFAULT_SLOT_TOKEN_TEMPLATE, slot_token_strings
-from .modules.answer_items import CONCEPT_GROUPINGS
+from .modules.answer_items import check_concept_grouping
 from .modules.concept_interface import VALUE_EMBEDDINGS
 from .prediction import check_duplicate_iou
 from .sae import SparseAutoencoderConfig
@@ -145,10 +145,7 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(f"`concept_pooling` must be one of {list(POOLINGS)}, got {self.concept_pooling!r}.")
         if self.concept_window is not None and self.concept_window < 1:
             raise ValueError(f"`concept_window` must be None or >= 1 tokens, got {self.concept_window}.")
-        if self.concept_grouping not in CONCEPT_GROUPINGS:
-            raise ValueError(
-                f"`concept_grouping` must be one of {list(CONCEPT_GROUPINGS)}, got {self.concept_grouping!r}."
-            )
+        check_concept_grouping(self.concept_grouping)
         if self.concept_grouping != "sequence" and (
             self.answer_item_token_ids is None or len(self.answer_item_token_ids) != 3
         ):

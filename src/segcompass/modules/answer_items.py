@@ -27,6 +27,14 @@ CONCEPT_GROUPINGS = ("sequence", "answer", "answer_items")
 one per answer item."""
 
 
+def check_concept_grouping(grouping: str) -> str:
+    """``grouping`` if it is one of :data:`CONCEPT_GROUPINGS`, else a ValueError naming it and the choices. The one
+    check of ``SegCompassConfig.concept_grouping`` and ``TinyRecipeConfig.concept_grouping``."""
+    if grouping not in CONCEPT_GROUPINGS:
+        raise ValueError(f"`concept_grouping` must be one of {list(CONCEPT_GROUPINGS)}, got {grouping!r}.")
+    return grouping
+
+
 def _answer_list(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_token_id: int,
                  item_token_ids: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The answer list's tokens: ``span`` `(B, T)` bool (separators included), ``separators`` `(B, T)` bool and
@@ -117,4 +125,5 @@ def block_diagonal_provenance(provenance: torch.Tensor) -> torch.Tensor:
     return (eye[None, :, :, None] * provenance[:, :, None, :]).reshape(batch, num_slots, num_slots * n)
 
 
-__all__ = ["CONCEPT_GROUPINGS", "answer_item_masks", "answer_mask", "block_diagonal_provenance", "flatten_groups"]
+__all__ = ["CONCEPT_GROUPINGS", "answer_item_masks", "answer_mask", "block_diagonal_provenance", "check_concept_grouping",
+           "flatten_groups"]

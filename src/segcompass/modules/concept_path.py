@@ -1,8 +1,8 @@
 """The concept path from the SAE's hook-layer states to the K concept representations r_k (paper eq. 4, §3.2).
 
-One support set S(z) per sample (``grouping="sequence"``, the paper; optionally over the last ``window`` tokens) or
-one per answer item (``grouping="answer_items"``, :mod:`segcompass.modules.answer_items`), then the concept
-interface. Shared by every forward of [`SegCompassForReasoningSegmentation`] (pipeline, training, GRPO scoring).
+One support set S(z) per sample (``grouping="sequence"``, the paper; optionally over the last ``window`` tokens), one
+over the answer list (``grouping="answer"``) or one per answer item (``grouping="answer_items"``; both in
+:mod:`segcompass.modules.answer_items`), then the concept interface. Shared by every forward of [`SegCompassForReasoningSegmentation`] (pipeline, training, GRPO scoring).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def concept_path(
         sae: the frozen [`SparseAutoencoder`] (its :meth:`pooled_concepts` selects and pools).
         interface: the [`SparseConceptInterface`] (K = ``interface.num_slots``).
         input_ids / attention_mask (`(B, T)`); hook_states (`(B, T, D)`): the SAE's hook-layer states.
-        grouping (`str`): ``"sequence"`` or ``"answer_items"``; item_token_ids / ref_token_id: see
-            :func:`answer_item_masks` (``"answer_items"`` only).
+        grouping (`str`): ``"sequence"``, ``"answer"`` or ``"answer_items"``; item_token_ids / ref_token_id: see
+            :func:`answer_item_masks` (``"answer"`` and ``"answer_items"`` only).
         window (`int`, *optional*): ``"sequence"`` only: pool over the last ``window`` valid tokens.
         threshold / top_n / pooling: τ, N and the pooling of :meth:`SparseAutoencoder.pooled_concepts`.
         centered (`bool`): rank by pooled activation minus the interface's running baseline (updated in training).

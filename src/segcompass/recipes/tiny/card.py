@@ -153,6 +153,15 @@ def _slot_query_description(metrics: dict) -> str:
             "in training")
 
 
+def earlier_concept_stages(continued_from: dict) -> list[dict]:
+    """The concept stages a continued run's checkpoint went through before its own, earliest first, from its
+    ``metrics["continued_from"]`` (a record written before chains were recorded holds only the last one)."""
+    if continued_from.get("earlier_concept_stages") is not None:
+        return list(continued_from["earlier_concept_stages"])
+    last = continued_from.get("earlier_concept_stage")
+    return [last] if last else []
+
+
 def _continuation(metrics: dict) -> str:
     """How the checkpoint was made when it took more than one ``train-tiny`` call (continued, threshold re-tuned)."""
     text = ""
@@ -170,8 +179,7 @@ def _continuation(metrics: dict) -> str:
                      "4b on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
                      f"{earlier['this_run_s'] / 60:.1f} min, the wall time above sums all {runs}).")
         text += " `segcompass train-tiny OUTPUT_DIR` runs every stage in one go."
-        stages = earlier.get("earlier_concept_stages") or (
-            [earlier["earlier_concept_stage"]] if earlier.get("earlier_concept_stage") else [])
+        stages = earlier_concept_stages(earlier)
         if stages:
             described = "; ".join(
                 f"{stage['steps']} steps, matching on the {_MATCHED_ON[stage['matching_source']]}, confidence "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...answer_format import THINK_CLOSE, THINK_OPEN
-from ...modules.answer_items import CONCEPT_GROUPINGS
+from ...modules.answer_items import check_concept_grouping
 from ...prediction import check_duplicate_iou
 from ...presets import default_model_dir
 from ...training.losses import check_loss_option
@@ -152,8 +152,7 @@ class TinyRecipeConfig:
             for name in (option, f"concept_{option}"):
                 check_loss_option(name, getattr(self, name), option)
         check_duplicate_iou(self.duplicate_iou)
-        if self.concept_grouping not in CONCEPT_GROUPINGS:
-            raise ValueError(f"concept_grouping={self.concept_grouping!r} must be one of {list(CONCEPT_GROUPINGS)}.")
+        check_concept_grouping(self.concept_grouping)
         for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")

@@ -18,7 +18,7 @@ from ...training.freezing import freeze_backbone_through_hook_layer, train_token
 from ...utils.io import save_pretrained_atomic, write_json_atomic, write_text_atomic
 from ...utils.logging import get_logger
 from .build import build_tiny_model_and_processor
-from .card import render_model_card
+from .card import earlier_concept_stages, render_model_card
 from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
@@ -270,8 +270,7 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float) -> di
         "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
         "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s}
     chain = previous.get("continued_from") or {}
-    stages = list(chain.get("earlier_concept_stages") or
-                  ([chain["earlier_concept_stage"]] if chain.get("earlier_concept_stage") else []))
+    stages = earlier_concept_stages(chain)
     earlier_concept = previous.get("concept_stage") or {}
     if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
         earlier_config = previous["config"]
