@@ -281,6 +281,11 @@ def test_rescore_rethreshold_and_missing(tmp_path):
     (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records.values()))
     deduplicated = rescore(out, gt, threshold=0.2, write=False)  # "a" predicts row 0 only again: IoU 1/2
     assert deduplicated["metrics"]["ciou"] == pytest.approx((4 + 4 + 0 + 0 + 4) / (8 + 12 + 0 + 2 + 4))
+    # a record made with an instance limit (its answer named one object) keeps the limit when re-thresholded
+    records["a"].update(duplicate_iou=None, max_instances=1, slot_masks=[encode_rle(slot0), encode_rle(slot1)])
+    (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    limited = rescore(out, gt, threshold=0.2, write=False)  # slot 1 passes 0.2 but the answer named one object
+    assert limited["metrics"]["ciou"] == pytest.approx(deduplicated["metrics"]["ciou"])
 
     kept = [r for r in records.values() if r["sample_id"] != "b"]
     (out / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segcompass.prediction import drop_duplicate_slots, keep_and_union, kept_instances, kept_slots
+from segcompass.prediction import drop_duplicate_slots, instance_limit, keep_and_union, kept_instances, kept_slots
 
 
 def masks():
@@ -79,3 +79,35 @@ def test_duplicate_slots_are_dropped_most_confident_first():
     assert kept_instances(m, scores, 0.5, 0.75) == [1, 2, 3] and kept_instances(None, scores, 0.5) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="kept_instances"):
         drop_duplicate_slots(m, scores, [0, 1], None)
+
+
+def test_max_instances_keeps_the_most_confident_after_the_threshold_and_the_copies():
+    """``max_instances`` (the answer's object count, ``config.limit_instances_to_answer``) keeps at most that many of
+    the slots the threshold and the duplicate rule leave, the most confident first, returned ascending."""
+    m = masks()
+    scores = [0.6, 0.9, 0.7]
+    assert kept_instances(m, scores, 0.5, max_instances=2) == [1, 2]
+    assert kept_instances(m, scores, 0.5, max_instances=1) == [1]
+    assert kept_instances(m, scores, 0.5, max_instances=5) == [0, 1, 2] == kept_instances(m, scores, 0.5)
+    assert kept_instances(m, scores, 0.65, max_instances=2) == [1, 2]  # below the threshold: never kept
+    assert kept_instances(m, [0.8, 0.8, 0.2], 0.5, max_instances=1) == [0]  # a tie: the lower index
+    union, kept = keep_and_union(m, scores, 0.5, max_instances=0)
+    assert kept == [] and not union.any()  # "target : ." names nothing: no target
+    copy = np.stack([m[0], m[0], m[2]])
+    assert kept_instances(copy, [0.9, 0.8, 0.6], 0.5, 0.5, max_instances=2) == [0, 2]  # the copy goes first
+    t_union, t_kept = keep_and_union(torch.from_numpy(m), torch.tensor(scores), 0.5, max_instances=1)
+    assert t_kept == [1] and t_union.sum() == 1 and bool(t_union[1, 1])
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="max_instances"):
+            kept_instances(m, scores, 0.5, max_instances=bad)
+
+
+def test_instance_limit_reads_one_sample_of_the_model_outputs():
+    limits = torch.tensor([2, -1, 0])
+    assert [instance_limit(limits, b) for b in range(3)] == [2, None, 0]
+    assert instance_limit(None, 1) is None and instance_limit(None) is None  # the option off: no limits at all
+    assert instance_limit(3) == 3 and instance_limit(np.int64(1)) == 1 and instance_limit(torch.tensor(4)) == 4
+    with pytest.raises(ValueError, match="one count per sample"):
+        instance_limit(limits)
+    with pytest.raises(ValueError, match="int or None"):
+        instance_limit(2.0)

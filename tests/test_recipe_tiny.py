@@ -25,6 +25,8 @@ def test_config_rejects_bad_sizes():
         TinyRecipeConfig(hook_layer=9)
     with pytest.raises(ValueError, match=r"`duplicate_iou` must be None .* got 1\.5"):
         TinyRecipeConfig(duplicate_iou=1.5)
+    with pytest.raises(ValueError, match="limit_instances_to_answer='no' must be True or False"):
+        TinyRecipeConfig(limit_instances_to_answer="no")
 
 
 def test_unknown_override_is_named(tmp_path):
@@ -150,6 +152,10 @@ def test_readme_main_command_segments_the_example(tmp_path, capsys):
     assert written.size[0] == 96 * 4 and written.size[1] >= 96 * 4
 
 
+def saved_config(directory) -> dict:
+    return json.loads((directory / "config.json").read_text())
+
+
 def test_train_tiny_command_line(tmp_path, capsys):
     from segcompass.cli import main
 
@@ -186,6 +192,23 @@ def test_train_tiny_command_line(tmp_path, capsys):
     saved = json.loads((out / "config.json").read_text())["confidence_threshold"]
     assert saved == retuned["confidence_threshold"] == retuned["model_config"]["confidence_threshold"]
     assert retuned["threshold_retuned"]["validation_samples"] == retuned["config"]["num_validation"]
+    # the answer's object count limits the kept slots (the default), saved with the item token ids it reads
+    assert saved_config(out)["limit_instances_to_answer"] is True and saved_config(out)["answer_item_token_ids"]
+    assert retuned["model_config"]["limit_instances_to_answer"] is True
+    assert "at most as many as the answer names objects" in (out / "README.md").read_text()
+    assert main(["train-tiny", str(out), "--evaluate-only", "--retune-threshold", "--set",
+                 "limit_instances_to_answer=false"]) == 0
+    unlimited = json.loads((out / "metrics.json").read_text())
+    assert saved_config(out)["limit_instances_to_answer"] is False
+    assert unlimited["model_config"]["limit_instances_to_answer"] is False
+    assert unlimited["threshold_retuned"]["limit_instances_to_answer"] is False
+    assert "at most as many as the answer names objects" not in (out / "README.md").read_text()
+    with pytest.raises(SystemExit) as exited:  # the prediction rule is saved into the checkpoint: only with retuning
+        main(["train-tiny", str(out), "--evaluate-only", "--set", "limit_instances_to_answer=true"])
+    assert exited.value.code == 2 and "with retune_threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["train-tiny", str(out), "--evaluate-only", "--retune-threshold", "--set", "limit_instances_to_answer=maybe"])
+    assert exited.value.code == 2 and "limit_instances_to_answer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:  # a training setting cannot be changed after training
         main(["train-tiny", str(out), "--evaluate-only", "--set", "joint_steps=9"])
     assert exited.value.code == 2 and "training settings need a new run" in capsys.readouterr().err

@@ -27,6 +27,9 @@ class SegCompassOutput(ModelOutput):
         concept_token_activations (`(B, T, N)`): each kept concept's activation at every token.
         slot_embeddings (`(B, K, D)`): e_k; concept_slots (`(B, K, d_c)`): r_k.
         image_embeddings (`(B, C, h, w)`): SAM image keys (reusable across instructions on the same image).
+        instance_limits (`(B,)` long, *optional*): with ``config.limit_instances_to_answer``, the most slots the
+            prediction keeps: how many objects the answer names (-1: no answer list, no limit); pass
+            ``instance_limit(instance_limits[b])`` as ``max_instances`` to :func:`segcompass.prediction.keep_and_union`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -43,6 +46,7 @@ class SegCompassOutput(ModelOutput):
     slot_embeddings: torch.FloatTensor | None = None
     concept_slots: torch.FloatTensor | None = None
     image_embeddings: torch.FloatTensor | None = None
+    instance_limits: torch.LongTensor | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .modeling_outputs import (  # re-exported: the outputs' home is modeling_ou
     SegCompassSegmentation,  # noqa: F401
     SegCompassSegmentationOutput,
 )
+from .modules.answer_items import answer_item_counts
 from .modules.concept_interface import SparseConceptInterface
 from .modules.concept_path import concept_path
 from .modules.mask_decoder import HeatmapMaskDecoder
@@ -344,7 +345,17 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             slot_embeddings=slot_embeddings,
             concept_slots=concept_slots,
             image_embeddings=image_embeddings,
+            instance_limits=self.instance_limits(input_ids, attention_mask),
         )
+
+    def instance_limits(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.LongTensor | None:
+        """`(B,)` the most slots each prediction keeps under ``config.limit_instances_to_answer``: how many objects
+        the answer list names (:func:`~segcompass.modules.answer_items.answer_item_counts`; -1 without a list), or
+        None when the option is off."""
+        if not self.config.limit_instances_to_answer:
+            return None
+        return answer_item_counts(input_ids, attention_mask, self.config.ref_token_id,
+                                  tuple(self.config.answer_item_token_ids))  # (B,)
 
     # ------------------------------------------------------------------ inference
     def build_scoring_inputs(

@@ -32,7 +32,7 @@ from transformers import AutoModel, Pipeline
 
 from .answer_format import unknown_words
 from .image_utils import load_image
-from .prediction import keep_and_union, slot_concepts
+from .prediction import instance_limit, keep_and_union, slot_concepts
 from .presets import default_model_dir, default_model_path
 from .utils.logging import get_logger
 from .utils.masks import mask_to_box
@@ -342,8 +342,9 @@ class ReasoningSegmentationPipeline(Pipeline):
         masks = result.masks[b].cpu().numpy()  # (K, H, W) bool
         heatmaps = result.heatmaps[b].float().cpu().numpy() if result.heatmaps is not None else None
         scores = result.confidences[b].float().cpu()
-        union, kept = keep_and_union(masks, scores, threshold,
-                                     duplicate_iou=self.model.config.duplicate_iou)  # (H, W) bool, kept slot indices
+        limits = getattr(out, "instance_limits", None)  # a batched pipeline rebuilds outputs without their None fields
+        union, kept = keep_and_union(masks, scores, threshold, duplicate_iou=self.model.config.duplicate_iou,
+                                     max_instances=instance_limit(limits, b))  # (H, W) bool, kept slot indices
         instances = []
         for slot in range(masks.shape[0]) if return_all_slots else kept:
             score = float(scores[slot])

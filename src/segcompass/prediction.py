@@ -3,7 +3,9 @@ union of their masks; no slot kept means "no target" (the LISA / gRefCOCO protoc
 ``duplicate_iou`` (``SegCompassConfig.duplicate_iou``; None, the paper, turns it off) a kept slot whose mask overlaps a
 more confident kept slot's mask with IoU >= ``duplicate_iou`` is dropped as a second copy of the same instance
 (:func:`drop_duplicate_slots`), so the instances are distinct objects; the union changes only by the copy's pixels
-outside the kept mask.
+outside the kept mask. With a ``max_instances`` (``SegCompassConfig.limit_instances_to_answer``: how many objects the
+answer names, the model's ``outputs.instance_limits``) only that many of the remaining slots are kept, the most
+confident first.
 
 Every consumer calls these two functions: the pipeline, the evaluation runner (records and re-scoring), the recipe's
 scoring, the GRPO trainer's logged rollout IoU, the mask reward (which keeps the same slots at the model's threshold
@@ -20,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_duplicate_iou", "drop_duplicate_slots", "keep_and_union", "kept_instances", "kept_slots",
-           "slot_concepts"]
+__all__ = ["check_duplicate_iou", "drop_duplicate_slots", "instance_limit", "keep_and_union", "kept_instances",
+           "kept_slots", "slot_concepts"]
 
 
 def _float64_list(confidences: Any) -> list[float]:
@@ -97,18 +99,43 @@ def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicat
     return sorted(retained)
 
 
-def kept_instances(masks: Any, confidences: Any, threshold: float, duplicate_iou: float | None = None) -> list[int]:
+def instance_limit(limits: Any, index: int | None = None) -> int | None:
+    """One sample's ``max_instances``: ``limits[index]`` of the model's ``outputs.instance_limits`` (``(B,)``, or None
+    when ``config.limit_instances_to_answer`` is off), or ``limits`` itself (an int, a one-element tensor or None) when
+    ``index`` is None. None (no limit) for None or a negative count (the answer had no list), else the count."""
+    if limits is None:
+        return None
+    value = limits[index] if index is not None else limits
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"An instance limit is one count per sample, got a tensor of shape {tuple(value.shape)}; "
+                             "pass outputs.instance_limits and the sample's index.")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"An instance limit must be an int or None, got {value!r}.")
+    return None if value < 0 else int(value)
+
+
+def kept_instances(masks: Any, confidences: Any, threshold: float, duplicate_iou: float | None = None,
+                   max_instances: int | None = None) -> list[int]:
     """The slots the prediction keeps, ascending: confidence ≥ ``threshold`` (:func:`kept_slots`), less the copies of
-    a more confident kept slot when ``duplicate_iou`` is given (:func:`drop_duplicate_slots`). ``masks``: ``(K, H, W)``
-    bool (read only with ``duplicate_iou``)."""
+    a more confident kept slot when ``duplicate_iou`` is given (:func:`drop_duplicate_slots`), then at most
+    ``max_instances`` of them, the most confident first (ties: lower index first; None: no limit, 0: none).
+    ``masks``: ``(K, H, W)`` bool (read only with ``duplicate_iou``)."""
     kept = kept_slots(confidences, threshold)
     if duplicate_iou is not None:
         kept = drop_duplicate_slots(masks, confidences, kept, duplicate_iou)
+    if max_instances is not None:
+        if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 0:
+            raise ValueError(f"`max_instances` must be None (no limit) or an int >= 0, got {max_instances!r}; "
+                             "convert outputs.instance_limits[b] with segcompass.prediction.instance_limit.")
+        scores = _float64_list(confidences)
+        kept = sorted(sorted(kept, key=lambda j: (-scores[j], j))[:int(max_instances)])
     return kept
 
 
 def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[int, int] | None = None,
-                   duplicate_iou: float | None = None) -> tuple[Any, list[int]]:
+                   duplicate_iou: float | None = None, max_instances: int | None = None) -> tuple[Any, list[int]]:
     """The prediction of one sample: the union of the kept slots' masks, and the kept slot indices.
 
     Args:
@@ -118,6 +145,8 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
         shape: ``(H, W)`` of the empty prediction when ``K == 0`` (default ``masks.shape[1:]``).
         duplicate_iou: drop kept slots that copy a more confident kept one (:func:`drop_duplicate_slots`); None
             (default) keeps every slot past the threshold.
+        max_instances: keep at most this many, the most confident first (:func:`kept_instances`); None (default):
+            no limit.
 
     Returns:
         ``(mask, kept)``: ``mask`` ``(H, W)`` bool of the same array type as ``masks`` (all False when no slot is
@@ -127,7 +156,7 @@ def keep_and_union(masks: Any, confidences: Any, threshold: float, shape: tuple[
         raise ValueError(f"masks must be (slots, H, W), got shape {tuple(masks.shape)}.")
     if len(confidences) != masks.shape[0]:
         raise ValueError(f"Got {masks.shape[0]} slot masks but {len(confidences)} confidences; pass one per slot.")
-    kept = kept_instances(masks, confidences, threshold, duplicate_iou)
+    kept = kept_instances(masks, confidences, threshold, duplicate_iou, max_instances)
     size = tuple(shape) if shape is not None else tuple(masks.shape[1:])
     if isinstance(masks, torch.Tensor):
         if kept:

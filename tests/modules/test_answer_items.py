@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from segcompass import SegCompassConfig, SegCompassForReasoningSegmentation
-from segcompass.modules.answer_items import answer_item_masks, answer_mask, block_diagonal_provenance
+from segcompass.modules.answer_items import (
+    answer_item_counts,
+    answer_item_masks,
+    answer_mask,
+    block_diagonal_provenance,
+)
 from segcompass.testing import tiny_segcompass_config
 
 OPEN, SEP, CLOSE, REF = 7, 8, 9, 100
@@ -58,6 +63,18 @@ def test_answer_mask_is_every_item_and_falls_back_to_the_sequence():
     assert torch.equal(kept[1], mask[1])
     union = answer_item_masks(ids[:1], mask[:1], REF, (OPEN, SEP, CLOSE), num_slots=4).amax(1)  # (1, T)
     assert torch.equal(kept[:1], union)
+
+
+def test_item_counts_are_the_objects_the_answer_names():
+    ids = torch.tensor([
+        [11, REF, OPEN, 12, 13, SEP, 14, SEP, 15, CLOSE, REF, 101],  # the prompt's REF comes first: three items
+        [0, 0, 0, 11, OPEN, 40, CLOSE, REF, 101, 102, 103, 104],  # "target : none ." names one (the word "none")
+        [0, 0, 0, 0, 0, 0, 11, OPEN, CLOSE, REF, 101, 102],  # an empty list names nothing
+        [0, 11, 12, SEP, 13, 14, 15, 16, 17, REF, 101, 102],  # no list at all: no count
+    ])
+    mask = (ids != 0).long()
+    counts = answer_item_counts(ids, mask, REF, (OPEN, SEP, CLOSE))
+    assert counts.dtype == torch.long and counts.tolist() == [3, 1, 0, -1]
 
 
 def test_block_diagonal_provenance():
@@ -158,6 +175,8 @@ def test_answer_grouping_pools_one_support_set_over_the_answer_list():
     (dict(concept_grouping="answer_items"), "answer_item_token_ids"),
     (dict(concept_grouping="answer_items", answer_item_token_ids=[1, 2]), "answer_item_token_ids"),
     (dict(concept_grouping="answer"), "answer_item_token_ids"),
+    (dict(limit_instances_to_answer=True), "limit_instances_to_answer=True` needs `answer_item_token_ids"),
+    (dict(limit_instances_to_answer="yes", answer_item_token_ids=[1, 2, 3]), "True or False"),
 ])
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -179,3 +198,34 @@ def test_pipeline_runs_on_a_grouped_checkpoint(tiny_checkpoint_factory):
     assert len(out["instances"]) == 3
     by_slot = {instance["slot"]: instance["concepts"] for instance in out["instances"]}
     assert len(by_slot[0]) == 3 and by_slot[1] == by_slot[2] == []
+
+
+def test_limited_model_returns_the_answer_counts_and_the_pipeline_keeps_that_many(tiny_checkpoint_factory):
+    """``limit_instances_to_answer``: ``outputs.instance_limits`` is the answer's item count, None when off; the
+    pipeline keeps at most that many slots even when every slot passes the threshold."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    config = tiny_segcompass_config(num_slots=3, answer_item_token_ids=[OPEN, SEP, CLOSE],
+                                    limit_instances_to_answer=True)
+    model = SegCompassForReasoningSegmentation(config).eval()
+    ids, mask = _inputs(model)  # two items
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64))
+    assert out.instance_limits.tolist() == [2]
+    model.config.limit_instances_to_answer = False
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=mask, sam_pixel_values=torch.zeros(1, 3, 64, 64)).instance_limits \
+            is None
+
+    directory = tiny_checkpoint_factory(num_slots=3, answer_item_token_ids=(7, 8, 9), limit_instances_to_answer=True)
+    pipe = pipeline("reasoning-segmentation", model=str(directory))
+    image = Image.fromarray(np.full((48, 80, 3), 127, np.uint8))
+    pipe.model.instance_limits = lambda input_ids, attention_mask: torch.ones(len(input_ids), dtype=torch.long)
+    result = pipe(image, "the red circle", max_new_tokens=6, threshold=0.0, return_all_slots=True)
+    scores = [instance["score"] for instance in result["instances"]]
+    assert [instance["kept"] for instance in result["instances"]] == [k == int(np.argmax(scores)) for k in range(3)]
+    pipe.model.instance_limits = lambda input_ids, attention_mask: None  # the option off: threshold 0 keeps all
+    assert all(i["kept"] for i in pipe(image, "the red circle", max_new_tokens=6, threshold=0.0,
+                                       return_all_slots=True)["instances"])

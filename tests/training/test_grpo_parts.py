@@ -84,3 +84,34 @@ def test_reference_policy_and_trainer_state_files(tmp_path):
     assert checkpoint_global_step(str(tmp_path)) is None
     (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
     assert checkpoint_global_step(str(tmp_path)) == 7
+
+
+def test_rollout_decoding_returns_each_rows_instance_limit(monkeypatch):
+    """``decode_rollout_masks`` hands the reward functions the model's ``instance_limits`` row by row (in chunks):
+    the objects each completion's answer names under ``limit_instances_to_answer``, None when the option is off."""
+    from segcompass import SegCompassForReasoningSegmentation
+    from segcompass.testing import tiny_segcompass_config
+    from segcompass.training import grpo_rollout
+    from segcompass.training.grpo_rollout import decode_rollout_masks
+
+    monkeypatch.setattr(grpo_rollout, "backbone_image_kwargs", lambda fields, start, end: {})  # text-only rows
+    OPEN, SEP, CLOSE, REF = 7, 8, 9, 100
+    torch.manual_seed(0)
+    model = SegCompassForReasoningSegmentation(tiny_segcompass_config(
+        num_slots=2, answer_item_token_ids=[OPEN, SEP, CLOSE], limit_instances_to_answer=True)).eval()
+    slots = model.config.slot_token_ids
+    ids = torch.tensor([[11, OPEN, 12, SEP, 13, CLOSE, REF, *slots], [0, 0, 11, OPEN, 12, CLOSE, REF, *slots],
+                        [0, 0, 0, 0, 11, 12, REF, *slots]])
+    scoring = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    m0 = model.config.mask_size  # the valid region: the whole grid
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.zeros(3, 3, 64, 64))
+        masks, confidences, limits = decode_rollout_masks(model, scoring, {}, embeddings, torch.tensor([[m0, m0]] * 3),
+                                                          chunk=2, device="cpu")
+    m = model.config.mask_size
+    assert masks.shape == (3, 2, m, m) and confidences.shape == (3, 2)
+    assert limits == [2, 1, None]  # two items, one item, no list
+    model.config.limit_instances_to_answer = False
+    with torch.no_grad():
+        assert decode_rollout_masks(model, scoring, {}, embeddings, torch.tensor([[m0, m0]] * 3), chunk=2,
+                                    device="cpu")[2] == [None] * 3

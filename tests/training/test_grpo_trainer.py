@@ -37,7 +37,8 @@ class RecordingReward:
 
     def __call__(self, completions, pred_masks, pred_confidences, masks, **kwargs):
         self.calls.append(dict(completions=completions, pred_masks=pred_masks, pred_confidences=pred_confidences,
-                               masks=masks, no_target=kwargs.get("no_target")))
+                               masks=masks, no_target=kwargs.get("no_target"),
+                               instance_limits=kwargs.get("pred_instance_limits")))
         return [float(m.mean()) for m in pred_masks]
 
 
@@ -85,6 +86,7 @@ def test_masks_reach_the_reward_functions(trained):
         assert tuple(confidences.shape) == (num_slots,)
         assert float(masks.min()) >= 0 and float(masks.max()) <= 1
     assert len(call["masks"]) == num_rows
+    assert call["instance_limits"] == [None] * num_rows  # config.limit_instances_to_answer is off: no limit
     # the dataset's no_target column reaches every reward call, row by row: True exactly for the rows without masks
     for each in recorder.calls:
         assert each["no_target"] == [len(masks) == 0 for masks in each["masks"]], each["no_target"]
@@ -371,6 +373,7 @@ def test_rollout_iou():
     top = copy[:1].clone()
     assert rollout_iou(copy, torch.tensor([0.9, 0.8]), top) == pytest.approx(8 / 12)
     assert rollout_iou(copy, torch.tensor([0.9, 0.8]), top, duplicate_iou=0.5) == 1.0  # as evaluation scores it
+    assert rollout_iou(pred, torch.tensor([0.9, 0.95]), gt, max_instances=1) == pytest.approx(4 / 12)  # slot 1 only
 
 
 def test_warmup_gives_grpo_a_format_signal(tiny, tmp_path):

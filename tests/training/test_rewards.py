@@ -432,3 +432,22 @@ def test_duplicate_slots_are_dropped_as_evaluation_drops_them():
     assert SegmentationReward().with_threshold(0.5, 0.5).mask.duplicate_iou == 0.5
     with pytest.raises(ValueError, match=r"`duplicate_iou` must be None .* got 0"):
         MaskReward(duplicate_iou=0)
+
+
+def test_instance_limits_keep_as_many_slots_as_the_answer_names():
+    """``pred_instance_limits`` (the model's ``instance_limits``, passed by the trainer) limit the kept slots as the
+    evaluation limits them: an answer naming one object keeps only its most confident slot."""
+    a, b = torch.zeros(8, 8), torch.zeros(8, 8)
+    a[:4, :4], b[4:, 4:] = 1.0, 1.0
+    pred, conf, gt = torch.stack([a, b]), torch.tensor([0.9, 0.8]), torch.stack([a])
+    assert mask_reward_score(pred, conf, gt, confidence_threshold=0.5) == pytest.approx(0.5)  # b is a false positive
+    assert mask_reward_score(pred, conf, gt, confidence_threshold=0.5, max_instances=1) == pytest.approx(1.0)
+    reward = MaskReward(confidence_threshold=0.5)
+    out = reward(completions=["x", "y", "z"], pred_masks=[pred] * 3, pred_confidences=[conf] * 3, masks=[gt] * 3,
+                 pred_instance_limits=[1, None, 0])
+    assert out == pytest.approx([1.0, 0.5, 0.0])
+    both = SegmentationReward().with_threshold(0.5)
+    limited = both(completions=["x"], pred_masks=[pred], pred_confidences=[conf], masks=[gt], pred_instance_limits=[1])
+    assert limited[0] > both(completions=["x"], pred_masks=[pred], pred_confidences=[conf], masks=[gt])[0]
+    with pytest.raises(ValueError, match="pred_instance_limits"):
+        reward(completions=["x"], pred_masks=[pred], pred_confidences=[conf], masks=[gt], pred_instance_limits=[1, 1])

@@ -72,6 +72,11 @@ def recipe_overrides(items: list[str]) -> dict:
                 overrides[name] = None
             elif default is None:  # optional ints (e.g. concept_window)
                 overrides[name] = int(value)
+            elif isinstance(default, bool):  # bool("false") is True: read the word
+                words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+                if value.lower() not in words:
+                    raise ValueError(value)
+                overrides[name] = words[value.lower()]
             else:
                 overrides[name] = type(default)(value)
         except ValueError:

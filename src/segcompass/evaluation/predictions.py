@@ -26,7 +26,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, malformed: bool,
                       scores: Sequence[float], slot_masks: np.ndarray, threshold: float,
-                      duplicate_iou: float | None = None) -> dict[str, Any]:
+                      duplicate_iou: float | None = None, max_instances: int | None = None) -> dict[str, Any]:
     """One line of ``predictions.jsonl``.
 
     Args:
@@ -36,12 +36,15 @@ def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, m
         threshold: slots with ``score >= threshold`` are kept; ``mask`` is their union (all False when none is).
         duplicate_iou: the model's ``config.duplicate_iou`` (kept copies of a more confident slot are dropped;
             stored, so re-thresholding applies the same rule).
+        max_instances: the most slots kept, the most confident first (the model's ``outputs.instance_limits`` of the
+            sample under ``config.limit_instances_to_answer``; None: no limit; stored, like ``duplicate_iou``).
     """
     slot_masks = np.asarray(slot_masks, dtype=bool)
     if slot_masks.ndim != 3 or slot_masks.shape[0] != len(scores):
         raise ValueError(f"slot_masks must be (K, H, W) with K={len(scores)} scores, got shape {slot_masks.shape}.")
     height, width = int(slot_masks.shape[1]), int(slot_masks.shape[2])
-    union, kept = keep_and_union(slot_masks, scores, threshold, duplicate_iou=duplicate_iou)  # (H, W), kept indices
+    union, kept = keep_and_union(slot_masks, scores, threshold, duplicate_iou=duplicate_iou,
+                                 max_instances=max_instances)  # (H, W), kept indices
     return {
         "sample_id": row["sample_id"],
         "image_id": row.get("image_id", ""),
@@ -53,6 +56,7 @@ def prediction_record(row: dict[str, Any], *, completion: str, reasoning: str, m
         "kept_slots": kept,
         "threshold": float(threshold),
         "duplicate_iou": None if duplicate_iou is None else float(duplicate_iou),
+        "max_instances": None if max_instances is None else int(max_instances),
         "height": height,
         "width": width,
         "mask": encode_rle(union),
@@ -107,5 +111,5 @@ def prediction_mask(record: dict[str, Any], threshold: float | None) -> np.ndarr
     slot_masks = np.stack([decode_rle(m) for m in record["slot_masks"]]) if record["slot_masks"] else \
         np.zeros((0, *shape), dtype=bool)  # (K, H, W)
     union, _ = keep_and_union(slot_masks, record["scores"], threshold, shape=shape,
-                              duplicate_iou=record.get("duplicate_iou"))
+                              duplicate_iou=record.get("duplicate_iou"), max_instances=record.get("max_instances"))
     return union  # (H, W)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data import available_datasets
 from ..metrics import SegmentationMetricAccumulator
+from ..prediction import instance_limit
 from ..presets import resolve_checkpoint
 from ..utils.logging import get_logger
 from .datasets import load_evaluation_dataset, register_synthetic_dataset
@@ -261,6 +262,7 @@ def evaluate_model(
                     row, completion=completion, reasoning=processor.extract_reasoning(completion),
                     malformed=bool(result.malformed[j]), scores=result.confidences[j].float().cpu().tolist(),
                     slot_masks=masks, threshold=threshold, duplicate_iou=model.config.duplicate_iou,
+                    max_instances=instance_limit(result.outputs.instance_limits, j),
                 )
                 lines.append(json.dumps(record) + "\n")
                 done[record["sample_id"]] = record

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..prediction import keep_and_union
+from ..prediction import instance_limit, keep_and_union
 from ..utils.logging import get_logger
 from ._common import EvalMode, check_values, encode_sample, prepare
 
@@ -71,11 +71,11 @@ def sample_agreement(model, processor, sample, completion: str, index: int, *, c
     heat_logits = processor.post_process_masks(out.heatmap_logits.float().cpu(), *sizes, binarize=False)[0]
     mask_logits = processor.post_process_masks(out.mask_logits.float().cpu(), *sizes, binarize=False)[0]
     masks = (mask_logits > mask_threshold).numpy()  # (K, H, W)
+    rule = dict(shape=union.shape, duplicate_iou=model.config.duplicate_iou,
+                max_instances=instance_limit(out.instance_limits, 0))
     heat_pred, kept = keep_and_union((heat_logits > heatmap_logit(heatmap_threshold)).numpy(), confidences,
-                                     confidence_threshold, shape=union.shape,
-                                     duplicate_iou=model.config.duplicate_iou)  # (H, W)
-    mask_pred, _ = keep_and_union(masks, confidences, confidence_threshold, shape=union.shape,
-                                  duplicate_iou=model.config.duplicate_iou)  # (H, W)
+                                     confidence_threshold, **rule)  # (H, W)
+    mask_pred, _ = keep_and_union(masks, confidences, confidence_threshold, **rule)  # (H, W)
     h_iou, h_i, h_u = _iou(heat_pred, union)
     m_iou, m_i, m_u = _iou(mask_pred, union)
     return {

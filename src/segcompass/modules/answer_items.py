@@ -14,6 +14,9 @@ close]``; ``:``, ``,`` and ``.`` in the synthetic reasoning). A sequence without
 falls back to the paper's pooling for slot 0 (every valid token) and no concepts for the other slots. Items past the
 K-th are not read. ``concept_grouping = "answer"`` keeps one support set for all slots, pooled over every item of the
 list (:func:`answer_mask`): the objects the reasoning mentioned and rejected stay out of it.
+
+The same list also says how many objects the answer names (:func:`answer_item_counts`); with
+``SegCompassConfig.limit_instances_to_answer`` the prediction keeps at most that many slots.
 """
 
 from __future__ import annotations
@@ -97,6 +100,21 @@ def answer_mask(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_t
     return torch.where(found[:, None], items, attention_mask.bool()).to(attention_mask.dtype)
 
 
+def answer_item_counts(input_ids: torch.LongTensor, attention_mask: torch.Tensor, ref_token_id: int,
+                       item_token_ids: tuple[int, int, int]) -> torch.LongTensor:
+    """How many objects each answer names: the items of the answer list of :func:`answer_item_masks` (separators + 1
+    when the list holds a word, 0 for an empty list), or -1 where the sequence has no open token (no list, no count).
+    The limit of ``SegCompassConfig.limit_instances_to_answer``.
+
+    Returns:
+        `(B,)` long.
+    """
+    span, separators, found = _answer_list(input_ids, attention_mask, ref_token_id, item_token_ids)
+    words = (span & ~separators).any(1)  # (B,) the list names something
+    counts = torch.where(words, separators.sum(1) + 1, torch.zeros_like(found, dtype=torch.long))  # (B,)
+    return torch.where(found, counts, torch.full_like(counts, -1))
+
+
 def flatten_groups(concepts: PooledConcepts, batch: int, num_slots: int) -> PooledConcepts:
     """Per-item concepts of ``B * K`` rows -> one list of ``K * N`` concepts per sample (slot k's at k·N ...).
 
@@ -125,5 +143,5 @@ def block_diagonal_provenance(provenance: torch.Tensor) -> torch.Tensor:
     return (eye[None, :, :, None] * provenance[:, :, None, :]).reshape(batch, num_slots, num_slots * n)
 
 
-__all__ = ["CONCEPT_GROUPINGS", "answer_item_masks", "answer_mask", "block_diagonal_provenance", "check_concept_grouping",
-           "flatten_groups"]
+__all__ = ["CONCEPT_GROUPINGS", "answer_item_counts", "answer_item_masks", "answer_mask", "block_diagonal_provenance",
+           "check_concept_grouping", "flatten_groups"]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..prediction import instance_limit
+
 if TYPE_CHECKING:
     from ..modeling_segcompass import SegCompassForReasoningSegmentation
 
@@ -112,7 +114,7 @@ def decode_rollout_masks(
     chunk: int,
     device: torch.device | str,
     autocast: Callable[[], Any] = contextlib.nullcontext,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
     """The no-grad SegCompass forward over the scoring sequences, ``chunk`` rows at a time (the heads' train / eval
     mode is the caller's).
 
@@ -122,10 +124,12 @@ def decode_rollout_masks(
             (:func:`backbone_image_kwargs`); image_embeddings (`(B, C, h, w)`); valid_sizes (`(B, 2)`).
 
     Returns:
-        mask probabilities ``(B, K, m, m)`` and slot confidence probabilities ``(B, K)``, float32.
+        mask probabilities ``(B, K, m, m)`` and slot confidence probabilities ``(B, K)``, float32, and each row's
+        ``max_instances`` (:func:`segcompass.prediction.instance_limit` of ``outputs.instance_limits``; all None unless
+        ``config.limit_instances_to_answer``).
     """
     batch = scoring["input_ids"].shape[0]
-    masks, confidences = [], []
+    masks, confidences, limits = [], [], []
     for start in range(0, batch, chunk):
         end = min(start + chunk, batch)
         kwargs = {k: v.to(device) for k, v in backbone_image_kwargs(image_fields, start, end).items()}
@@ -140,4 +144,5 @@ def decode_rollout_masks(
             )
         masks.append(out.mask_logits.float().sigmoid())  # (b, K, m, m)
         confidences.append(out.confidence_logits.float().sigmoid())  # (b, K)
-    return torch.cat(masks), torch.cat(confidences)
+        limits += [instance_limit(out.instance_limits, b) for b in range(end - start)]
+    return torch.cat(masks), torch.cat(confidences), limits

@@ -26,8 +26,9 @@ How it fits TRL 1.16's ``GRPOTrainer`` (this module holds the trainer and its TR
 * **Rollout** (:meth:`_tokenize_prompts`, :meth:`_generate`): prompts are tokenized with [`SegCompassProcessor`]
   (which also gives SAM's inputs), the backbone samples the completions (slot tokens suppressed), and a no-grad
   SegCompass scoring forward (completion cut at its first ``<REF_POS>``, appended when missing, + the K slot tokens;
-  :func:`.grpo_rollout.decode_rollout_masks`) decodes the K masks of every completion. They reach the reward functions as ``pred_masks`` (``(K, m, m)``
-  probabilities on SAM's letterboxed frame) and ``pred_confidences`` (``(K,)`` probabilities). Completions are
+  :func:`.grpo_rollout.decode_rollout_masks`) decodes the K masks of every completion. They reach the reward
+  functions as ``pred_masks`` (``(K, m, m)`` probabilities on SAM's letterboxed frame), ``pred_confidences``
+  (``(K,)`` probabilities) and ``pred_instance_limits`` (the most slots kept, or None). Completions are
   re-decoded keeping ``<REF_POS>`` (TRL strips special tokens), so the format reward can see it.
 * **Loss** (:meth:`_generate_and_score_completions`, :meth:`_compute_loss`): the SAM image keys and ground-truth
   masks on the m × m grid (:func:`.grpo_data.rollout_targets`) travel in the batch dict (shuffled and split with it);
@@ -117,8 +118,8 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
     Args:
         model: a [`SegCompassForReasoningSegmentation`] or a path to one.
         reward_funcs: TRL reward functions; default ``[format_reward, mask_reward]`` with ``reward_weights`` 0.3 /
-            0.7 (when ``args.reward_weights`` is None). They receive ``pred_masks``, ``pred_confidences`` and the
-            dataset columns (``masks`` ...) as keyword arguments.
+            0.7 (when ``args.reward_weights`` is None). They receive ``pred_masks``, ``pred_confidences``,
+            ``pred_instance_limits`` and the dataset columns (``masks`` ...) as keyword arguments.
         args: a [`SegCompassGRPOConfig`].
         train_dataset / eval_dataset: columns ``prompt``, ``image``, ``masks`` (+ ``no_target``); see
             :func:`prepare_grpo_dataset` and :func:`validate_grpo_dataset`.
@@ -305,7 +306,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
 
     def _generate(self, prompts: list):
         """TRL's generation, then a no-grad SegCompass scoring forward per completion: ``pred_masks`` /
-        ``pred_confidences`` go to the reward functions through ``extra_fields``."""
+        ``pred_confidences`` / ``pred_instance_limits`` go to the reward functions through ``extra_fields``."""
         (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images,
          tool_images) = super()._generate(prompts)
         cache, self._prompt_cache = self._prompt_cache, None
@@ -319,7 +320,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         valid_sizes = self.segcompass.valid_mask_sizes(cache["reshaped_input_sizes"]).to(device)
         self._head_mode(False)
         try:
-            masks, confidences = decode_rollout_masks(  # (B, K, m, m), (B, K)
+            masks, confidences, limits = decode_rollout_masks(  # (B, K, m, m), (B, K), B ints or None
                 self.segcompass, scoring, cache, image_embeddings, valid_sizes,
                 chunk=max(int(self.args.per_device_train_batch_size), 1), device=device,
                 autocast=self.accelerator.autocast,
@@ -335,6 +336,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
             **extra_fields,
             "pred_masks": [m.cpu() for m in masks],
             "pred_confidences": [c.cpu() for c in confidences],
+            "pred_instance_limits": limits,
         }
         self._rollout = {
             "seg_input_ids": scoring["input_ids"].to(device),
@@ -345,6 +347,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
             "seg_malformed": scoring["malformed"],
             "pred_masks": masks,
             "pred_confidences": confidences,
+            "pred_instance_limits": limits,
             "original_sizes": cache["original_sizes"],
         }
         if "mm_token_type_ids" in scoring:
@@ -370,7 +373,8 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         mode = "train" if self.model.training else "eval"
         valid = valid_region_mask(rollout["seg_valid_sizes"], self._grid)
         ious = [rollout_iou(rollout["pred_masks"][b], rollout["pred_confidences"][b], gt[b].to(device),
-                            self.args.mask_confidence_threshold, valid[b], self.segcompass.config.duplicate_iou)
+                            self.args.mask_confidence_threshold, valid[b], self.segcompass.config.duplicate_iou,
+                            rollout["pred_instance_limits"][b])
                 for b in range(len(gt))]
         iou = self.accelerator.gather(torch.tensor(ious, device=device)).mean().item()
         malformed = self.accelerator.gather(rollout["seg_malformed"].float().to(device)).mean().item()

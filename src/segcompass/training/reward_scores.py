@@ -121,6 +121,7 @@ def mask_reward_score(
     multi_object_rule: MultiObjectRule | None = None,
     denominator: Literal["matched", "max"] | None = None,
     duplicate_iou: float | None = None,
+    max_instances: int | None = None,
 ) -> float:
     """Mask score of one response in ``[0, 1]`` (paper appendix B.3, chosen to rank like the evaluation).
 
@@ -159,6 +160,8 @@ def mask_reward_score(
         denominator: legacy spelling of ``multi_object_rule="matched"`` / ``"max"``.
         duplicate_iou: drop kept slots that copy a more confident kept one
             (:func:`segcompass.prediction.drop_duplicate_slots`); None keeps them (the paper).
+        max_instances: keep at most this many kept slots, the most confident first (the model's
+            ``outputs.instance_limits`` under ``config.limit_instances_to_answer``); None: no limit.
 
     Example:
         >>> p = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])    # one slot covering the top row
@@ -199,7 +202,7 @@ def mask_reward_score(
         _check_unit_range(conf, "confidences", "Pass probabilities: apply sigmoid to confidence logits.")
     kept = pred  # (K', H, W): every slot without confidences, else the slots the prediction keeps
     if conf is not None:
-        kept = pred[kept_instances(pred > 0.5, conf, confidence_threshold, duplicate_iou)]
+        kept = pred[kept_instances(pred > 0.5, conf, confidence_threshold, duplicate_iou, max_instances)]
     num_kept = kept.shape[0]
 
     single = multi_object is False or (multi_object is None and num_gt == 1)
@@ -251,9 +254,11 @@ def _is_number(value: Any) -> bool:
 
 
 def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.Tensor, threshold: float = 0.5,
-                valid: torch.Tensor | None = None, duplicate_iou: float | None = None) -> float:
+                valid: torch.Tensor | None = None, duplicate_iou: float | None = None,
+                max_instances: int | None = None) -> float:
     """IoU of one rollout: union of the slots with confidence ≥ ``threshold`` (pixels > 0.5; copies of a more
-    confident slot dropped at ``duplicate_iou``) vs the union of the ground-truth instances (≥ 0.5); both empty = 1.
+    confident slot dropped at ``duplicate_iou``, at most ``max_instances`` kept) vs the union of the ground-truth
+    instances (≥ 0.5); both empty = 1.
     The GRPO trainer logs its mean as ``seg/rollout_iou``.
 
     Args:
@@ -272,7 +277,8 @@ def rollout_iou(pred_probs: torch.Tensor, confidences: torch.Tensor, gt: torch.T
         raise ValueError(f"`valid` has shape {tuple(valid.shape)} but the masks are {tuple(pred_probs.shape[-2:])}.")
     _check_unit_range(_as_float_tensor(confidences, "confidences").reshape(-1), "confidences",
                       "Pass probabilities: apply sigmoid to confidence logits.")
-    pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold, duplicate_iou=duplicate_iou)  # (m, m) bool
+    pred, _ = keep_and_union(pred_probs > 0.5, confidences, threshold, duplicate_iou=duplicate_iou,
+                             max_instances=max_instances)  # (m, m) bool
     target = (gt >= 0.5).any(0) if gt.shape[0] else torch.zeros_like(pred)
     if valid is not None:
         pred, target = pred & valid, target & valid

@@ -208,6 +208,9 @@ class MaskReward:
       ``extra_fields``. Missing → ``ValueError``.
     * ``pred_confidences`` (optional): one ``(K,)`` probability vector per completion; missing or None → every
       slot is kept.
+    * ``pred_instance_limits`` (optional): one ``max_instances`` (int or None) per completion, the model's
+      ``outputs.instance_limits`` under ``config.limit_instances_to_answer`` (the trainer passes them); missing or
+      None → no limit.
     * ``masks``: the dataset's ground truth per row, in any form the datasets give: the SegCompass schema's list of
       COCO RLE dicts (``[]`` for no target), tensors/arrays ``(G, H, W)`` or ``(H, W)``, nested lists. Integer
       masks read nonzero as foreground; float masks must lie in ``[0, 1]``.
@@ -270,6 +273,7 @@ class MaskReward:
         pred_masks: Sequence[Any] | None,
         pred_confidences: Sequence[Any] | None,
         masks: Sequence[Any] | None,
+        pred_instance_limits: Sequence[int | None] | None = None,
     ) -> list[float | None]:
         _check_column(completions, "completions", "one completion per row")
         n = len(completions)
@@ -292,6 +296,9 @@ class MaskReward:
         lengths = {"pred_masks": len(pred_masks), "masks": len(masks)}
         if pred_confidences is not None:
             lengths["pred_confidences"] = len(pred_confidences)
+        if pred_instance_limits is not None:
+            _check_column(pred_instance_limits, "pred_instance_limits")
+            lengths["pred_instance_limits"] = len(pred_instance_limits)
         wrong = {k: v for k, v in lengths.items() if v != n}
         if wrong:
             raise ValueError(f"Expected one entry per completion ({n}) in every column, got lengths {wrong}.")
@@ -331,6 +338,7 @@ class MaskReward:
                     multi_object=self.multi_object,
                     multi_object_rule=self.multi_object_rule,
                     duplicate_iou=self.duplicate_iou,
+                    max_instances=None if pred_instance_limits is None else pred_instance_limits[i],
                 )
             )
         return out
@@ -341,9 +349,10 @@ class MaskReward:
         pred_masks: Sequence[Any] | None = None,
         pred_confidences: Sequence[Any] | None = None,
         masks: Sequence[Any] | None = None,
+        pred_instance_limits: Sequence[int | None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
-        return self.scores(completions, pred_masks, pred_confidences, masks)
+        return self.scores(completions, pred_masks, pred_confidences, masks, pred_instance_limits)
 
     def __repr__(self) -> str:
         return (
@@ -416,10 +425,11 @@ class SegmentationReward:
         pred_confidences: Sequence[Any] | None = None,
         masks: Sequence[Any] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
+        pred_instance_limits: Sequence[int | None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
         formats = self.format(completions)
-        mask_scores = self.mask.scores(completions, pred_masks, pred_confidences, masks)
+        mask_scores = self.mask.scores(completions, pred_masks, pred_confidences, masks, pred_instance_limits)
         out: list[float | None] = []
         for f, m in zip(formats, mask_scores):
             out.append(None if m is None else combined_reward_score(

@@ -37,7 +37,11 @@ def _row(label: str, m: dict, flag: str | None = None) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _runner_section(runner: dict, reasoning: dict) -> str:
+LIMIT_RULE = ", at most as many as the answer names objects"
+"""How the card says ``config.limit_instances_to_answer`` after "the slots with confidence ≥ t"."""
+
+
+def _runner_section(runner: dict, reasoning: dict, limit_rule: str = "") -> str:
     if "none" not in runner:
         return "(not run)"
     rows = [_row(label, runner[key], flag) for key, label, flag in _RUNNER if key in runner]
@@ -45,7 +49,7 @@ def _runner_section(runner: dict, reasoning: dict) -> str:
     command = runner["command"].replace("MODEL", "src/segcompass/assets/default_model").replace("OUT", "runs/eval")
     text = (
         f"Measured by the evaluation runner on the saved checkpoint (greedy reasoning; the prediction is the union of "
-        f"the slots with confidence ≥ `config.confidence_threshold`; no slot above it = \"no target\"), on the first "
+        f"the slots with confidence ≥ `config.confidence_threshold`{limit_rule}; no slot above it = \"no target\"), on the first "
         f"{full['num_samples']} synthetic test samples ({full['num_no_target']} of them no-target). Reproduce with\n\n"
         f"```\n{command} [--ablation no_concepts|random_sae]\n```\n\n"
         "(`--model` may be left out for the embedded model; synthetic scenes are drawn at the model's SAM input size).\n\n"
@@ -195,7 +199,8 @@ def _continuation(metrics: dict) -> str:
     if retuned:
         text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "
                  f"samples (`segcompass train-tiny OUTPUT_DIR --evaluate-only --retune-threshold`, duplicate IoU "
-                 f"{retuned['duplicate_iou']}).")
+                 f"{retuned['duplicate_iou']}"
+                 f"{', instances limited to the answer' if retuned.get('limit_instances_to_answer') else ''}).")
     return "\n\n" + text.strip() if text else ""
 
 
@@ -203,6 +208,7 @@ def render_model_card(metrics: dict) -> str:
     """A Markdown model card from the metrics of one :func:`~segcompass.recipes.train_tiny` run."""
     c, test, sae = metrics["config"], metrics["test"], metrics["sae"]
     duplicate = metrics.get("model_config", {}).get("duplicate_iou")
+    limit_rule = LIMIT_RULE if metrics.get("model_config", {}).get("limit_instances_to_answer") else ""
     grid = c["image_size"] // c["sam_patch_size"]
     processes = metrics.get("processes", 1)
     command = (f"segcompass train-tiny OUTPUT_DIR{' --smoke' if metrics['smoke'] else ''} --seed {metrics['seed']}"
@@ -212,7 +218,8 @@ def render_model_card(metrics: dict) -> str:
     values = dict(
         c,
         smoke_suffix=" (smoke run)" if metrics["smoke"] else "",
-        runner_section=_runner_section(metrics.get("evaluate_command") or {}, reasoning),
+        runner_section=_runner_section(metrics.get("evaluate_command") or {}, reasoning, limit_rule),
+        limit_rule=limit_rule,
         image_tokens=(c["backbone_image_side"] // 28) ** 2,
         d_sae=c["sae_expansion"] * c["text_hidden_size"],
         concept_selection=metrics.get("model_config", {}).get("concept_selection", "centered"),
@@ -245,6 +252,8 @@ def render_model_card(metrics: dict) -> str:
         continuation=_continuation(metrics),
         duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped "
                         "as a copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else
-                        "every slot past the threshold is an instance (`config.duplicate_iou` None)"),
+                        "every slot past the threshold is an instance (`config.duplicate_iou` None)")
+        + ("; then at most as many slots are kept as the answer names objects (\"target : a , b .\" names two), the "
+           "most confident first (`config.limit_instances_to_answer`)" if limit_rule else ""),
     )
     return TEMPLATE.read_text().format_map(values)

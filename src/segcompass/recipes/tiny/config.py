@@ -71,7 +71,10 @@ class TinyRecipeConfig:
             between 0.15 and 0.25 to noise). duplicate_iou: the model's ``SegCompassConfig.duplicate_iou`` (set
             before the threshold is tuned): with confidences that estimate mask IoU, two slots on one shape are both
             confident, and the second is dropped as a copy (test samples with targets whose instance count is right:
-            78 -> 102 of 176 on the shipped model).
+            78 -> 102 of 176 on the shipped model). limit_instances_to_answer: the model's
+            ``SegCompassConfig.limit_instances_to_answer`` (set before the threshold is tuned): keep at most as many
+            slots as the answer names objects (shipped model, 200 test samples, generated reasoning: cIoU 0.512 ->
+            0.559 with the threshold tuned again).
     """
 
     image_size: int = 96
@@ -126,6 +129,7 @@ class TinyRecipeConfig:
     eval_batch_size: int = 32
     max_new_tokens: int = 100
     duplicate_iou: float | None = 0.5
+    limit_instances_to_answer: bool = True
     thresholds: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
     def __post_init__(self):
@@ -152,6 +156,8 @@ class TinyRecipeConfig:
             for name in (option, f"concept_{option}"):
                 check_loss_option(name, getattr(self, name), option)
         check_duplicate_iou(self.duplicate_iou)
+        if not isinstance(self.limit_instances_to_answer, bool):
+            raise ValueError(f"limit_instances_to_answer={self.limit_instances_to_answer!r} must be True or False.")
         check_concept_grouping(self.concept_grouping)
         for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:

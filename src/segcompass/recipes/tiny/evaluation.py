@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ...answer_format import THINK_CLOSE
 from ...interpret.ablations import ablate
-from ...prediction import keep_and_union
+from ...prediction import instance_limit, keep_and_union
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
 from .data import Sample, backbone_kwargs, batch_inputs, make_split
@@ -22,8 +22,9 @@ from .stages import collect_activations
 logger = get_logger(__name__)
 
 
-def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor) -> tuple[list, list]:
-    """Per-slot probabilities at the original size: B × (K, S, S) mask booleans and (K,) confidences."""
+def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor) -> tuple[list, list, list]:
+    """Per-slot predictions at the original size: B × (K, S, S) mask booleans, B × (K,) confidences and B
+    ``max_instances`` (:func:`segcompass.prediction.instance_limit` of ``outputs.instance_limits``)."""
     from ...sam_frame import masks_to_original_size
 
     input_size = model.sam_input_size
@@ -33,20 +34,22 @@ def slot_predictions(outputs, samples: list[Sample], batch: dict, model, process
                                    batch["original_sizes"][b], input_size) > 0  # (K, S, S)
         masks.append(m.cpu().numpy())
         confs.append(outputs.confidence_logits[b].sigmoid().cpu().numpy())
-    return masks, confs
+    return masks, confs, [instance_limit(outputs.instance_limits, b) for b in range(len(samples))]
 
 
-def score_records(records: list[tuple[np.ndarray, np.ndarray, Sample]], threshold: float,
+def score_records(records: list[tuple[np.ndarray, np.ndarray, Sample, int | None]], threshold: float,
                   duplicate_iou: float | None = None) -> dict:
     """cIoU / gIoU / N-acc / T-acc of the union of slots with confidence >= threshold (overall + per family); the
-    prediction rule of :func:`segcompass.prediction.keep_and_union` with the model's ``duplicate_iou``."""
+    prediction rule of :func:`segcompass.prediction.keep_and_union` with the model's ``duplicate_iou`` and each
+    record's ``max_instances``. A record is ``(masks (K, S, S), confidences (K,), sample, max_instances)``."""
     from ...metrics import SegmentationMetricAccumulator
 
     overall = SegmentationMetricAccumulator()
     families: dict[str, Any] = {}
-    for masks, confs, sample in records:
+    for masks, confs, sample, limit in records:
         size = sample.masks.shape[-2:] if sample.masks.size else masks.shape[-2:]
-        prediction, kept = keep_and_union(masks, confs, threshold, shape=size, duplicate_iou=duplicate_iou)  # (H, W)
+        prediction, kept = keep_and_union(masks, confs, threshold, shape=size, duplicate_iou=duplicate_iou,
+                                          max_instances=limit)  # (H, W)
         reference = list(sample.masks) if not sample.no_target else []
         for acc in (overall, families.setdefault(sample.family, SegmentationMetricAccumulator())):
             acc.add(prediction, reference, no_target_prediction=not kept)
@@ -107,8 +110,8 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                                reshaped_input_sizes=teacher["reshaped_input_sizes"],
                                **backbone_kwargs(teacher))
             for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):
-                masks, confs = slot_predictions(out, chunk, prompts, model, processor)
-                records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk))
+                masks, confs, limits = slot_predictions(out, chunk, prompts, model, processor)
+                records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk, limits))
     reasoning = {"exact_match": exact / len(samples), "target_match": target_ok / len(samples),
                  "malformed": malformed / len(samples), "descriptions": description_accuracy(described)}
     return {"records": records, "reasoning": reasoning}

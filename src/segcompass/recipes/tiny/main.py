@@ -30,6 +30,7 @@ from .evaluation import (
     tune_threshold,
 )
 from .stages import (
+    answer_item_token_ids,
     backbone_vit_pretrain,
     concept_stage,
     feature_dictionary_stage,
@@ -208,7 +209,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
-            "duplicate_iou")},
+            "duplicate_iou", "limit_instances_to_answer")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -225,9 +226,13 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
 
 
 def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, seed: int) -> tuple[float, dict, dict]:
-    """Set the model's ``duplicate_iou`` from ``config``, tune its confidence threshold on the validation samples'
-    generated reasoning (:func:`tune_threshold`) and set it. Returns ``(threshold, sweep, reasoning accuracy)``."""
+    """Set the model's prediction rule from ``config`` (``duplicate_iou``, ``limit_instances_to_answer``), tune its
+    confidence threshold on the validation samples' generated reasoning (:func:`tune_threshold`) and set it. Returns
+    ``(threshold, sweep, reasoning accuracy)``."""
     model.config.duplicate_iou = config.duplicate_iou
+    model.config.limit_instances_to_answer = config.limit_instances_to_answer
+    if config.limit_instances_to_answer and model.config.answer_item_token_ids is None:
+        model.config.answer_item_token_ids = answer_item_token_ids(processor)
     val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
     threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
     model.config.confidence_threshold = threshold
@@ -258,8 +263,11 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
     return TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
 
 
-REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "duplicate_iou", "eval_batch_size",
-                       "max_new_tokens")
+PREDICTION_RULE_FIELDS = ("duplicate_iou", "limit_instances_to_answer")
+"""The ``TinyRecipeConfig`` fields that set the saved model's prediction rule (:func:`_tune_on_validation`)."""
+
+REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "eval_batch_size", "max_new_tokens",
+                       *PREDICTION_RULE_FIELDS)
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
 
 
@@ -307,8 +315,9 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
         output_dir: the finished run.
         retune_threshold: tune the confidence threshold again on validation (:func:`tune_threshold` over
             ``thresholds``) and save it into the checkpoint's config; otherwise the saved model's threshold is kept.
-        overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; ``duplicate_iou`` only with
-            ``retune_threshold``); they are recorded in ``metrics.json``. A training field raises ``ValueError``.
+        overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; the prediction rule's,
+            :data:`PREDICTION_RULE_FIELDS`, only with ``retune_threshold``); they are recorded in ``metrics.json``. A
+            training field raises ``ValueError``.
 
     Returns the updated metrics."""
     from transformers import AutoModel, AutoProcessor
@@ -316,11 +325,12 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
     metrics = _finished_run(output_dir)
-    allowed = set(REEVALUATION_FIELDS) if retune_threshold else set(REEVALUATION_FIELDS) - {"duplicate_iou"}
+    allowed = set(REEVALUATION_FIELDS) if retune_threshold else set(REEVALUATION_FIELDS) - set(PREDICTION_RULE_FIELDS)
     refused = sorted(set(overrides) - allowed)
     if refused:
-        raise ValueError(f"Re-evaluation can change only {sorted(allowed)} (duplicate_iou with retune_threshold, "
-                         f"which saves it into the checkpoint), got {refused}; training settings need a new run.")
+        raise ValueError(f"Re-evaluation can change only {sorted(allowed)} ({' and '.join(PREDICTION_RULE_FIELDS)} "
+                         f"with retune_threshold, which saves them into the checkpoint), got {refused}; training "
+                         "settings need a new run.")
     config = replace(_recipe_config(metrics["config"]), **overrides)
     metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
     model = AutoModel.from_pretrained(output_dir).eval()
@@ -333,10 +343,10 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
         save_pretrained_atomic(model, output_dir)
         metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,
                        validation_reasoning=validation_reasoning)
-        metrics.setdefault("model_config", {}).update(confidence_threshold=threshold,
-                                                      duplicate_iou=config.duplicate_iou)
-        metrics["threshold_retuned"] = {"validation_samples": config.num_validation,
-                                        "duplicate_iou": config.duplicate_iou}
+        rule = {name: getattr(config, name) for name in PREDICTION_RULE_FIELDS}
+        metrics.setdefault("model_config", {}).update(
+            confidence_threshold=threshold, answer_item_token_ids=model.config.answer_item_token_ids, **rule)
+        metrics["threshold_retuned"] = {"validation_samples": config.num_validation, **rule}
     threshold = model.config.confidence_threshold
     metrics["test"], metrics["test_reasoning"] = evaluate_test_split(model, processor, test, config, metrics["seed"],
                                                                      threshold)
