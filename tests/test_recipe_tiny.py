@@ -34,7 +34,7 @@ def test_unknown_override_is_named(tmp_path):
         train_tiny(tmp_path, smoke=True, not_a_field=1)
 
 
-def test_smoke_recipe_end_to_end(tmp_path):
+def test_smoke_recipe_end_to_end(tmp_path, monkeypatch):
     from transformers import AutoModel, AutoProcessor
 
     from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
@@ -106,6 +106,40 @@ def test_smoke_recipe_end_to_end(tmp_path):
     assert again["continued_from"]["runs"] == 2 and len(again["continued_from"]["earlier_concept_stages"]) == 1
     with pytest.raises(ValueError, match="not a finished train-tiny run"):
         train_tiny(tmp_path / "nowhere", continue_from=tmp_path / "missing")
+
+    # restarted at the LM warm-up: the earlier backbone and SAM encoder go on training, everything after is new
+    from segcompass.recipes.tiny import main as recipe_main
+
+    seen = {}
+    real_lm_warmup = recipe_main.lm_warmup
+
+    def spy(model, *args, **kwargs):
+        seen["backbone"] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        seen["heads"] = {k: v.clone() for k, v in model.slot_mapper.state_dict().items()}
+        return real_lm_warmup(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_main, "lm_warmup", spy)
+    restarted = train_tiny(tmp_path / "restarted", continue_from=out, restart_at="lm_warmup", seed=1,
+                           lm_learning_rate=3e-4)
+    for name, weight in model.backbone.state_dict().items():
+        assert torch.equal(seen["backbone"][name], weight), name  # the LM warm-up started from the earlier backbone
+    assert any(not torch.equal(seen["heads"][k], v) for k, v in model.slot_mapper.state_dict().items())  # new heads
+    record = restarted["continued_from"]
+    assert record["restart_at"] == "lm_warmup" and record["runs"] == 2 and record["earlier_concept_stages"] == []
+    assert record["stages_carried_over"] == ["sam_pretrain", "backbone_vit_pretrain"]
+    assert record["earlier_lm_warmup_steps"] == restarted["lm_warmup"]["earlier_steps"] == metrics["lm_warmup"]["steps"]
+    assert restarted["sam_pretrain"] == metrics["sam_pretrain"] and restarted["sae"] != metrics["sae"]
+    assert restarted["config"]["lm_learning_rate"] == 3e-4 and restarted["concept_stage"]["steps"] == 4
+    restarted_model = AutoModel.from_pretrained(tmp_path / "restarted")
+    assert not torch.equal(restarted_model.sae.W_enc, model.sae.W_enc)  # a new SAE on the longer-trained backbone
+    restarted_card = (tmp_path / "restarted" / "README.md").read_text()
+    assert restarted["overrides"] == {"lm_learning_rate": 3e-4}
+    assert "--restart-at lm_warmup --set lm_learning_rate=0.0003`" in restarted_card and "{" not in restarted_card.split("<think>")[0]
+    assert f"continuing a backbone an earlier run had trained for {metrics['lm_warmup']['steps']} steps" in restarted_card
+    with pytest.raises(ValueError, match="needs continue_from"):
+        train_tiny(tmp_path / "nowhere", smoke=True, restart_at="lm_warmup")
+    with pytest.raises(ValueError, match="restarts at one of"):
+        train_tiny(tmp_path / "nowhere", continue_from=out, restart_at="sae")
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")
@@ -216,6 +250,9 @@ def test_train_tiny_command_line(tmp_path, capsys):
         main(["train-tiny", str(out), "--retune-threshold"])
     assert exited.value.code == 2 and "--evaluate-only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
+        main(["train-tiny", str(out), "--restart-at", "lm_warmup"])
+    assert exited.value.code == 2 and "--continue-from" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
         main(["train-tiny", str(tmp_path / "nothing"), "--evaluate-only"])
     assert exited.value.code == 2 and "holds no metrics.json" in capsys.readouterr().err
 
@@ -257,7 +294,10 @@ def test_recipe_defaults_are_the_shipped_models_settings():
 
     shipped = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(TinyRecipeConfig()).items()}
-    assert shipped["config"] == defaults
+    assert shipped["config"] == defaults | shipped.get("overrides", {})  # the card's command names every --set
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    for name, value in shipped.get("overrides", {}).items():
+        assert f"--set {name}={value}" in card, name
     assert not shipped["smoke"] and shipped["seed"] == 0
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert "segcompass train-tiny OUTPUT_DIR --seed 0" in card and "not a general" in card
@@ -340,6 +380,12 @@ def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
     for name in CONTINUATION_FIELDS:
         assert getattr(config, name) == getattr(defaults, name), name
     assert {"num_validation", "thresholds", "concept_steps", "grpo_steps"} <= set(CONTINUATION_FIELDS)
+    # restarted at the LM warm-up: only the architecture and the vision pretraining are the earlier run's
+    restart = _continuation_config({"config": earlier | {"vision_pretrain_steps": 7, "image_size": 64},
+                                    "smoke": smoke}, "lm_warmup")
+    assert (restart.vision_pretrain_steps, restart.image_size) == (7, 64)
+    assert (restart.joint_steps, restart.lm_warmup_steps, restart.concept_steps) == (
+        defaults.joint_steps, defaults.lm_warmup_steps, defaults.concept_steps)
 
 
 def test_concept_stage_switches_to_the_configured_grouping(tmp_path):

@@ -38,6 +38,12 @@ class TrainTinyArguments:
                                         "and timings, and its own concept stage if it ran one) and run the concept "
                                         "stage and the stages after it on top, with today's settings for them"}
     )
+    restart_at: str = field(
+        default="concept", metadata={"help": "with --continue-from: 'concept' (default; the earlier model's stages 0-4 "
+                                             "carried over) or 'lm_warmup' (its vision pretraining carried over, its "
+                                             "backbone trained lm_warmup_steps more, every later stage run again on new "
+                                             "heads)", "choices": ["concept", "lm_warmup"]}
+    )
     seed: int = field(default=0, metadata={"help": "seeds initialisation, batch order and the random-SAE ablation"})
     processes: int = field(
         default=1, metadata={"help": "data-parallel training processes, one thread each (2 on a 2-core machine)"}
@@ -70,8 +76,8 @@ def recipe_overrides(items: list[str]) -> dict:
                 overrides[name] = tuple(float(v) for v in value.split(","))
             elif value.lower() == "none" and (default is None or "None" in str(types[name])):  # optional fields
                 overrides[name] = None
-            elif default is None:  # optional ints (e.g. concept_window)
-                overrides[name] = int(value)
+            elif default is None:  # optional numbers (concept_window: int, lm_learning_rate: float)
+                overrides[name] = float(value) if "float" in str(types[name]) else int(value)
             elif isinstance(default, bool):  # bool("false") is True: read the word
                 words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
                 if value.lower() not in words:
@@ -105,8 +111,10 @@ def train_tiny_command(args: TrainTinyArguments) -> int:
     if args.evaluate_only:
         metrics = reevaluate(args.output_dir, retune_threshold=args.retune_threshold, **overrides)
     else:
+        if args.restart_at != "concept" and not args.continue_from:
+            raise CommandError("--restart-at restarts a finished run: add --continue-from RUN.")
         metrics = train_tiny(args.output_dir, smoke=args.smoke, seed=args.seed, processes=args.processes,
-                             continue_from=args.continue_from, **overrides)
+                             continue_from=args.continue_from, restart_at=args.restart_at, **overrides)
     full = metrics["test"]["generated/full"]
     print(f"wrote {args.output_dir}: test cIoU {format_metric(full['ciou'])}, gIoU {format_metric(full['giou'])}, "
           f"N-acc {format_metric(full['n_acc'])}, T-acc {format_metric(full['t_acc'])} "

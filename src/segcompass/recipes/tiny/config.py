@@ -37,6 +37,8 @@ class TinyRecipeConfig:
         num_train, num_validation, num_test: synthetic samples per split (base seed ``data_seed``).
     Schedule:
         batch_size, lm_warmup_steps, sae_sequences, sae_epochs, joint_steps, grpo_steps, learning_rate.
+        lm_learning_rate: the LM warm-up's peak learning rate (None: ``learning_rate``); a run restarted at the LM
+            warm-up from a trained backbone (``train_tiny(restart_at="lm_warmup")``) continues it at a lower one.
         vision_pretrain_steps: steps (batch ``2 * batch_size``) of dense colour / kind / size classification from
             the SAM image embedding before anything else (the from-scratch SAM encoder learns what the slot queries
             ask for); probe_weight: weight of the same auxiliary loss during joint training (the probe is
@@ -117,6 +119,7 @@ class TinyRecipeConfig:
     lambda_conf: float = 0.5
     grpo_steps: int = 16
     learning_rate: float = 1e-3
+    lm_learning_rate: float | None = None
     lm_loss_weight: float = 1.0
     generated_share: float = 0.2
     generated_pool: int = 2048

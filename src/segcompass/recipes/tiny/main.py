@@ -46,7 +46,7 @@ logger = get_logger(__name__)
 
 
 def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: int, config,
-               continue_from=None) -> None:
+               continue_from=None, restart_at: str = "concept", overrides: dict | None = None) -> None:
     """One data-parallel process of :func:`train_tiny` (started by ``torch.multiprocessing.spawn``)."""
     import torch.distributed as dist
 
@@ -56,11 +56,12 @@ def _rank_main(rank: int, world: int, port: int, output_dir, smoke: bool, seed: 
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1, continue_from=continue_from)
+    train_tiny(output_dir, smoke=smoke, seed=seed, config=config, processes=1, continue_from=continue_from,
+               restart_at=restart_at, **(overrides or {}))  # already in config; passed on to be recorded
 
 
 def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRecipeConfig | None = None,
-               processes: int = 1, continue_from=None, **overrides) -> dict:
+               processes: int = 1, continue_from=None, restart_at: str = "concept", **overrides) -> dict:
     """Train the tiny synthetic-domain SegCompass end to end and write it to ``output_dir``.
 
     Args:
@@ -83,13 +84,22 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             one: when that run had a concept stage of its own, the new one trains on top of it, and
             ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so; a continued run may be
             continued again (``"runs"`` and ``"earlier_concept_stages"`` then cover the whole chain).
+        restart_at: with ``continue_from``, the stage the run restarts at. ``"concept"`` (default): as above.
+            ``"lm_warmup"``: only the vision pretraining (stage 0) is carried over; the earlier run's backbone (ViT and
+            language model) and SAM image encoder start this run's LM warm-up, which trains ``lm_warmup_steps`` more
+            steps, and every later stage runs again on new heads (a new SAE, joint training, the concept stage ...),
+            with today's settings for all of them (:data:`LM_RESTART_CARRIED_FIELDS` come from the earlier run).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
     """
+    if restart_at not in RESTART_STAGES:
+        raise ValueError(f"restart_at={restart_at!r}: a continued run restarts at one of {list(RESTART_STAGES)}.")
     previous = _finished_run(continue_from) if continue_from is not None else None
+    if previous is None and restart_at != "concept":
+        raise ValueError(f"restart_at={restart_at!r} needs continue_from: the finished run to restart from.")
     if config is None and previous is not None:
-        config = _continuation_config(previous)
+        config = _continuation_config(previous, restart_at)
     base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
     known = {f.name for f in fields(TinyRecipeConfig)}
     unknown = sorted(set(overrides) - known)
@@ -108,7 +118,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             probe_socket.bind(("127.0.0.1", 0))
             port = probe_socket.getsockname()[1]
         mp.spawn(_rank_main, args=(processes, port, str(output_dir), smoke, seed, config,
-                                   None if continue_from is None else str(continue_from)),
+                                   None if continue_from is None else str(continue_from), restart_at, overrides),
                  nprocs=processes, join=True)
         return json.loads((Path(output_dir) / "metrics.json").read_text())
     start = time.perf_counter()
@@ -131,19 +141,26 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     t = lap("data", t)
-    if previous is None:
+    if previous is None or restart_at == "lm_warmup":
         model, processor = build_tiny_model_and_processor(config, seed=seed)
         num_params = sum(p.numel() for p in model.parameters())
         logger.info("built a %.2f M-parameter model (vocabulary %d)", num_params / 1e6, len(processor.tokenizer))
         probe = SceneProbe(model.config.sam_config.vision_config.output_channels,
                            kind_weight=config.scene_probe_kind_weight)
-        vision = sam_encoder_pretrain(model, processor, train, config, probe, generator)
-        t = lap("sam_pretrain", t)
         token_probe = TokenProbe(model.config.get_text_config().hidden_size, kind_weight=config.probe_kind_weight,
                                  pos_weight=config.probe_pos_weight)
-        backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
-        t = lap("backbone_vit_pretrain", t)
+        if previous is None:
+            vision = sam_encoder_pretrain(model, processor, train, config, probe, generator)
+            t = lap("sam_pretrain", t)
+            backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
+            t = lap("backbone_vit_pretrain", t)
+        else:
+            vision, backbone_vision = _carry_backbone_and_vision(model, continue_from, previous, timings)
+            logger.info("restarting from the LM warm-up of the finished run in %s", continue_from)
+            t = lap("load", t)
         lm = lm_warmup(model, processor, train, config, generator, token_probe)
+        if previous is not None:
+            lm["earlier_steps"] = _total_lm_steps(previous)
         t = lap("lm_warmup", t)
         sae = train_sae(model, processor, train, config, output_dir, seed)
         broadcast_from_rank0(model, token_probe, probe)  # every rank ran the SAE stage; keep rank 0's
@@ -199,6 +216,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     t = lap("evaluate_runner", t)
     metrics = {
         "recipe": "segcompass.recipes.tiny.train_tiny", "smoke": smoke, "seed": seed,
+        "overrides": recorded_overrides(overrides),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
@@ -213,7 +231,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
-        metrics["continued_from"] = _continuation_record(continue_from, previous, metrics["timings_s"]["total"])
+        metrics["continued_from"] = _continuation_record(continue_from, previous, metrics["timings_s"]["total"],
+                                                         restart_at)
         earlier_chain = previous.get("continued_from")
         earlier = (previous["timings_s"]["total"] if earlier_chain  # already counts the runs before it
                    else sum(v for k, v in previous["timings_s"].items() if k != "total"))
@@ -223,6 +242,11 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
                 time.perf_counter() - start)
     return metrics
+
+
+def recorded_overrides(overrides: dict) -> dict:
+    """``metrics["overrides"]``: the fields a run set on top of its base config (``--set``), JSON-ready, sorted."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}
 
 
 def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, seed: int) -> tuple[float, dict, dict]:
@@ -271,13 +295,56 @@ REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "eval_batch_s
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
 
 
-def _continuation_record(continue_from, previous: dict, this_run_s: float) -> dict:
+RESTART_STAGES = ("concept", "lm_warmup")
+"""Where a run continued from a finished one (``train_tiny(continue_from=...)``) restarts."""
+
+LM_RESTART_CARRIED_FIELDS = (
+    "image_size", "num_slots", "text_hidden_size", "text_layers", "text_heads", "text_kv_heads",
+    "text_intermediate_size", "vision_hidden_size", "vision_depth", "backbone_image_side", "sam_hidden_size",
+    "sam_layers", "sam_patch_size", "sam_mlp_dim", "data_seed", "vision_pretrain_steps",
+    "backbone_vision_pretrain_steps", "probe_kind_weight", "probe_pos_weight", "scene_probe_kind_weight",
+)
+"""The ``TinyRecipeConfig`` fields a run restarted at the LM warm-up takes from the earlier run (the architecture of
+the weights it carries, and the vision pretraining that made them); every other field is today's default."""
+
+
+def _total_lm_steps(previous: dict) -> int:
+    """LM warm-up steps behind a finished run's backbone, through earlier LM restarts."""
+    lm = previous["lm_warmup"]
+    return int(lm.get("steps", 0)) + int(lm.get("earlier_steps", 0))
+
+
+def _carry_backbone_and_vision(model, continue_from, previous: dict, timings: dict) -> tuple[dict, dict]:
+    """Load the earlier run's backbone (ViT + language model) and SAM image encoder into ``model`` (new heads and no
+    SAE stay as built); return its stage-0 metrics and record their timings. Raises ``ValueError`` when the
+    architectures differ."""
+    from transformers import AutoModel
+
+    earlier = AutoModel.from_pretrained(continue_from)
+    for name in ("backbone", "vision_encoder"):
+        try:
+            getattr(model, name).load_state_dict(getattr(earlier, name).state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"{continue_from}: its {name} does not fit this run's architecture ({err}); restart with "
+                             "the earlier run's sizes.") from None
+    timings.update({k: v for k, v in previous["timings_s"].items() if k in ("sam_pretrain", "backbone_vit_pretrain")})
+    return previous["sam_pretrain"], previous["backbone_vit_pretrain"]
+
+
+def _continuation_record(continue_from, previous: dict, this_run_s: float, restart_at: str = "concept") -> dict:
     """``metrics["continued_from"]``: the earlier run, how many runs made the checkpoint, and every concept stage its
-    heads went through before this run's (earliest first), through a chain of continued runs."""
+    heads went through before this run's (earliest first), through a chain of continued runs. A run restarted at the
+    LM warm-up carries stage 0 and the backbone, not the heads: no earlier concept stage."""
+    chain = previous.get("continued_from") or {}
+    if restart_at == "lm_warmup":
+        return {"path": str(continue_from), "restart_at": restart_at,
+                "stages_carried_over": ["sam_pretrain", "backbone_vit_pretrain"],
+                "earlier_lm_warmup_steps": _total_lm_steps(previous),
+                "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s,
+                "earlier_concept_stages": [], "runs": chain.get("runs", 2 if chain else 1) + 1}
     record = {"path": str(continue_from), "stages_carried_over": [
         "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
         "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s}
-    chain = previous.get("continued_from") or {}
     stages = earlier_concept_stages(chain)
     earlier_concept = previous.get("concept_stage") or {}
     if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
@@ -298,11 +365,14 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 
 
-def _continuation_config(previous: dict) -> TinyRecipeConfig:
+def _continuation_config(previous: dict, restart_at: str = "concept") -> TinyRecipeConfig:
     """The recipe config of a run continued from ``previous`` (its ``metrics.json``): the earlier run's values for the
-    stages carried over, the defaults (smoke defaults for a smoke run) for :data:`CONTINUATION_FIELDS`."""
+    stages carried over, the defaults (smoke defaults for a smoke run) for :data:`CONTINUATION_FIELDS` (restarting at
+    the concept stage) or for everything but :data:`LM_RESTART_CARRIED_FIELDS` (restarting at the LM warm-up)."""
     carried = _recipe_config(previous["config"])
     defaults = TinyRecipeConfig.smoke() if previous.get("smoke") else TinyRecipeConfig()
+    if restart_at == "lm_warmup":
+        return replace(defaults, **{name: getattr(carried, name) for name in LM_RESTART_CARRIED_FIELDS})
     return replace(carried, **{name: getattr(defaults, name) for name in CONTINUATION_FIELDS})
 
 
@@ -333,6 +403,8 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
                          "settings need a new run.")
     config = replace(_recipe_config(metrics["config"]), **overrides)
     metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    if overrides:
+        metrics["overrides"] = {**metrics.get("overrides", {}), **recorded_overrides(overrides)}
     model = AutoModel.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
     validation = make_split("validation", config.num_validation, config, "validation split")

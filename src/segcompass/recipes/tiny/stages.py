@@ -42,7 +42,8 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
         params += list(token_probe.parameters())
         handle = model.backbone.model.visual.register_forward_hook(
             lambda module, inputs, output: captured.append(output.pooler_output))  # (B*g*g, D) merged tokens
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    learning_rate = config.learning_rate if config.lm_learning_rate is None else config.lm_learning_rate
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
     model.train()
     losses = []
