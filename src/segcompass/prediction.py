@@ -99,6 +99,11 @@ def drop_duplicate_slots(masks: Any, confidences: Any, kept: list[int], duplicat
     return sorted(retained)
 
 
+def _is_count(value: Any) -> bool:
+    """An int (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def instance_limit(limits: Any, index: int | None = None) -> int | None:
     """One sample's ``max_instances``: ``limits[index]`` of the model's ``outputs.instance_limits`` (``(B,)``, or None
     when ``config.limit_instances_to_answer`` is off), or ``limits`` itself (an int, a one-element tensor or None) when
@@ -111,7 +116,7 @@ def instance_limit(limits: Any, index: int | None = None) -> int | None:
             raise ValueError(f"An instance limit is one count per sample, got a tensor of shape {tuple(value.shape)}; "
                              "pass outputs.instance_limits and the sample's index.")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not _is_count(value):
         raise ValueError(f"An instance limit must be an int or None, got {value!r}.")
     return None if value < 0 else int(value)
 
@@ -126,7 +131,7 @@ def kept_instances(masks: Any, confidences: Any, threshold: float, duplicate_iou
     if duplicate_iou is not None:
         kept = drop_duplicate_slots(masks, confidences, kept, duplicate_iou)
     if max_instances is not None:
-        if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 0:
+        if not _is_count(max_instances) or max_instances < 0:
             raise ValueError(f"`max_instances` must be None (no limit) or an int >= 0, got {max_instances!r}; "
                              "convert outputs.instance_limits[b] with segcompass.prediction.instance_limit.")
         scores = _float64_list(confidences)

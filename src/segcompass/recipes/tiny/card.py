@@ -172,14 +172,14 @@ def _continuation(metrics: dict) -> str:
     earlier = metrics.get("continued_from")
     if earlier and earlier.get("restart_at") == "lm_warmup":
         runs = earlier.get("runs", 2)
+        earlier_runs = "the earlier run's" if runs == 2 else "the earlier runs'"
         settings = "".join(f" --set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                            for k, v in (metrics.get("overrides") or {}).items())
         text += (f" This checkpoint was made in {runs} runs of this recipe. The last "
                  f"(`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN --restart-at lm_warmup{settings}`, "
                  f"{earlier['this_run_s'] / 60:.1f} min) took the earlier checkpoint's backbone (ViT and language model, "
                  f"{earlier['earlier_lm_warmup_steps']} LM warm-up steps behind it) and SAM image encoder (which had "
-                 f"also trained in {'the earlier run' + chr(39) + 's' if runs == 2 else 'the earlier runs' + chr(39)} joint and "
-                 "concept stages), and ran stages 1-6 again on them: "
+                 f"also trained in {earlier_runs} joint and concept stages), and ran stages 1-6 again on them: "
                  f"{metrics['lm_warmup']['steps']} more LM warm-up steps, a new SAE and new heads. Stage 0's metrics "
                  "and timings above are the first run's; the wall time above sums all "
                  f"{runs} runs. `segcompass train-tiny OUTPUT_DIR` runs every stage in one go.")
@@ -246,7 +246,7 @@ def render_model_card(metrics: dict) -> str:
         vit_probe_loss=f"{metrics.get('backbone_vit_pretrain', {}).get('probe_loss', float('nan')):.4f}",
         lm_loss=format_metric(metrics["lm_warmup"]["final_loss"]),
         lm_continuation=(f", continuing a backbone an earlier run had trained for {metrics['lm_warmup']['earlier_steps']} "
-                         f"steps, at a peak learning rate of {c.get('lm_learning_rate') or c['learning_rate']:g}"
+                         f"steps, at a peak learning rate of {metrics['lm_warmup']['learning_rate']:g}"
                          if metrics["lm_warmup"].get("earlier_steps") else ""),
         sae_sequences_used=sae["sequences"], sae_tokens=sae["tokens"], sae_l1=f"{sae['l1_coefficient']:.3f}",
         sae_fve=format_metric(sae.get("fve")), sae_l0=f"{sae.get('l0', float('nan')):.1f}",

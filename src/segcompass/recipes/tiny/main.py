@@ -217,7 +217,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     metrics = {
         "recipe": "segcompass.recipes.tiny.train_tiny", "smoke": smoke, "seed": seed,
         "overrides": recorded_overrides(overrides),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "config": _json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
         "joint": joint, "concept_stage": concept, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
@@ -244,9 +244,14 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     return metrics
 
 
+def _json_ready(fields: dict) -> dict:
+    """Recipe-config fields as ``metrics.json`` holds them: tuples (``thresholds``) as lists."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+
+
 def recorded_overrides(overrides: dict) -> dict:
     """``metrics["overrides"]``: the fields a run set on top of its base config (``--set``), JSON-ready, sorted."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())}
+    return _json_ready(dict(sorted(overrides.items())))
 
 
 def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, seed: int) -> tuple[float, dict, dict]:
@@ -336,12 +341,13 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
     heads went through before this run's (earliest first), through a chain of continued runs. A run restarted at the
     LM warm-up carries stage 0 and the backbone, not the heads: no earlier concept stage."""
     chain = previous.get("continued_from") or {}
+    runs = chain.get("runs", 2 if chain else 1) + 1
     if restart_at == "lm_warmup":
         return {"path": str(continue_from), "restart_at": restart_at,
                 "stages_carried_over": ["sam_pretrain", "backbone_vit_pretrain"],
                 "earlier_lm_warmup_steps": _total_lm_steps(previous),
                 "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s,
-                "earlier_concept_stages": [], "runs": chain.get("runs", 2 if chain else 1) + 1}
+                "earlier_concept_stages": [], "runs": runs}
     record = {"path": str(continue_from), "stages_carried_over": [
         "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
         "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s}
@@ -355,7 +361,7 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
             "concept_grouping": earlier_config.get("concept_grouping", "sequence")}
         stages.append(record["earlier_concept_stage"])
     record["earlier_concept_stages"] = stages
-    record["runs"] = chain.get("runs", 2 if chain else 1) + 1
+    record["runs"] = runs
     return record
 
 
@@ -402,7 +408,7 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
                          f"with retune_threshold, which saves them into the checkpoint), got {refused}; training "
                          "settings need a new run.")
     config = replace(_recipe_config(metrics["config"]), **overrides)
-    metrics["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    metrics["config"] = _json_ready(asdict(config))
     if overrides:
         metrics["overrides"] = {**metrics.get("overrides", {}), **recorded_overrides(overrides)}
     model = AutoModel.from_pretrained(output_dir).eval()

@@ -68,7 +68,8 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
             logger.info("LM warm-up step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-100:]))
     if handle is not None:
         handle.remove()
-    return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps}
+    return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps,
+            "learning_rate": learning_rate}
 
 
 @torch.no_grad()
