@@ -323,6 +323,48 @@ def test_wrong_image_embeddings_shape_and_missing_sam_input():
         model(input_ids=ids, attention_mask=mask)
 
 
+def test_mask_refiner_starts_as_the_identity_needs_the_pixels_and_round_trips(tmp_path):
+    from segcompass.modules.mask_refiner import LOGIT_BOUND
+
+    plain, refined = build(), build(mask_refiner_hidden_size=8, mask_refiner_dilations=[1, 2])
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("mask_refiner.") for name in missing)
+    assert plain.mask_refiner is None and refined.mask_refiner.pixel_scale == 2  # 64 px SAM input, 32 x 32 masks
+    ids, mask = tiny_text_inputs(plain.config, [7, 5])
+    pixels = sam_pixels(2)
+    a = plain(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    b = refined(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    torch.testing.assert_close(b.mask_logits, LOGIT_BOUND * torch.tanh(a.mask_logits / LOGIT_BOUND))
+    torch.testing.assert_close(b.confidence_logits, a.confidence_logits)
+    with pytest.raises(ValueError, match=r"pass `sam_pixel_values` \(B, 3, 64, 64\) .* also when passing precomputed"):
+        refined(input_ids=ids, attention_mask=mask, image_embeddings=b.image_embeddings)
+    c = refined(input_ids=ids, attention_mask=mask, image_embeddings=b.image_embeddings, sam_pixel_values=pixels)
+    assert torch.equal(c.mask_logits, b.mask_logits)
+    # the pixels matter once the refiner has trained (here: a random output layer)
+    torch.nn.init.normal_(refined.mask_refiner.layers[-1].weight, std=0.5)
+    d = refined(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    e = refined(input_ids=ids, attention_mask=mask, image_embeddings=d.image_embeddings,
+                sam_pixel_values=pixels.flip(-1))
+    assert not torch.allclose(d.mask_logits, e.mask_logits)
+    refined.save_pretrained(tmp_path)
+    reloaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and reloaded.config.mask_refiner_dilations == [1, 2]
+    assert torch.equal(reloaded.eval()(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels).mask_logits,
+                       d.mask_logits)
+
+
+def test_a_refiner_added_to_a_saved_model_starts_as_the_identity(tmp_path):
+    """Continuing a checkpoint saved without a refiner: the new refiner's weights are missing and start at zero
+    output, so the masks keep their signs."""
+    plain = build()
+    plain.save_pretrained(tmp_path)
+    grown = AutoModel.from_pretrained(tmp_path, mask_refiner_hidden_size=8).eval()
+    ids, mask = tiny_text_inputs(plain.config, [6])
+    a = plain(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(1)).mask_logits
+    b = grown(input_ids=ids, attention_mask=mask, sam_pixel_values=sam_pixels(1)).mask_logits
+    assert torch.equal(a > 0, b > 0) and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
+
+
 def test_special_ids_must_be_configured():
     model = SegCompassForReasoningSegmentation(SegCompassConfig.from_preset("tiny"))
     ids = torch.randint(10, 90, (1, 5))
@@ -348,6 +390,8 @@ def test_full_size_presets_are_consistent(preset):
         (dict(concept_pooling="median"), "concept_pooling"),
         (dict(confidence_threshold=2.0), "confidence_threshold"),
         (dict(duplicate_iou=0.0), r"`duplicate_iou` must be None .* got 0\.0"),
+        (dict(mask_refiner_hidden_size=-1), r"`mask_refiner_hidden_size` must be an int >= 0 .* got -1"),
+        (dict(mask_refiner_dilations=[1, 0]), r"`mask_refiner_dilations` .* got \[1, 0\]"),
     ],
 )
 def test_config_validation(overrides, match):

@@ -96,6 +96,30 @@ def test_pipeline_equals_model_segment(tiny_checkpoint):
         assert np.array_equal(instance["mask"], result.masks[0][instance["slot"]].numpy())
 
 
+def test_pipeline_feeds_the_mask_refiner_the_pixels_of_each_image(tiny_checkpoint_factory, tmp_path):
+    """A model with a mask refiner reads the SAM pixels beside the cached image embeddings: the pipeline's masks
+    equal model.segment's, and two images in one call each get their own pixels."""
+    model = AutoModel.from_pretrained(tiny_checkpoint_factory(mask_refiner_hidden_size=4)).eval()
+    torch.nn.init.normal_(model.mask_refiner.layers[-1].weight, std=2.0)  # a refiner that moves the masks
+    model.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(tiny_checkpoint_factory(mask_refiner_hidden_size=4)).save_pretrained(tmp_path)
+    pipe = pipeline("reasoning-segmentation", model=str(tmp_path))
+    processor = pipe.processor
+    kwargs = dict(max_new_tokens=5, pad_token_id=processor.tokenizer.pad_token_id,
+                  eos_token_id=processor.tokenizer.eos_token_id)
+    images = [image(seed=3), image(seed=4)]
+    outs = pipe(images, ["the red circle", "the red circle"], max_new_tokens=5, threshold=0.0)
+    for img, out in zip(images, outs):
+        result = pipe.model.segment(**processor(images=[img], instructions=["the red circle"], return_tensors="pt"),
+                                    **kwargs)
+        for instance in out["instances"]:
+            assert np.array_equal(instance["mask"], result.masks[0][instance["slot"]].numpy())
+    plain = AutoModel.from_pretrained(tmp_path, mask_refiner_hidden_size=0).eval()  # the same model, unrefined
+    unrefined = plain.segment(**processor(images=[images[0]], instructions=["the red circle"], return_tensors="pt"),
+                              **kwargs)
+    assert not all(np.array_equal(i["mask"], unrefined.masks[0][i["slot"]].numpy()) for i in outs[0]["instances"])
+
+
 def test_batch_of_three_images_equals_single_calls(tiny_checkpoint):
     model = AutoModel.from_pretrained(tiny_checkpoint).eval()
     processor = AutoProcessor.from_pretrained(tiny_checkpoint)

@@ -81,6 +81,12 @@ class SegCompassConfig(PreTrainedConfig):
             the prediction rule passes it (:func:`segcompass.prediction.kept_instances`). A sequence without an answer
             list has no limit. False (the class default, the paper): the threshold alone decides. Measured on the
             tiny model (200 test samples, generated reasoning, threshold re-tuned 0.30 -> 0.20): cIoU 0.512 -> 0.557.
+        mask_refiner_hidden_size (`int`): width of the [`~segcompass.modules.mask_refiner.MaskRefiner`] that refines
+            each slot's mask logits from the SAM input pixels at the mask grid (SAM's decoder sees nothing finer than
+            its image embedding, so small objects get blurred outlines); 0 (the class default, the paper): no refiner.
+            A model with a refiner needs ``sam_pixel_values`` even when precomputed ``image_embeddings`` are passed.
+        mask_refiner_dilations (`list[int]`, *optional*): the refiner's 3 x 3 convolutions, one per dilation (default
+            ``[1, 2, 4, 1]``).
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
         ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
@@ -120,6 +126,8 @@ class SegCompassConfig(PreTrainedConfig):
     confidence_threshold: float = 0.5
     duplicate_iou: float | None = None
     limit_instances_to_answer: bool = False
+    mask_refiner_hidden_size: int = 0
+    mask_refiner_dilations: list[int] | None = None
     ref_token: str = DEFAULT_REF_TOKEN
     slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE
     ref_token_id: int | None = None
@@ -195,6 +203,22 @@ class SegCompassConfig(PreTrainedConfig):
                 f"SAM vision output_channels={vision_channels} must equal mask_decoder hidden_size="
                 f"{self.sam_config.mask_decoder_config.hidden_size}."
             )
+        if not isinstance(self.mask_refiner_hidden_size, int) or self.mask_refiner_hidden_size < 0:
+            raise ValueError(
+                f"`mask_refiner_hidden_size` must be an int >= 0 (0: no mask refiner), got {self.mask_refiner_hidden_size!r}."
+            )
+        if self.mask_refiner_dilations is not None and (
+                not self.mask_refiner_dilations or any(not isinstance(d, int) or d < 1 for d in self.mask_refiner_dilations)):
+            raise ValueError(
+                f"`mask_refiner_dilations` must be None or a non-empty list of ints >= 1 (one 3x3 convolution per "
+                f"dilation, e.g. [1, 2, 4, 1]), got {self.mask_refiner_dilations!r}."
+            )
+        if self.mask_refiner_hidden_size and self.sam_input_size % self.mask_size:
+            raise ValueError(
+                f"The mask refiner reads the {self.sam_input_size} px SAM input at the {self.mask_size} x "
+                f"{self.mask_size} mask grid; the side must be a whole multiple of the grid. Set "
+                "`mask_refiner_hidden_size=0` or change the SAM vision image_size / patch_size."
+            )
         if self.slot_token_ids is not None and len(self.slot_token_ids) != self.num_slots:
             raise ValueError(
                 f"`slot_token_ids` has {len(self.slot_token_ids)} ids but num_slots={self.num_slots}."
@@ -224,6 +248,11 @@ class SegCompassConfig(PreTrainedConfig):
     @property
     def mask_size(self) -> int:
         return 4 * self.image_embedding_size
+
+    @property
+    def sam_input_size(self) -> int:
+        """Side S of the square SAM input frame (``sam_pixel_values`` are ``(B, 3, S, S)``)."""
+        return self.sam_config.vision_config.image_size
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> SegCompassConfig:

@@ -31,6 +31,7 @@ from .modules.answer_items import answer_item_counts
 from .modules.concept_interface import SparseConceptInterface
 from .modules.concept_path import concept_path
 from .modules.mask_decoder import HeatmapMaskDecoder
+from .modules.mask_refiner import DEFAULT_DILATIONS, MaskRefiner
 from .modules.slot_mapper import SlotMapper
 from .sae import SparseAutoencoder
 from .sae.feature_dictionary import FeatureDictionaryMixin
@@ -59,7 +60,11 @@ class SegCompassPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.slot_queries, std=0.02)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if getattr(module, "initial_bias", None) is not None:  # the slot mapper's last map convolution
+            if getattr(module, "zero_init", False):  # the mask refiner's output: starts as the identity
+                init.zeros_(module.weight)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+            elif getattr(module, "initial_bias", None) is not None:  # the slot mapper's last map convolution
                 init.constant_(module.bias, module.initial_bias)
             elif module.bias is not None:
                 bound = 1.0 / math.sqrt(module.weight[0].numel())
@@ -108,6 +113,13 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         )
         self.vision_encoder = SamVisionModel(config.sam_config.vision_config)
         self.mask_decoder = HeatmapMaskDecoder(config.sam_config)
+        self.mask_refiner = None
+        if config.mask_refiner_hidden_size:
+            self.mask_refiner = MaskRefiner(
+                pixel_scale=config.sam_input_size // config.mask_size,
+                hidden_size=config.mask_refiner_hidden_size,
+                dilations=tuple(config.mask_refiner_dilations or DEFAULT_DILATIONS),
+            )
         self.post_init()
 
     # ------------------------------------------------------------------ transformers plumbing
@@ -197,7 +209,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
     @property
     def sam_input_size(self) -> int:
         """S: the side of SAM's padded square input frame."""
-        return int(self.config.sam_config.vision_config.image_size)
+        return int(self.config.sam_input_size)
 
     def valid_mask_sizes(self, reshaped_input_sizes) -> torch.LongTensor:
         """``(B, 2)`` unpadded (h, w) on the m × m mask grid from the processor's ``reshaped_input_sizes`` ``(B, 2)``
@@ -242,7 +254,9 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             input_ids (`(B, T)`): prompt + completion + <REF_POS> + the K concentration tokens.
             attention_mask (`(B, T)`).
             sam_pixel_values (`(B, 3, S, S)`) or image_embeddings (`(B, C, h, w)`): the SAM branch input; pass
-                precomputed embeddings to skip the image encoder.
+                precomputed embeddings to skip the image encoder. A model with a mask refiner
+                (``config.mask_refiner_hidden_size``) reads ``sam_pixel_values`` as well, so pass them with the
+                embeddings.
             reshaped_input_sizes (`(B, 2)`, *optional*): the processor's (h', w') of each image in the SAM frame;
                 the mask decoder then ignores the padding (:meth:`valid_mask_sizes`).
             valid_mask_sizes (`(B, 2)`, *optional*): instead of ``reshaped_input_sizes``: the unpadded (height,
@@ -274,7 +288,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                             **backbone_kwargs)
         result = self.segment_from_hidden_states(
             input_ids, attention_mask, self._hook_states(out), out.hidden_states[-1], image_embeddings,
-            valid_mask_sizes, slot_positions=positions,
+            valid_mask_sizes, slot_positions=positions, sam_pixel_values=sam_pixel_values,
         )
         result.loss, result.logits = out.loss, out.logits
         return result
@@ -288,6 +302,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
         image_embeddings: torch.Tensor,
         valid_mask_sizes: torch.LongTensor | None = None,
         slot_positions: torch.LongTensor | None = None,
+        sam_pixel_values: torch.FloatTensor | None = None,
     ) -> SegCompassOutput:
         """Everything after the backbone: SAE concepts, concept interface, slot mapper and mask decoder, from the
         hidden states of a backbone forward that already ran (:meth:`forward`; GRPO reads them from the policy's own
@@ -300,6 +315,8 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             hook_states (`(B, T, D)`): ``hidden_states[L]``; last_states (`(B, T, D)`): the last layer's states.
             image_embeddings (`(B, C, h, w)`); valid_mask_sizes (`(B, 2)`, *optional*): see :meth:`forward`.
             slot_positions (`(B, K)`, *optional*): :meth:`slot_positions` of ``input_ids`` when already found.
+            sam_pixel_values (`(B, 3, S, S)`, *optional*): the SAM input pixels; required when the model has a mask
+                refiner (``config.mask_refiner_hidden_size``), unused otherwise.
 
         Returns:
             a [`SegCompassOutput`] without ``loss`` / ``logits``.
@@ -332,6 +349,14 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
                                                                 key_positions)
         mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes,
                                                     image_positional_embeddings=key_positions)  # one dense PE for both
+        if self.mask_refiner is not None:
+            if sam_pixel_values is None:
+                raise ValueError(
+                    f"This model refines its masks from the image pixels (mask_refiner_hidden_size="
+                    f"{config.mask_refiner_hidden_size}): pass `sam_pixel_values` (B, 3, {self.sam_input_size}, "
+                    f"{self.sam_input_size}) from the processor, also when passing precomputed `image_embeddings`."
+                )
+            mask_logits = self.mask_refiner(mask_logits, sam_pixel_values)  # (B, K, 4h, 4w)
         return SegCompassOutput(
             heatmap_logits=heatmap_logits,
             confidence_logits=confidence_logits,
@@ -463,7 +488,7 @@ class SegCompassForReasoningSegmentation(FeatureDictionaryMixin, SegCompassPreTr
             forward_kwargs["mm_token_type_ids"] = scoring["mm_token_type_ids"]
         outputs = self.forward(
             input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"], image_embeddings=image_embeddings,
-            reshaped_input_sizes=reshaped_input_sizes, **forward_kwargs,
+            sam_pixel_values=sam_pixel_values, reshaped_input_sizes=reshaped_input_sizes, **forward_kwargs,
         )
         result = SegCompassSegmentationOutput(
             sequences=scoring["input_ids"], completion_ids=scoring["completion_ids"], malformed=scoring["malformed"],

@@ -324,6 +324,7 @@ class ReasoningSegmentationPipeline(Pipeline):
         tokenizer = self.processor.tokenizer
         result = self.model.segment(
             image_embeddings=torch.stack([self._embedding_cache[key] for key in keys]),
+            sam_pixel_values=sam_pixel_values.to(self.model.dtype),
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -59,6 +59,27 @@ def test_single_pair_hand_values():
     assert set(out.metrics()) == {"loss", "seg", "bce", "dice", "conf", "matched_iou", "num_matched"}
 
 
+def test_mask_bce_on_the_matched_mask_logits():
+    """λ_m adds the pixel BCE of the matched slot's mask logits (the unmatched slot adds nothing), inside the valid
+    region when one is given; 0 (the default) leaves the paper's loss unchanged."""
+    heat = torch.stack([peaked(TL), torch.zeros(2, 2)])[None]  # slot 0 matches TL
+    mask = torch.stack([peaked(TL, 3.0, -1.0), peaked(BR, 5.0, 5.0)])[None]  # slot 1 (unmatched) is far off
+    conf = torch.zeros(1, 2)
+    plain = segmentation_losses(heat, mask, conf, [TL[None]])
+    with_bce = segmentation_losses(heat, mask, conf, [TL[None]], lambda_mask_bce=0.5)
+    mask_bce = (sp(-3.0) + 3 * sp(-1.0)) / 4  # target pixel logit 3, three background pixels logit -1
+    assert with_bce.seg.item() == pytest.approx(plain.seg.item() + 0.5 * mask_bce, rel=1e-6)
+    assert with_bce.loss.item() == pytest.approx(plain.loss.item() + 0.5 * mask_bce, rel=1e-6)
+    left = torch.tensor([[[True, False], [True, False]]])  # only the left column counts
+    masked = segmentation_losses(heat, mask, conf, [TL[None]], lambda_mask_bce=1.0, valid_mask=left)
+    masked_plain = segmentation_losses(heat, mask, conf, [TL[None]], valid_mask=left)
+    assert masked.seg.item() == pytest.approx(masked_plain.seg.item() + (sp(-3.0) + sp(-1.0)) / 2, rel=1e-6)
+    grad_mask = mask.clone().requires_grad_(True)
+    segmentation_losses(heat, grad_mask, conf, [TL[None]], lambda_mask_bce=1.0, lambda_dice=0.0,
+                        confidence_targets="matched").loss.backward()
+    assert grad_mask.grad[0, 0].abs().sum() > 0 and grad_mask.grad[0, 1].abs().sum() == 0
+
+
 def test_more_instances_than_slots():
     heat = peaked(BR)[None, None]  # (1, K=1, 2, 2): slot peaked on the bottom-right pixel
     mask = peaked(BR)[None, None]

@@ -48,6 +48,7 @@ _RANGES = (
     ("lambda_seg", 0.0, True, None, "a loss weight"),
     ("lambda_conf", 0.0, True, None, "a loss weight"),
     ("lambda_dice", 0.0, True, None, "a loss weight"),
+    ("lambda_mask_bce", 0.0, True, None, "a loss weight"),
     ("backbone_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
     ("codebook_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
     ("slot_mapper_lr_multiplier", 0.0, True, None, "a learning-rate multiplier (0 freezes the group)"),
@@ -92,6 +93,8 @@ class SegCompassGRPOConfig(GRPOConfig):
         lambda_seg: λ_s, weight of the segmentation term (heatmap BCE + λ_d · decoder dice).
         lambda_conf: λ_c, weight of the confidence BCE.
         lambda_dice: λ_d, weight of the dice loss inside the segmentation term.
+        lambda_mask_bce: λ_m, weight of a pixel BCE on the matched mask logits inside the segmentation term (0: the
+            paper; see :func:`~segcompass.training.losses.segmentation_losses`).
         backbone_lr_multiplier: learning-rate multiplier of the backbone (policy) parameters.
         codebook_lr_multiplier: multiplier of the concept interface (codebook, slot queries, concept encoder).
         slot_mapper_lr_multiplier: multiplier of the slot mapper.
@@ -155,6 +158,10 @@ class SegCompassGRPOConfig(GRPOConfig):
     lambda_seg: float = field(default=1.0, metadata={"help": "λ_s: segmentation loss weight (paper 1.0)."})
     lambda_conf: float = field(default=0.2, metadata={"help": "λ_c: confidence loss weight (paper 0.2)."})
     lambda_dice: float = field(default=0.6, metadata={"help": "λ_d: dice weight inside the segmentation loss (0.6)."})
+    lambda_mask_bce: float = field(
+        default=0.0, metadata={"help": "λ_m: weight of a pixel BCE on the matched mask logits inside the segmentation "
+                                       "loss (0: the paper's soft dice alone)."},
+    )
     matching_source: str = field(
         default="heatmap", metadata={"help": "What the Hungarian matching compares with the ground truth: 'heatmap' "
                                              "(the authors') or 'mask' (the decoder masks users get).",
@@ -219,7 +226,7 @@ class SegCompassGRPOConfig(GRPOConfig):
             self.activation_checkpointing = True  # TRL's default, without the deprecated name's FutureWarning
         _check_ranges(self)  # before TRL's own checks: one message naming the field and its range
         super().__post_init__()
-        for name in ("lambda_seg", "lambda_conf", "lambda_dice"):
+        for name in ("lambda_seg", "lambda_conf", "lambda_dice", "lambda_mask_bce"):
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")

@@ -150,6 +150,7 @@ def shared_forward(
     compute_entropy: bool = False,
     compute_aux_loss: bool = False,
     autocast=contextlib.nullcontext,
+    sam_pixel_values: torch.Tensor | None = None,
 ):
     """The one forward with gradients of a GRPO micro-batch.
 
@@ -160,6 +161,7 @@ def shared_forward(
         sequence: :func:`policy_segmentation_inputs`; completion_length: C.
         image_embeddings (`(B, C_sam, h, w)`), valid_mask_sizes (`(B, 2)`): the SAM branch.
         backbone_inputs: the backbone's image inputs of the B rows (``pixel_values``, ``image_grid_thw``).
+        sam_pixel_values (`(B, 3, S, S)`, *optional*): the SAM input pixels (required by a mask refiner).
 
     Returns:
         ``(log_probs (B, C), entropy (B, C) or None, aux_loss or None, SegCompassOutput)``.
@@ -183,6 +185,6 @@ def shared_forward(
     with autocast():
         seg = segcompass.segment_from_hidden_states(
             sequence.input_ids, sequence.attention_mask, states[segcompass.config.sae_config.hook_layer], states[-1],
-            image_embeddings, valid_mask_sizes,
+            image_embeddings, valid_mask_sizes, sam_pixel_values=sam_pixel_values,
         )
     return log_probs, entropy, getattr(outputs, "aux_loss", None), seg

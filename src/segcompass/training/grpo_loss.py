@@ -79,7 +79,7 @@ class SegmentationLossMixin:
                                "`generation_kwargs`?); those micro-batches run a separate segmentation forward.")
                 self._warned_inexact = True
             return None
-        image_embeddings, valid_sizes = self._segmentation_image_inputs(request)
+        image_embeddings, valid_sizes, sam_pixel_values = self._segmentation_image_inputs(request)
         backbone_inputs = {}
         if pixel_values is not None:
             backbone_inputs["pixel_values"] = pixel_values
@@ -89,26 +89,27 @@ class SegmentationLossMixin:
         log_probs, entropy, aux_loss, self._shared_output = shared_forward(
             model, self.segcompass, sequence, image_embeddings, valid_sizes, completion_length=logits_to_keep,
             backbone_inputs=backbone_inputs, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss,
-            autocast=self.accelerator.autocast,
+            autocast=self.accelerator.autocast, sam_pixel_values=sam_pixel_values,
         )
         return log_probs, entropy, aux_loss
 
     # -------------------------------------------------------------------------------------------- loss
-    def _segmentation_image_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM image keys ``(B, C, h, w)`` (recomputed with gradients when SAM's encoder trains) and the valid mask
-        sizes ``(B, 2)`` of the batch."""
+    def _segmentation_image_inputs(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SAM image keys ``(B, C, h, w)`` (recomputed with gradients when SAM's encoder trains), the valid mask
+        sizes ``(B, 2)`` and the SAM input pixels ``(B, 3, S, S)`` (read by a mask refiner) of the batch."""
         image_embeddings = inputs["seg_image_embeddings"]
         if not self.args.freeze_vision_encoder:  # the rollout's keys have no graph: recompute with gradients
             with self.accelerator.autocast():
                 image_embeddings = self.segcompass.get_image_embeddings(inputs["seg_sam_pixel_values"])
-        return image_embeddings, inputs["seg_valid_sizes"]
+        return image_embeddings, inputs["seg_valid_sizes"], inputs["seg_sam_pixel_values"]
 
     def _segmentation_losses(self, out, inputs: dict[str, Any]):
         """:func:`segmentation_losses` of a SegCompass output against the batch's ground truth."""
         return segmentation_losses(
             out.heatmap_logits.float(), out.mask_logits.float(), out.confidence_logits.float(),
             list(inputs["seg_gt_masks"]), lambda_seg=self.args.lambda_seg, lambda_conf=self.args.lambda_conf,
-            lambda_dice=self.args.lambda_dice, valid_mask=valid_region_mask(inputs["seg_valid_sizes"], self._grid),
+            lambda_dice=self.args.lambda_dice, lambda_mask_bce=self.args.lambda_mask_bce,
+            valid_mask=valid_region_mask(inputs["seg_valid_sizes"], self._grid),
             matching_source=self.args.matching_source, confidence_targets=self.args.confidence_targets,
         )
 
@@ -124,11 +125,12 @@ class SegmentationLossMixin:
         if "seg_mm_token_type_ids" in inputs:
             kwargs["mm_token_type_ids"] = inputs["seg_mm_token_type_ids"]
         self._head_mode(self.model.training)
-        image_embeddings, valid_sizes = self._segmentation_image_inputs(inputs)
+        image_embeddings, valid_sizes, sam_pixel_values = self._segmentation_image_inputs(inputs)
         with self.accelerator.autocast():
             out = self.segcompass(
                 input_ids=inputs["seg_input_ids"], attention_mask=inputs["seg_attention_mask"],
-                image_embeddings=image_embeddings, valid_mask_sizes=valid_sizes, **kwargs,
+                image_embeddings=image_embeddings, sam_pixel_values=sam_pixel_values, valid_mask_sizes=valid_sizes,
+                **kwargs,
             )
         return out, self._segmentation_losses(out, inputs)
 

@@ -114,6 +114,7 @@ def decode_rollout_masks(
     chunk: int,
     device: torch.device | str,
     autocast: Callable[[], Any] = contextlib.nullcontext,
+    sam_pixel_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int | None]]:
     """The no-grad SegCompass forward over the scoring sequences, ``chunk`` rows at a time (the heads' train / eval
     mode is the caller's).
@@ -140,6 +141,7 @@ def decode_rollout_masks(
                 input_ids=scoring["input_ids"][start:end].to(device),
                 attention_mask=scoring["attention_mask"][start:end].to(device),
                 image_embeddings=image_embeddings[start:end],
+                sam_pixel_values=None if sam_pixel_values is None else sam_pixel_values[start:end],
                 valid_mask_sizes=valid_sizes[start:end], **kwargs,
             )
         masks.append(out.mask_logits.float().sigmoid())  # (b, K, m, m)

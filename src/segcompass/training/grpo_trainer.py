@@ -323,7 +323,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
             masks, confidences, limits = decode_rollout_masks(  # (B, K, m, m), (B, K), B ints or None
                 self.segcompass, scoring, cache, image_embeddings, valid_sizes,
                 chunk=max(int(self.args.per_device_train_batch_size), 1), device=device,
-                autocast=self.accelerator.autocast,
+                autocast=self.accelerator.autocast, sam_pixel_values=sam_pixel_values,
             )
         finally:
             self._head_mode(self.model.training)
@@ -466,6 +466,7 @@ class SegCompassGRPOTrainer(SegmentationLossMixin, HeadOptimizationMixin, GRPOTr
         kwargs.setdefault("lambda_seg", self.args.lambda_seg)
         kwargs.setdefault("lambda_conf", self.args.lambda_conf)
         kwargs.setdefault("lambda_dice", self.args.lambda_dice)
+        kwargs.setdefault("lambda_mask_bce", self.args.lambda_mask_bce)
         kwargs.setdefault("matching_source", self.args.matching_source)
         kwargs.setdefault("confidence_targets", self.args.confidence_targets)
         kwargs.setdefault("weight_decay", self.args.weight_decay)

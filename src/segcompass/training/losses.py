@@ -2,6 +2,7 @@
 
     L     = λ_s · L_seg + λ_c · L_conf                      (added to L_grpo by the trainer)
     L_seg = BCE(heatmaps H_k, M_gt) + λ_d · dice(masks M̂, M_gt)        on Hungarian-matched pairs only
+            [+ λ_m · BCE(mask logits M̂_k, M_gt), off in the paper: ``lambda_mask_bce``]
     L_conf = (1/K) Σ_k BCE(c_k, y_k),   y_k = 1 if slot k is matched to a ground-truth instance, else 0
                                         (or, with ``confidence_targets="mask_iou"``, y_k = max_g IoU(M̂_k, M_g))
 
@@ -182,6 +183,7 @@ def segmentation_losses(
     lambda_seg: float = 1.0,
     lambda_conf: float = 0.2,
     lambda_dice: float = 0.6,
+    lambda_mask_bce: float = 0.0,
     dice_smooth: float = 1.0,
     valid_mask: torch.Tensor | None = None,
     matching_source: Literal["heatmap", "mask"] = "heatmap",
@@ -199,6 +201,9 @@ def segmentation_losses(
         lambda_seg: λ_s (paper 1.0).
         lambda_conf: λ_c (paper 0.2).
         lambda_dice: λ_d (paper 0.6).
+        lambda_mask_bce: λ_m, weight of a pixel BCE on the matched decoder mask logits (0: the paper, whose masks
+            learn from the soft dice alone; the dice of probabilities does not say where the logit's sign should
+            flip, which a BCE does).
         dice_smooth: smoothing of the dice loss (see :func:`dice_loss`).
         valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights in ``[0, 1]`` (bool works),
             e.g. the unpadded image region of SAM's frame. Matching, BCE and dice use only these pixels; every
@@ -274,7 +279,7 @@ def segmentation_losses(
     if num_matched == 0:
         # Zero that stays in the graph: parameters feeding the maps get zero gradients instead of none.
         bce = heatmap_logits.float().sum() * 0.0
-        dice = mask_logits.float().sum() * 0.0
+        dice = mask_bce = mask_logits.float().sum() * 0.0
         matched_iou = None
     else:
         offsets = [0]
@@ -297,9 +302,15 @@ def segmentation_losses(
             pair_bce = (pixel_bce * weights).sum((-2, -1)) / weights.sum((-2, -1))  # (M,)
         bce = pair_bce.mean()
         dice = dice_loss(probs, target, weights, smooth=dice_smooth).mean()
+        mask_bce = heat.new_zeros(())
+        if lambda_mask_bce:
+            mask_pixels = F.binary_cross_entropy_with_logits(mask_logits[batch_idx, slot_idx].float(), target,
+                                                             reduction="none")  # (M, H, W)
+            mask_bce = (mask_pixels.mean((-2, -1)) if weights is None
+                        else (mask_pixels * weights).sum((-2, -1)) / weights.sum((-2, -1))).mean()
         matched_iou = matching.matched_iou().mean()
 
-    seg = bce + lambda_dice * dice
+    seg = bce + lambda_dice * dice + lambda_mask_bce * mask_bce
     loss = lambda_seg * seg + lambda_conf * conf
     return SegmentationLossOutput(
         loss=loss,

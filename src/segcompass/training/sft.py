@@ -178,6 +178,7 @@ def supervised_warmup(
     lambda_seg: float = 1.0,
     lambda_conf: float = 0.2,
     lambda_dice: float = 0.6,
+    lambda_mask_bce: float = 0.0,
     matching_source: str = "heatmap",
     confidence_targets: str = "matched",
     train_vision_encoder: bool = False,
@@ -289,11 +290,13 @@ def supervised_warmup(
                 image_embeddings = model.get_image_embeddings(sam_pixel_values)
         backbone_kwargs = {k: data[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in data}
         out = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"],
-                    image_embeddings=image_embeddings, valid_mask_sizes=data["valid_mask_sizes"],
+                    image_embeddings=image_embeddings, sam_pixel_values=sam_pixel_values,
+                    valid_mask_sizes=data["valid_mask_sizes"],
                     labels=data["labels"] if lambda_lm else None, **backbone_kwargs)
         grid = tuple(out.heatmap_logits.shape[-2:])
         losses = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits, data["gt_masks"],
                                      lambda_seg=lambda_seg, lambda_conf=lambda_conf, lambda_dice=lambda_dice,
+                                     lambda_mask_bce=lambda_mask_bce,
                                      valid_mask=valid_region_mask(data["valid_mask_sizes"], grid),
                                      matching_source=matching_source, confidence_targets=confidence_targets)
         has_labels = bool((data["labels"] != -100).any())  # a batch of generated rows only has no LM target
