@@ -83,6 +83,10 @@ def test_smoke_recipe_end_to_end(tmp_path, monkeypatch):
     # the concept stage ran: the slot queries read the concepts alone
     assert metrics["concept_stage"]["steps"] == metrics["config"]["concept_steps"] == 4
     assert model.config.slot_query_inputs == "concepts" and "Q_k = MLP([0 ; r_k])" in card
+    # the refiner stage ran and the saved model refines its masks
+    assert metrics["refiner_stage"]["steps"] == metrics["config"]["refiner_steps"] == 2
+    assert model.mask_refiner is not None and model.mask_refiner.layers[-1].weight.abs().sum() > 0
+    assert "4c. Mask refiner: only the mask refiner trains, 2 steps" in card and "`MaskRefiner`" in card
 
     # a finished run continued from the concept stage: earlier stages carried over, later ones re-run
     again = train_tiny(tmp_path / "continued", continue_from=out, seed=1)
@@ -388,6 +392,39 @@ def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
         defaults.joint_steps, defaults.lm_warmup_steps, defaults.concept_steps)
 
 
+def test_refiner_stage_trains_the_refiner_alone(tmp_path):
+    """Only the mask refiner's weights move, the rest of the model stays in eval mode (the concept selection's
+    running mean does not move) and every requires_grad flag is restored; a finished run without a refiner is
+    continued with a new one."""
+    from transformers import AutoModel
+
+    from segcompass.recipes.tiny import build, data, stages
+    from segcompass.recipes.tiny.main import _load_for_continuation
+
+    config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, refiner_steps=3)
+    model, processor = build.build_tiny_model_and_processor(config)
+    model.config.concept_selection = "centered"
+    train = data.make_split("train", config.num_train, config, "train")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = stages.refiner_stage(model, processor, train, config, torch.Generator().manual_seed(0))
+    assert result["steps"] == 3 and "seg" in result
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("mask_refiner.") for k in changed), sorted(changed)[:5]
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="refiner_steps=3 trains a mask refiner, but mask_refiner_hidden_size=0"):
+        TinyRecipeConfig.smoke(mask_refiner_hidden_size=0, refiner_steps=3)
+
+    plain_config = TinyRecipeConfig.smoke(mask_refiner_hidden_size=0, refiner_steps=0)
+    plain, _ = build.build_tiny_model_and_processor(plain_config)
+    plain.save_pretrained(tmp_path / "plain")
+    grown = _load_for_continuation(AutoModel, tmp_path / "plain", config)
+    assert grown.mask_refiner is not None and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
+    model.save_pretrained(tmp_path / "refined")
+    with pytest.raises(ValueError, match="has a mask refiner of width 4; continue it with mask_refiner_hidden_size=4"):
+        _load_for_continuation(AutoModel, tmp_path / "refined", plain_config)
+
+
 def test_concept_stage_switches_to_the_configured_grouping(tmp_path):
     """`concept_grouping` of the recipe is what the concept stage trains and the saved model keeps, with the answer
     list's tokens looked up in the recipe's tokenizer."""
@@ -440,3 +477,20 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
         "steps": 1500, "matching_source": "heatmap", "confidence_targets": "matched"}}
     assert "two runs" in _continuation({"continued_from": old}) and "two concept stages" in _continuation(
         {"continued_from": old})
+
+
+def test_card_says_where_the_mask_refiner_was_trained():
+    from segcompass.recipes.tiny.card import _refiner_description, _refiner_summary
+
+    config = {"batch_size": 16, "image_size": 96, "sam_patch_size": 8, "refiner_lambda_mask_bce": 1.0}
+    none = {"config": config, "model_config": {"mask_refiner_hidden_size": 0}, "refiner_stage": {"steps": 0}}
+    assert "no mask refiner" in _refiner_summary(none) and _refiner_description(none).startswith("none")
+    own = {"config": config, "model_config": {"mask_refiner_hidden_size": 32},
+           "refiner_stage": {"steps": 2000, "seg": 0.15, "matched_iou": 0.71}}
+    assert _refiner_summary(own).startswith("only the mask refiner trains, 2000 steps × batch 16")
+    assert "a pixel BCE of weight 1 on the matched mask logits" in _refiner_summary(own)
+    assert "2 × 2 pixel blocks per mask cell" in _refiner_description(own) and "width 32" in _refiner_description(own)
+    joint = own | {"refiner_stage": {"steps": 0}, "concept_stage": {"steps": 3000}}
+    assert "trained with the heads in the concept stage" in _refiner_summary(joint)
+    earlier = own | {"refiner_stage": {"steps": 0}, "concept_stage": {"steps": 0}}
+    assert "an earlier run of the chain" in _refiner_summary(earlier)

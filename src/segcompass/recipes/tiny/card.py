@@ -128,6 +128,9 @@ _MATCHED_ON = {"heatmap": "heatmaps", "mask": "decoder masks"}
 def _concept_summary(metrics: dict) -> str:
     stage, c = metrics.get("concept_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
+        if metrics.get("model_config", {}).get("slot_query_inputs") == "concepts":
+            return ("not run in this run (`concept_steps=0`): the checkpoint's heads come from the concept stages of "
+                    "the earlier runs it continues (see the wall time below); the slot queries read the concepts alone.")
         return "not run (`concept_steps=0`): the slot queries read e_k and r_k, as in the paper."
     grouping = c.get("concept_grouping", "sequence")
     pooled = "" if grouping == "sequence" else f", pooled over {_CONCEPT_SPANS[grouping]}"
@@ -138,6 +141,32 @@ def _concept_summary(metrics: dict) -> str:
             f"`{c.get('concept_confidence_targets', 'matched')}`; generated reasoning with probability "
             f"{c['generated_share']}). "
             f"Final: seg {format_metric(stage.get('seg'))}, matched soft IoU {format_metric(stage.get('matched_iou'))}.")
+
+
+def _refiner_description(metrics: dict) -> str:
+    width = metrics.get("model_config", {}).get("mask_refiner_hidden_size") or 0
+    if not width:
+        return "none (`mask_refiner_hidden_size=0`, the paper): the masks are SAM's decoder output"
+    block = metrics["config"]["sam_patch_size"] // 4  # SAM input side / mask grid side
+    return (f"`MaskRefiner`: each slot's mask logits + the {metrics['config']['image_size']} px SAM input read as "
+            f"{block} × {block} pixel blocks per mask cell, four dilated 3 × 3 convolutions of width {width}, added to "
+            "the decoder's logits")
+
+
+def _refiner_summary(metrics: dict) -> str:
+    stage, c = metrics.get("refiner_stage") or {"steps": 0}, metrics["config"]
+    if not stage.get("steps"):
+        if not metrics.get("model_config", {}).get("mask_refiner_hidden_size"):
+            return "not run (`refiner_steps=0`, no mask refiner)."
+        if (metrics.get("concept_stage") or {}).get("steps"):
+            return ("no stage of its own (`refiner_steps=0`): the refiner trained with the heads in the concept stage "
+                    "above.")
+        return "not run in this run (`refiner_steps=0`): the refiner was trained by an earlier run of the chain."
+    bce = c.get("refiner_lambda_mask_bce", c.get("lambda_mask_bce", 0.0))
+    return (f"only the mask refiner trains, {stage['steps']} steps × batch {c['batch_size']}, everything else frozen "
+            f"(the concept stage's losses and share of generated reasoning, plus a pixel BCE of weight {bce:g} on the "
+            f"matched mask logits). Final: seg {format_metric(stage.get('seg'))}, matched soft IoU "
+            f"{format_metric(stage.get('matched_iou'))}.")
 
 
 _CONCEPT_SPANS = {
@@ -265,6 +294,7 @@ def render_model_card(metrics: dict) -> str:
             + " |" for name, m in test.get("generated/full", {}).get("per_family", {}).items()),
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
+        mask_refiner=_refiner_description(metrics), refiner_summary=_refiner_summary(metrics),
         continuation=_continuation(metrics),
         duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped "
                         "as a copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else

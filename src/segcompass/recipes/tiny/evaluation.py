@@ -102,11 +102,11 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                     gen_out = result.outputs
                 else:
                     gen_out = model(input_ids=scoring["input_ids"], attention_mask=scoring["attention_mask"],
-                                    image_embeddings=image_embeddings,
+                                    image_embeddings=image_embeddings, sam_pixel_values=prompts["sam_pixel_values"],
                                     reshaped_input_sizes=prompts["reshaped_input_sizes"],
                                     **backbone_kwargs(prompts | {"mm_token_type_ids": scoring["mm_token_type_ids"]}))
                 tf_out = model(input_ids=teacher["input_ids"], attention_mask=teacher["attention_mask"],
-                               image_embeddings=image_embeddings,
+                               image_embeddings=image_embeddings, sam_pixel_values=teacher["sam_pixel_values"],
                                reshaped_input_sizes=teacher["reshaped_input_sizes"],
                                **backbone_kwargs(teacher))
             for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):

@@ -33,6 +33,7 @@ from .stages import (
     answer_item_token_ids,
     backbone_vit_pretrain,
     concept_stage,
+    refiner_stage,
     feature_dictionary_stage,
     generate_reasoning_pool,
     grpo_stage,
@@ -174,7 +175,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     else:
         from transformers import AutoModel, AutoProcessor
 
-        model = AutoModel.from_pretrained(continue_from)
+        model = _load_for_continuation(AutoModel, continue_from, config)
         processor = AutoProcessor.from_pretrained(continue_from)
         num_params = sum(p.numel() for p in model.parameters())
         vision, backbone_vision, lm, sae, joint = (previous[k] for k in (
@@ -187,6 +188,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         t = lap("generated_pool", t)
     concept = concept_stage(model, processor, train, config, generator, pool)
     t = lap("concept", t)
+    refiner = refiner_stage(model, processor, train, config, generator, pool)
+    t = lap("refiner", t)
     rank, world = rank_and_world()
     processes = world
     if world > 1:  # the data-parallel part ends here; rank 0 carries on alone
@@ -220,14 +223,14 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "config": _json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
-        "joint": joint, "concept_stage": concept, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "joint": joint, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
-            "duplicate_iou", "limit_instances_to_answer")},
+            "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -366,9 +369,27 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
 
 
 CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
-                                             "concept_grouping", "grpo_steps", "generated_pool")
+                                             "concept_grouping", "grpo_steps", "generated_pool",
+                                             "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
+                                             "refiner_lambda_mask_bce")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
+
+
+def _load_for_continuation(auto_model, continue_from, config: TinyRecipeConfig):
+    """The finished run's checkpoint, with a new (identity) mask refiner when ``config`` asks for one and the
+    checkpoint has none; a checkpoint whose refiner differs from the asked one raises ``ValueError``."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(continue_from).mask_refiner_hidden_size
+    wanted = config.mask_refiner_hidden_size
+    if saved == wanted:
+        return auto_model.from_pretrained(continue_from)
+    if saved:
+        raise ValueError(f"The run in {continue_from} has a mask refiner of width {saved}; continue it with "
+                         f"mask_refiner_hidden_size={saved} (got {wanted}): a trained refiner is not dropped or resized.")
+    logger.info("adding a new mask refiner (width %d) to the checkpoint of %s", wanted, continue_from)
+    return auto_model.from_pretrained(continue_from, mask_refiner_hidden_size=wanted)
 
 
 def _continuation_config(previous: dict, restart_at: str = "concept") -> TinyRecipeConfig:

@@ -199,10 +199,11 @@ def generate_reasoning_pool(model, processor, train: list[Sample],
 
 
 def joint_training(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, probe=None,
-           pool: dict[int, str] | None = None, desc: str = "Joint training") -> dict:
+           pool: dict[int, str] | None = None, desc: str = "Joint training", train_only=None) -> dict:
     """Stage e: segmentation + confidence losses on teacher-forced completions + slots, plus the LM loss (and the
     dense probe loss on the SAM embedding when ``probe`` is given). Samples in ``pool`` are fed, with probability
-    ``generated_share``, with the model's own reasoning instead (mask path only)."""
+    ``generated_share``, with the model's own reasoning instead (mask path only). ``train_only`` (a submodule): the
+    rest of the model stays in eval mode (no running statistics move)."""
     from ...training.freezing import row_masked_parameters
     from ...training.losses import segmentation_losses
 
@@ -222,7 +223,9 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     )
     coin = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
-    model.train()
+    model.eval() if train_only is not None else model.train()
+    if train_only is not None:
+        train_only.train()
     history: list[dict] = []
     bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc=desc,
                unit="step", disable=quiet_rank())
@@ -239,7 +242,8 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
         seg = segmentation_losses(out.heatmap_logits, out.mask_logits, out.confidence_logits,
                                   gt_on_grid(chunk, mask_size), lambda_conf=config.lambda_conf,
                                   matching_source=config.matching_source,
-                                  confidence_targets=config.confidence_targets)
+                                  confidence_targets=config.confidence_targets,
+                                  lambda_mask_bce=config.lambda_mask_bce)
         lm = out.loss if labels is not None and bool((labels != -100).any()) else out.heatmap_logits.new_zeros(())
         loss = seg.loss + config.lm_loss_weight * lm
         probe_loss = None
@@ -269,25 +273,47 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
 def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
                   pool: dict[int, str] | None = None) -> dict:
     """Stage e'': the slot queries switch to the concepts alone (``slot_query_inputs="concepts"``) and the heads and
-    SAM's encoder train for ``config.concept_steps`` steps on the frozen backbone (:func:`joint_training` without the
-    LM loss or the probe; ``generated_share`` of the pooled samples with their generated reasoning; the concept stage's
-    own matching source, confidence targets and ``concept_grouping``). The backbone's ``requires_grad`` flags are
-    restored afterwards."""
+    SAM's encoder train for ``config.concept_steps`` steps on the frozen backbone (:func:`head_stage`)."""
     if config.concept_steps <= 0:
         return {"steps": 0}
     model.config.slot_query_inputs = "concepts"
     if config.concept_grouping != "sequence":
         model.config.answer_item_token_ids = answer_item_token_ids(processor)
     model.config.concept_grouping = config.concept_grouping
-    flags = {name: p.requires_grad for name, p in model.backbone.named_parameters()}
-    model.backbone.requires_grad_(False)
+    return head_stage(model, processor, train, config, generator, pool, steps=config.concept_steps,
+                      frozen=model.backbone, desc="Concept stage")
+
+
+def refiner_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
+                  pool: dict[int, str] | None = None) -> dict:
+    """Stage e''': only the mask refiner trains, ``config.refiner_steps`` steps of :func:`head_stage` on the otherwise
+    frozen model, which stays in eval mode, with ``refiner_lambda_mask_bce`` as the mask BCE weight."""
+    if config.refiner_steps <= 0:
+        return {"steps": 0}
+    if model.mask_refiner is None:
+        raise ValueError(f"refiner_steps={config.refiner_steps} but the model has no mask refiner; build it with "
+                         "mask_refiner_hidden_size > 0.")
+    stage = replace(config, lambda_mask_bce=config.refiner_lambda_mask_bce)
+    return head_stage(model, processor, train, stage, generator, pool, steps=config.refiner_steps, frozen=model,
+                      trained=model.mask_refiner, desc="Refiner stage")
+
+
+def head_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, pool, *, steps: int,
+               frozen, desc: str, trained=None) -> dict:
+    """:func:`joint_training` for ``steps`` steps without the LM loss or the probe, with the concept stage's matching
+    source and confidence targets (``generated_share`` of the pooled samples with their generated reasoning), while
+    ``frozen`` (a submodule or the model) has ``requires_grad=False`` except ``trained`` (a submodule of it, trained
+    alone with the rest of the model in eval mode). Every ``requires_grad`` flag is restored afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    frozen.requires_grad_(False)
+    if trained is not None:
+        trained.requires_grad_(True)
     try:
-        stage = replace(config, joint_steps=config.concept_steps, lm_loss_weight=0.0,
-                        matching_source=config.concept_matching_source,
+        stage = replace(config, joint_steps=steps, lm_loss_weight=0.0, matching_source=config.concept_matching_source,
                         confidence_targets=config.concept_confidence_targets)
-        return joint_training(model, processor, train, stage, generator, None, pool, desc="Concept stage")
+        return joint_training(model, processor, train, stage, generator, None, pool, desc=desc, train_only=trained)
     finally:
-        for name, param in model.backbone.named_parameters():
+        for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
 
 
