@@ -223,8 +223,10 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     )
     coin = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
-    model.eval() if train_only is not None else model.train()
-    if train_only is not None:
+    if train_only is None:
+        model.train()
+    else:
+        model.eval()
         train_only.train()
     history: list[dict] = []
     bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc=desc,
