@@ -418,11 +418,11 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     plain_config = TinyRecipeConfig.smoke(mask_refiner_hidden_size=0, refiner_steps=0)
     plain, _ = build.build_tiny_model_and_processor(plain_config)
     plain.save_pretrained(tmp_path / "plain")
-    grown = _load_for_continuation(AutoModel, tmp_path / "plain", config)
+    grown = _load_for_continuation(tmp_path / "plain", config)
     assert grown.mask_refiner is not None and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
     model.save_pretrained(tmp_path / "refined")
     with pytest.raises(ValueError, match="has a mask refiner of width 4; continue it with mask_refiner_hidden_size=4"):
-        _load_for_continuation(AutoModel, tmp_path / "refined", plain_config)
+        _load_for_continuation(tmp_path / "refined", plain_config)
 
 
 def test_concept_stage_switches_to_the_configured_grouping(tmp_path):

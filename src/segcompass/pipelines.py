@@ -312,19 +312,19 @@ class ReasoningSegmentationPipeline(Pipeline):
         inputs = dict(model_inputs)
         keys = inputs.pop("image_keys")
         unknown = inputs.pop("unknown_words")
-        sam_pixel_values = inputs.pop("sam_pixel_values")
+        sam_pixel_values = inputs.pop("sam_pixel_values").to(self.model.dtype)
         new = {}  # content key -> first row of the chunk holding that image
         for row, key in enumerate(keys):
             if key not in self._embedding_cache and key not in new:
                 new[key] = row
         if new:
-            rows = sam_pixel_values[list(new.values())].to(self.model.dtype)
+            rows = sam_pixel_values[list(new.values())]
             for key, embedding in zip(new, self.model.get_image_embeddings(rows)):
                 self._embedding_cache[key] = embedding
         tokenizer = self.processor.tokenizer
         result = self.model.segment(
             image_embeddings=torch.stack([self._embedding_cache[key] for key in keys]),
-            sam_pixel_values=sam_pixel_values.to(self.model.dtype),
+            sam_pixel_values=sam_pixel_values,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -74,10 +74,10 @@ class MaskRefiner(nn.Module):
             `torch.FloatTensor` of shape `(B, K, H, W)`: refined mask logits.
         """
         batch, slots, height, width = mask_logits.shape
-        expected = (batch, None, self.pixel_scale * height, self.pixel_scale * width)
-        if pixel_values.ndim != 4 or pixel_values.shape[0] != batch or pixel_values.shape[2:] != expected[2:]:
+        pixel_grid = (self.pixel_scale * height, self.pixel_scale * width)
+        if pixel_values.ndim != 4 or pixel_values.shape[0] != batch or tuple(pixel_values.shape[2:]) != pixel_grid:
             raise ValueError(
-                f"`pixel_values` must have shape (B, C, {expected[2]}, {expected[3]}) = {self.pixel_scale} x the "
+                f"`pixel_values` must have shape (B, C, {pixel_grid[0]}, {pixel_grid[1]}) = {self.pixel_scale} x the "
                 f"{height}x{width} mask grid for {batch} images, got {tuple(pixel_values.shape)}. Pass the "
                 "processor's `sam_pixel_values`."
             )

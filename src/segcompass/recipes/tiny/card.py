@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...modules.mask_refiner import DEFAULT_DILATIONS
+
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
 _ROWS = (("generated/full", "full model, generated reasoning"),
@@ -149,8 +151,8 @@ def _refiner_description(metrics: dict) -> str:
         return "none (`mask_refiner_hidden_size=0`, the paper): the masks are SAM's decoder output"
     block = metrics["config"]["sam_patch_size"] // 4  # SAM input side / mask grid side
     return (f"`MaskRefiner`: each slot's mask logits + the {metrics['config']['image_size']} px SAM input read as "
-            f"{block} × {block} pixel blocks per mask cell, four dilated 3 × 3 convolutions of width {width}, added to "
-            "the decoder's logits")
+            f"{block} × {block} pixel blocks per mask cell, {len(DEFAULT_DILATIONS)} dilated 3 × 3 convolutions of width "
+            f"{width}, added to the decoder's logits")
 
 
 def _refiner_summary(metrics: dict) -> str:

@@ -175,7 +175,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     else:
         from transformers import AutoModel, AutoProcessor
 
-        model = _load_for_continuation(AutoModel, continue_from, config)
+        model = _load_for_continuation(continue_from, config)
         processor = AutoProcessor.from_pretrained(continue_from)
         num_params = sum(p.numel() for p in model.parameters())
         vision, backbone_vision, lm, sae, joint = (previous[k] for k in (
@@ -376,20 +376,20 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 
 
-def _load_for_continuation(auto_model, continue_from, config: TinyRecipeConfig):
+def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     """The finished run's checkpoint, with a new (identity) mask refiner when ``config`` asks for one and the
     checkpoint has none; a checkpoint whose refiner differs from the asked one raises ``ValueError``."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModel
 
-    saved = AutoConfig.from_pretrained(continue_from).mask_refiner_hidden_size
-    wanted = config.mask_refiner_hidden_size
-    if saved == wanted:
-        return auto_model.from_pretrained(continue_from)
-    if saved:
+    model_config = AutoConfig.from_pretrained(continue_from)
+    saved, wanted = model_config.mask_refiner_hidden_size, config.mask_refiner_hidden_size
+    if saved and saved != wanted:
         raise ValueError(f"The run in {continue_from} has a mask refiner of width {saved}; continue it with "
                          f"mask_refiner_hidden_size={saved} (got {wanted}): a trained refiner is not dropped or resized.")
-    logger.info("adding a new mask refiner (width %d) to the checkpoint of %s", wanted, continue_from)
-    return auto_model.from_pretrained(continue_from, mask_refiner_hidden_size=wanted)
+    if saved != wanted:
+        logger.info("adding a new mask refiner (width %d) to the checkpoint of %s", wanted, continue_from)
+        model_config.mask_refiner_hidden_size = wanted
+    return AutoModel.from_pretrained(continue_from, config=model_config)
 
 
 def _continuation_config(previous: dict, restart_at: str = "concept") -> TinyRecipeConfig:
