@@ -13,6 +13,7 @@ LAYERS = {
     "modules": 2,
     "configuration_segcompass": 3, "presets": 3, "backbone_processing": 3, "modeling_outputs": 3,
     "modeling_components": 3,
+    "modeling_inference": 3,
     "modeling_segcompass": 4, "processing_segcompass": 4, "processing_inputs": 4, "processing_outputs": 4,
     "pipelines": 5, "training": 5, "interpret": 5, "evaluation": 5, "demo": 5, "visualize": 5, "from_scratch": 5,
     "assembly": 5,
