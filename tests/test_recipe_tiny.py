@@ -1,6 +1,7 @@
 """The tiny end-to-end recipe (smoke mode) and the shipped default checkpoint."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -392,6 +393,63 @@ def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
         defaults.joint_steps, defaults.lm_warmup_steps, defaults.concept_steps)
 
 
+def test_reasoning_stage_changes_only_what_the_model_writes():
+    """The reasoning stage trains the decoder layers above the SAE's hook layer on new samples: hidden_states[L] of
+    every token (the SAE's input, so the concepts and the mask path) stay bit-identical, the top layer moves, nothing
+    outside the backbone moves, and every requires_grad flag is restored."""
+    from segcompass.recipes.tiny import build, data, stages
+
+    config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=3, reasoning_samples=8)
+    model, processor = build.build_tiny_model_and_processor(config)
+    train_token_embedding_rows(model)  # open slot rows must stay closed in this stage (tied LM head)
+    batch = data.batch_inputs(processor, data.make_split("test", 4, config, "test"), completions=True,
+                              append_slots=True)
+
+    def states():
+        with torch.no_grad():
+            out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 output_hidden_states=True, **data.backbone_kwargs(batch))
+        return out.hidden_states[config.hook_layer].clone(), out.hidden_states[-1].clone()
+
+    model.eval()
+    hook_before, top_before = states()
+    heads_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    result = stages.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))
+    hook_after, top_after = states()
+    assert result["steps"] == 3 and result["samples"] == 8 and result["trained_parameters"] > 0
+    torch.testing.assert_close(hook_after, hook_before, rtol=0, atol=0)
+    assert not torch.allclose(top_after, top_before)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in heads_before.items())
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert stages.reasoning_stage(model, processor, replace(config, reasoning_steps=0), None) == {"steps": 0}
+    from segcompass.recipes.tiny.card import _reasoning_summary
+
+    text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result})
+    assert text.startswith("next-token loss only, 3 steps × batch 4 on 8 new training samples")
+    assert "above hidden_states[1]" in text and _reasoning_summary({"config": {}}).startswith("not run")
+
+
+def test_samples_carry_every_visible_shape():
+    """`Sample.instance_masks()` holds every visible shape (disjoint, one per described shape, the targets among
+    them); `gt_on_grid(every_instance=True)` puts them on the mask grid for the snap loss."""
+    from segcompass.recipes.tiny import data
+
+    config = TinyRecipeConfig.smoke(num_train=6)
+    train = data.make_split("train", config.num_train, config, "train")
+    for sample in train:
+        instances = sample.instance_masks()  # (N, S, S)
+        assert instances.shape == (len(sample.shape_attributes), config.image_size, config.image_size)
+        assert instances.any((1, 2)).all() and (instances.sum(0) <= 1).all()
+        assert all(any((target == shape).all() for shape in instances) for target in sample.masks)
+    grids = data.gt_on_grid(train[:2], 16, every_instance=True)
+    assert [tuple(g.shape) for g in grids] == [(len(s.shape_attributes), 16, 16) for s in train[:2]]
+    bare = replace(train[0], instance_ids=None)
+    assert bare.instance_masks().shape == (0, config.image_size, config.image_size)
+    with pytest.raises(ValueError, match="refiner_lambda_snap=-1 must be >= 0"):
+        TinyRecipeConfig.smoke(refiner_lambda_snap=-1)
+
+
 def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     """Only the mask refiner's weights move, the rest of the model stays in eval mode (the concept selection's
     running mean does not move) and every requires_grad flag is restored; a finished run without a refiner is
@@ -407,8 +465,9 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     train = data.make_split("train", config.num_train, config, "train")
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = stages.refiner_stage(model, processor, train, config, torch.Generator().manual_seed(0))
-    assert result["steps"] == 3 and "seg" in result
+    result = stages.refiner_stage(model, processor, train, replace(config, refiner_lambda_snap=1.0),
+                                  torch.Generator().manual_seed(0))
+    assert result["steps"] == 3 and "seg" in result and 0.0 <= result["snapped"] <= 1.0 and result["snap_bce"] > 0
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("mask_refiner.") for k in changed), sorted(changed)[:5]
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
@@ -488,7 +547,12 @@ def test_card_says_where_the_mask_refiner_was_trained():
     own = {"config": config, "model_config": {"mask_refiner_hidden_size": 32},
            "refiner_stage": {"steps": 2000, "seg": 0.15, "matched_iou": 0.71}}
     assert _refiner_summary(own).startswith("only the mask refiner trains, 2000 steps × batch 16")
-    assert "a pixel BCE of weight 1 on the matched mask logits" in _refiner_summary(own)
+    assert "a pixel BCE of weight 1 on the matched mask logits)" in _refiner_summary(own)
+    assert "snap" not in _refiner_summary(own)
+    snapping = own | {"config": config | {"refiner_lambda_snap": 2.0},
+                      "refiner_stage": own["refiner_stage"] | {"snapped": 0.6}}
+    assert "the snap loss of weight 2 (`instance_snap_loss`)" in _refiner_summary(snapping)
+    assert _refiner_summary(snapping).endswith("matched soft IoU 0.710, 0.600 of the slots on a shape.")
     assert "2 × 2 pixel blocks per mask cell" in _refiner_description(own) and "width 32" in _refiner_description(own)
     joint = own | {"refiner_stage": {"steps": 0}, "concept_stage": {"steps": 3000}}
     assert "trained with the heads in the concept stage" in _refiner_summary(joint)

@@ -246,3 +246,58 @@ def test_resize_masks_letterbox():
     big[:, :4] = 1.0
     big[0, 4] = 1.0
     torch.testing.assert_close(resize_masks(big, (2, 2), letterbox=True), torch.tensor([[1.0, 1 / 16], [0.0, 0.0]]))
+
+
+def test_instance_snap_loss_hand_values():
+    """Every slot is pulled toward the instance its binarised mask overlaps most (targets or not), or toward empty;
+    BCE over every slot's pixels, dice over the slots with an instance."""
+    from segcompass.training.losses import instance_snap_loss
+
+    mask = torch.stack([peaked(TL), peaked(BR, 3.0, -1.0), torch.full((2, 2), -3.0)])[None]  # (1, 3, 2, 2)
+    loss, logs = instance_snap_loss(mask, [torch.stack([TL, BR])])
+    bce = (4 * sp(-2.0) + sp(-3.0) + 3 * sp(-1.0) + 4 * sp(-3.0)) / 12
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    dice0 = 1 - (2 * s(2) + 1) / (s(2) + 3 * s(-2) + 2)
+    dice1 = 1 - (2 * s(3) + 1) / (s(3) + 3 * s(-1) + 2)
+    assert logs["snap_bce"] == pytest.approx(bce, rel=1e-6)
+    assert logs["snap_dice"] == pytest.approx((dice0 + dice1) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx(bce + 0.6 * (dice0 + dice1) / 2, rel=1e-6)
+    assert logs["snapped"] == pytest.approx(2 / 3)
+    # below min_iou the target is empty: a mask over the top row has IoU 0.5 with TL
+    top = peaked(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))[None, None]  # (1, 1, 2, 2)
+    _, kept = instance_snap_loss(top, [TL[None]], min_iou=0.5)
+    _, dropped = instance_snap_loss(top, [TL[None]], min_iou=0.6)
+    assert kept["snapped"] == 1.0 and dropped["snapped"] == 0.0
+    assert dropped["snap_bce"] == pytest.approx((2 * sp(2.0) + 2 * sp(-2.0)) / 4, rel=1e-6)
+
+
+def test_instance_snap_loss_without_instances_and_gradients():
+    """An image with no instance pulls every slot toward empty (dice 0, still in the graph); the gradient reaches
+    every slot, matched or not."""
+    from segcompass.training.losses import instance_snap_loss
+
+    mask = torch.stack([peaked(TL), peaked(BR)])[None].requires_grad_(True)  # (1, 2, 2, 2)
+    loss, logs = instance_snap_loss(mask, [torch.zeros(0, 2, 2)])
+    assert logs["snapped"] == 0.0 and logs["snap_dice"] == 0.0
+    assert loss.item() == pytest.approx((2 * sp(2.0) + 6 * sp(-2.0)) / 8, rel=1e-6)
+    loss.backward()
+    assert bool((mask.grad[0, 0, 0, 0] > 0) & (mask.grad[0, 1, 1, 1] > 0))  # both peaks pushed down
+    valid = torch.tensor([[[True, False], [True, False]]])
+    _, left = instance_snap_loss(mask.detach(), [BR[None]], valid_mask=valid)  # BR is outside: nothing to snap to
+    assert left["snapped"] == 0.0
+
+
+def test_instance_snap_loss_rejects_bad_inputs():
+    from segcompass.training.losses import instance_snap_loss
+
+    mask = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="instance_masks"):
+        instance_snap_loss(mask, [TL[None], TL[None]])
+    with pytest.raises(ValueError, match=r"instance_masks\[0\] has spatial size"):
+        instance_snap_loss(mask, [torch.zeros(1, 3, 3)])
+    with pytest.raises(ValueError, match="outside"):
+        instance_snap_loss(mask, [2 * TL[None]])
+    with pytest.raises(ValueError, match="min_iou"):
+        instance_snap_loss(mask, [TL[None]], min_iou=1.5)
+    with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):
+        instance_snap_loss(mask[0], [TL[None]])

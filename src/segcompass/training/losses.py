@@ -53,6 +53,7 @@ __all__ = [
     "SegmentationLossOutput",
     "check_loss_option",
     "dice_loss",
+    "instance_snap_loss",
     "segmentation_losses",
 ]
 
@@ -133,36 +134,39 @@ class SegmentationLossOutput:
         return out
 
 
-def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, width: int) -> None:
+def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, width: int,
+                   name: str = "gt_masks") -> None:
     if len(gt_masks) != batch:
         raise ValueError(
-            f"`gt_masks` has {len(gt_masks)} entries but the logits have batch size {batch}; pass one (G_b, H, W) "
+            f"`{name}` has {len(gt_masks)} entries but the logits have batch size {batch}; pass one (G_b, H, W) "
             "tensor per sample (shape (0, H, W) for a sample without targets)."
         )
     for b, gt in enumerate(gt_masks):
         if not isinstance(gt, torch.Tensor):
-            raise ValueError(f"gt_masks[{b}] must be a torch.Tensor of shape (G, H, W), got {type(gt).__name__}.")
+            raise ValueError(f"{name}[{b}] must be a torch.Tensor of shape (G, H, W), got {type(gt).__name__}.")
         if gt.dim() != 3:
             raise ValueError(
-                f"gt_masks[{b}] must have shape (G, H, W), got {tuple(gt.shape)}. Stack a sample's instances along "
+                f"{name}[{b}] must have shape (G, H, W), got {tuple(gt.shape)}. Stack a sample's instances along "
                 "dim 0 (use shape (0, H, W) when it has none)."
             )
         if tuple(gt.shape[-2:]) != (height, width):
             raise ValueError(
-                f"gt_masks[{b}] has spatial size {tuple(gt.shape[-2:])} but the heatmap logits are {(height, width)}. "
+                f"{name}[{b}] has spatial size {tuple(gt.shape[-2:])} but the heatmap logits are {(height, width)}. "
                 f"Resize the ground truth to the prediction grid first: "
                 f"segcompass.training.resize_masks(masks, ({height}, {width})) "
                 "(letterbox=True for SAM's padded frame)."
             )
 
 
-def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
-                      weights: torch.Tensor | None) -> torch.Tensor:
-    """Each slot's best IoU with a ground-truth instance: binarised masks (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
+def _best_overlap(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+                  weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each slot's best IoU with an instance and that instance's row: binarised masks (B, K, H, W) (logit > 0,
+    detached), B × (G_b, H, W) -> IoU (B, K) float and index (B, K) long (0 where the sample has no instance)."""
     hard = (mask_logits.detach() > 0).float()  # (B, K, H, W)
     if weights is not None:
         hard = hard * (weights > 0).unsqueeze(1)
-    targets = hard.new_zeros(hard.shape[:2])  # (B, K)
+    best = hard.new_zeros(hard.shape[:2])  # (B, K)
+    index = torch.zeros(hard.shape[:2], dtype=torch.long, device=hard.device)  # (B, K)
     for b, gt in enumerate(gts):
         if gt.shape[0]:
             pred, target = hard[b].flatten(1), (gt > 0.5).float().flatten(1)  # (K, H*W), (G, H*W)
@@ -170,8 +174,14 @@ def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
                 target = target * (weights[b] > 0).flatten()
             inter = pred @ target.T  # (K, G)
             union = pred.sum(-1, keepdim=True) + target.sum(-1) - inter  # (K, G)
-            targets[b] = (inter / union.clamp_min(1.0)).amax(-1)  # (K,): 0 where both are empty
-    return targets
+            best[b], index[b] = (inter / union.clamp_min(1.0)).max(-1)  # (K,): 0 where both are empty
+    return best, index
+
+
+def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+                      weights: torch.Tensor | None) -> torch.Tensor:
+    """Each slot's best IoU with a ground-truth instance: binarised masks (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
+    return _best_overlap(mask_logits, gts, weights)[0]
 
 
 def segmentation_losses(
@@ -323,3 +333,78 @@ def segmentation_losses(
         matched_iou=matched_iou,
         num_matched=num_matched,
     )
+
+
+def instance_snap_loss(
+    mask_logits: torch.Tensor,
+    instance_masks: Sequence[torch.Tensor],
+    *,
+    min_iou: float = 0.1,
+    lambda_dice: float = 0.6,
+    dice_smooth: float = 1.0,
+    valid_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pull every slot's mask onto the image instance it already overlaps most (not in the paper).
+
+    :func:`segmentation_losses` trains only the slots the matching pairs with a target, toward that target. This loss
+    trains all K slots, each toward *any* instance of the image (target or not: every shape, every annotated object)
+    that its binarised mask overlaps most, or toward an empty mask when that IoU is below ``min_iou``. It teaches
+    "a mask is one whole object, with its outline" independently of which object the reasoning asked for, which is
+    what a mask refiner (:class:`~segcompass.modules.mask_refiner.MaskRefiner`) has to learn; which slots are kept is
+    left to the confidences.
+
+    Args:
+        mask_logits (`torch.Tensor` of shape `(B, K, H, W)`): mask logits M̂_k.
+        instance_masks (sequence of B tensors of shape `(N_b, H, W)`): every instance of each image in ``[0, 1]`` on
+            the prediction grid (``N_b = 0``: every slot is pulled toward empty).
+        min_iou: a slot whose best IoU is below this gets an empty target.
+        lambda_dice: weight of the soft dice (on the slots with a non-empty target) beside the pixel BCE (all slots).
+        dice_smooth: smoothing of the dice (see :func:`dice_loss`).
+        valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights; assignment and losses use only
+            these pixels.
+
+    Returns:
+        ``(loss, {"snap_bce", "snap_dice", "snapped"})``: the 0-d float32 loss ``bce + λ_d · dice`` and detached
+        logging values (``snapped``: the share of slots with a non-empty target).
+
+    Raises:
+        ValueError: shapes that do not fit, instances off the prediction grid or outside ``[0, 1]``, ``min_iou``
+            outside ``[0, 1]``.
+    """
+    if mask_logits.dim() != 4:
+        raise ValueError(f"`mask_logits` must have shape (B, K, H, W), got {tuple(mask_logits.shape)}.")
+    if not 0.0 <= min_iou <= 1.0:
+        raise ValueError(f"`min_iou` must be in [0, 1], got {min_iou}.")
+    batch, num_slots, height, width = mask_logits.shape
+    _check_targets(instance_masks, batch, height, width, "instance_masks")
+    instances = [m.to(device=mask_logits.device, dtype=torch.float32) for m in instance_masks]  # B × (N_b, H, W)
+    for b, inst in enumerate(instances):
+        if inst.numel() and bool((inst.amin() < 0) | (inst.amax() > 1)):
+            raise ValueError(f"instance_masks[{b}] has values outside [0, 1]; pass binary or soft masks.")
+    weights = None
+    if valid_mask is not None:
+        if valid_mask.shape != (batch, height, width):
+            raise ValueError(
+                f"`valid_mask` must have shape (B, H, W) = {(batch, height, width)}, got {tuple(valid_mask.shape)}.")
+        weights = valid_mask.to(device=mask_logits.device, dtype=torch.float32)  # (B, H, W)
+    best, index = _best_overlap(mask_logits, instances, weights)  # (B, K), (B, K)
+    targets = mask_logits.new_zeros(mask_logits.shape, dtype=torch.float32)  # (B, K, H, W)
+    for b, inst in enumerate(instances):
+        if inst.shape[0]:
+            targets[b] = inst[index[b]] * (best[b] >= min_iou).float()[:, None, None]  # (K, H, W)
+    logits = mask_logits.float()
+    pixel_bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, K, H, W)
+    if weights is None:
+        bce = pixel_bce.mean()
+    else:
+        w = weights.unsqueeze(1).expand_as(pixel_bce)  # (B, K, H, W)
+        bce = ((pixel_bce * w).sum((-2, -1)) / w.sum((-2, -1)).clamp_min(1e-6)).mean()
+    snapped = targets.flatten(2).amax(-1) > 0  # (B, K)
+    if bool(snapped.any()):
+        pair_weights = None if weights is None else weights.unsqueeze(1).expand_as(logits)[snapped]  # (S, H, W)
+        dice = dice_loss(logits[snapped].sigmoid(), targets[snapped], pair_weights, smooth=dice_smooth).mean()
+    else:
+        dice = logits.sum() * 0.0  # stays in the graph
+    loss = bce + lambda_dice * dice
+    return loss, {"snap_bce": float(bce.detach()), "snap_dice": float(dice.detach()),
+                  "snapped": float(snapped.float().mean())}

@@ -155,6 +155,19 @@ def _refiner_description(metrics: dict) -> str:
             f"{width}, added to the decoder's logits")
 
 
+def _reasoning_summary(metrics: dict) -> str:
+    stage = metrics.get("reasoning_stage") or {"steps": 0}
+    if not stage.get("steps"):
+        return "not run (`reasoning_steps=0`)."
+    return (f"next-token loss only, {stage['steps']} steps × batch {metrics['config']['batch_size']} on "
+            f"{stage['samples']} new training samples (never seen by the heads), learning rate "
+            f"{stage['learning_rate']:g}, training only the {stage['trained_parameters']:,} weights of the decoder "
+            f"layers above hidden_states[{metrics['config']['hook_layer']}]: the SAE's input, hence the concepts and "
+            f"the mask path, are exactly as before, only the written reasoning changes (loss "
+            f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}); step 3's pool "
+            "was generated again after it.")
+
+
 def _refiner_summary(metrics: dict) -> str:
     stage, c = metrics.get("refiner_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
@@ -165,10 +178,15 @@ def _refiner_summary(metrics: dict) -> str:
                     "above.")
         return "not run in this run (`refiner_steps=0`): the refiner was trained by an earlier run of the chain."
     bce = c.get("refiner_lambda_mask_bce", c.get("lambda_mask_bce", 0.0))
+    snap = c.get("refiner_lambda_snap", 0.0)
+    snap_text = (f", and the snap loss of weight {snap:g} (`instance_snap_loss`): every slot, matched or not, pulled "
+                 "onto the shape its mask overlaps most or toward empty" if snap else "")
+    snapped = (f", {format_metric(stage.get('snapped'))} of the slots on a shape" if snap and "snapped" in stage
+               else "")
     return (f"only the mask refiner trains, {stage['steps']} steps × batch {c['batch_size']}, everything else frozen "
             f"(the concept stage's losses and share of generated reasoning, plus a pixel BCE of weight {bce:g} on the "
-            f"matched mask logits). Final: seg {format_metric(stage.get('seg'))}, matched soft IoU "
-            f"{format_metric(stage.get('matched_iou'))}.")
+            f"matched mask logits{snap_text}). Final: seg {format_metric(stage.get('seg'))}, matched soft IoU "
+            f"{format_metric(stage.get('matched_iou'))}{snapped}.")
 
 
 _CONCEPT_SPANS = {
@@ -297,6 +315,7 @@ def render_model_card(metrics: dict) -> str:
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
         mask_refiner=_refiner_description(metrics), refiner_summary=_refiner_summary(metrics),
+        reasoning_summary=_reasoning_summary(metrics),
         continuation=_continuation(metrics),
         duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped "
                         "as a copy of the same instance (`config.duplicate_iou`)" if duplicate is not None else

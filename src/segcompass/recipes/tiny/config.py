@@ -77,6 +77,16 @@ class TinyRecipeConfig:
             refiner_lambda_mask_bce: the same weight in the refiner stage. Measured by continuing the shipped model with
             a 32-wide refiner (200 test samples): with the soft dice alone (0) the refiner stage lowered cIoU 0.557 ->
             0.538 (teacher-forced 0.609 -> 0.578): the dice of probabilities does not place the logits' sign.
+        lambda_snap: weight of :func:`~segcompass.training.losses.instance_snap_loss` in joint training and the
+            concept stage (0: off, the paper): every slot's mask, matched or not, is pulled onto the scene's shape it
+            overlaps most (any shape, target or not) or toward empty. refiner_lambda_snap: the same in the refiner
+            stage; the segmentation losses train only the matched slots, toward the targets, so a refiner trained
+            with them alone sees few of the masks it refines at inference.
+        reasoning_steps, reasoning_samples, reasoning_learning_rate: the reasoning stage after joint training (or, in
+            a continued run, before anything else): next-token loss on ``reasoning_samples`` new training samples
+            (indices from ``num_train`` on), training only the decoder layers above the SAE's hook layer, so the
+            concepts and the mask path stay exactly as they were and only the written reasoning changes
+            (0 steps: no stage). The generated-reasoning pool is made again after it.
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation:
             :func:`~segcompass.recipes.tiny.evaluation.tune_threshold`; 400 validation samples, as 96 left the choice
@@ -143,6 +153,11 @@ class TinyRecipeConfig:
     refiner_steps: int = 0
     lambda_mask_bce: float = 0.0
     refiner_lambda_mask_bce: float = 1.0
+    lambda_snap: float = 0.0
+    refiner_lambda_snap: float = 0.0
+    reasoning_steps: int = 0
+    reasoning_samples: int = 16000
+    reasoning_learning_rate: float = 3e-4
     eval_batch_size: int = 32
     max_new_tokens: int = 100
     duplicate_iou: float | None = 0.5
@@ -176,10 +191,13 @@ class TinyRecipeConfig:
         if not isinstance(self.limit_instances_to_answer, bool):
             raise ValueError(f"limit_instances_to_answer={self.limit_instances_to_answer!r} must be True or False.")
         check_concept_grouping(self.concept_grouping)
+        for name in ("lambda_mask_bce", "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (a loss weight; 0 turns it off).")
         if self.refiner_steps > 0 and not self.mask_refiner_hidden_size:
             raise ValueError(f"refiner_steps={self.refiner_steps} trains a mask refiner, but mask_refiner_hidden_size=0 "
                              "builds none; set mask_refiner_hidden_size (e.g. 16) or refiner_steps=0.")
-        for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size"):
+        for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size", "reasoning_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
 
@@ -193,7 +211,7 @@ class TinyRecipeConfig:
             num_test=8, batch_size=8, lm_warmup_steps=6, sae_sequences=32, sae_epochs=1, joint_steps=6,
             grpo_steps=2, vision_pretrain_steps=4, backbone_vision_pretrain_steps=4, eval_batch_size=8,
             max_new_tokens=24, thresholds=(0.3, 0.5), concept_layers=1, generated_pool=8, generated_share=0.5,
-            concept_steps=4, mask_refiner_hidden_size=4, refiner_steps=2,
+            concept_steps=4, mask_refiner_hidden_size=4, refiner_steps=2, reasoning_steps=2, reasoning_samples=8,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

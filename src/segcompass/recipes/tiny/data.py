@@ -28,28 +28,41 @@ class Sample:
     labels: np.ndarray | None = None  # (3, S, S) int64: colour / kind / size class of every pixel (0 = background)
     centres: list | None = None  # per shape: (x, y, colour, kind, size) of its visible centroid, classes from 0
     shape_attributes: tuple[tuple[str, str, str, str], ...] = ()  # (size, colour, kind, region) per visible shape
+    instance_ids: np.ndarray | None = None  # (S, S) uint8: 0 background, i = the i-th visible shape (1-based)
+
+    def instance_masks(self) -> np.ndarray:
+        """Every visible shape's mask, target or not: (N, S, S) bool (N = 0 without ``instance_ids``)."""
+        if self.instance_ids is None:
+            return np.zeros((0, *self.masks.shape[-2:]), dtype=bool)
+        count = int(self.instance_ids.max())
+        return self.instance_ids[None] == np.arange(1, count + 1)[:, None, None]  # (N, S, S)
 
     @property
     def no_target(self) -> bool:
         return self.masks.shape[0] == 0
 
 
-def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str) -> list[Sample]:
+def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str, *, start: int = 0,
+               dense: bool = True) -> list[Sample]:
+    """Samples ``start .. start + num - 1`` of a synthetic split (base seed ``config.data_seed``). ``dense=False``
+    leaves out the per-pixel class maps (``labels``, 3 × S × S int64 each), which only the vision probes read."""
     from ...data.synthetic import SyntheticConfig, generate_example, reference_completion, sample_seed
     from ...utils.masks import decode_rle
 
     synth = SyntheticConfig(image_size=config.image_size)
     samples = []
-    for index in tqdm(range(num), desc=desc, unit="sample", leave=False, disable=quiet_rank()):
+    for index in tqdm(range(start, start + num), desc=desc, unit="sample", leave=False, disable=quiet_rank()):
         example = generate_example(sample_seed(split, index, config.data_seed, synth), synth, split=split)
         row = example.row
         masks = [decode_rle(rle).astype(bool) for rle in row["masks"]]
         stacked = np.stack(masks) if masks else np.zeros((0, config.image_size, config.image_size), dtype=bool)
         samples.append(Sample(row["image"], row["instruction"], reference_completion(row), stacked,
-                               example.task.family, row["sample_id"], scene_labels(example.scene, config.image_size),
+                               example.task.family, row["sample_id"],
+                               scene_labels(example.scene, config.image_size) if dense else None,
                                scene_centres(example.scene),
                                tuple((shape.size, shape.colour, shape.kind, shape.region)
-                                     for shape in example.scene.shapes if shape.area > 0)))
+                                     for shape in example.scene.shapes if shape.area > 0),
+                               scene_instance_ids(example.scene, config.image_size)))
     return samples
 
 
@@ -63,6 +76,17 @@ def scene_labels(scene, size: int) -> np.ndarray:
         labels[1][shape.mask] = list(KINDS).index(shape.kind) + 1
         labels[2][shape.mask] = list(SIZES).index(shape.size) + 1
     return labels
+
+
+def scene_instance_ids(scene, size: int) -> np.ndarray:
+    """(S, S) uint8 instance map of a scene: 0 background, i for its i-th visible shape (visible masks are disjoint)."""
+    ids = np.zeros((size, size), dtype=np.uint8)
+    visible = [shape for shape in scene.shapes if shape.area > 0]
+    if len(visible) > 255:
+        raise ValueError(f"{len(visible)} visible shapes do not fit a uint8 instance map (at most 255).")
+    for index, shape in enumerate(visible, start=1):
+        ids[shape.mask] = index
+    return ids
 
 
 def scene_centres(scene) -> list[tuple[float, float, int, int, int]]:
@@ -207,11 +231,13 @@ def backbone_kwargs(batch: dict) -> dict:
     return {k: batch[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in batch}
 
 
-def gt_on_grid(samples: list[Sample], mask_size: int) -> list[torch.Tensor]:
-    """Ground-truth instances resized into SAM's letterboxed m × m frame: B × (G_b, m, m) floats."""
+def gt_on_grid(samples: list[Sample], mask_size: int, *, every_instance: bool = False) -> list[torch.Tensor]:
+    """Ground-truth instances resized into SAM's letterboxed m × m frame: B × (G_b, m, m) floats; with
+    ``every_instance`` every visible shape of the scene (:meth:`Sample.instance_masks`), B × (N_b, m, m)."""
     from ...sam_frame import resize_masks
 
-    return [resize_masks(torch.from_numpy(s.masks), (mask_size, mask_size), letterbox=True) for s in samples]
+    return [resize_masks(torch.from_numpy(s.instance_masks() if every_instance else s.masks), (mask_size, mask_size),
+                         letterbox=True) for s in samples]
 
 
 def index_batches(num: int, batch_size: int, steps: int, generator: torch.Generator):

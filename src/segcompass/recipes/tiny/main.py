@@ -39,6 +39,7 @@ from .stages import (
     grpo_stage,
     joint_training,
     lm_warmup,
+    reasoning_stage,
     sam_encoder_pretrain,
     train_sae,
 )
@@ -184,6 +185,10 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
                         if name in ("sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint")})
         logger.info("continuing the finished run in %s from the concept stage", continue_from)
         t = lap("load", t)
+        pool = None
+    reasoning = reasoning_stage(model, processor, config, generator)
+    t = lap("reasoning", t)
+    if pool is None or reasoning["steps"]:  # the pool is the reasoning the model writes now
         pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
         t = lap("generated_pool", t)
     concept = concept_stage(model, processor, train, config, generator, pool)
@@ -223,7 +228,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "config": _json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
-        "joint": joint, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,
@@ -371,7 +376,8 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
 CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
                                              "concept_grouping", "grpo_steps", "generated_pool",
                                              "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
-                                             "refiner_lambda_mask_bce")
+                                             "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
+                                             "reasoning_steps", "reasoning_samples", "reasoning_learning_rate")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 

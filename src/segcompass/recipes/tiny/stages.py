@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
-from .data import Sample, TokenProbe, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches
+from .data import (Sample, TokenProbe, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches,
+                   make_split)
 from .distributed import average_gradients, quiet_rank, rank_and_world, shard
 
 logger = get_logger(__name__)
@@ -70,6 +71,50 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
         handle.remove()
     return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps,
             "learning_rate": learning_rate}
+
+
+def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> dict:
+    """Stage e0: next-token loss on ``reasoning_samples`` new training samples (indices from ``num_train`` on, never
+    seen by the heads), ``reasoning_steps`` steps, training only the decoder layers above the SAE's hook layer (and
+    the final norm): the vision tower, the token embeddings (tied to the LM head) and layers ``0 .. L-1`` stay frozen,
+    so ``hidden_states[L]`` of any token sequence, hence the SAE's concepts and the mask path, do not change; only
+    which reasoning the model writes does."""
+    from ...training.freezing import freeze_backbone_through_hook_layer
+
+    steps = config.reasoning_steps
+    if steps <= 0:
+        return {"steps": 0}
+    samples = make_split("train", config.reasoning_samples, config, "reasoning-stage samples", start=config.num_train,
+                         dense=False)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        freeze_backbone_through_hook_layer(model)
+        embeddings = model.get_input_embeddings().weight
+        embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
+        params = [p for p in model.backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.reasoning_learning_rate, weight_decay=0.01)
+        scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
+        model.eval()
+        model.backbone.model.language_model.train()
+        losses = []
+        bar = tqdm(index_batches(len(samples), config.batch_size, steps, generator), total=steps,
+                   desc="Reasoning stage", unit="step", disable=quiet_rank())
+        for step, indices in enumerate(bar):
+            batch = batch_inputs(processor, [samples[i] for i in shard(indices)], completions=True, append_slots=False)
+            out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 labels=batch["labels"], **backbone_kwargs(batch))
+            optimizer_step(optimizer, scheduler, out.loss, params)
+            losses.append(out.loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if (step + 1) % 100 == 0:
+                logger.info("Reasoning stage step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-100:]))
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+    model.eval()
+    return {"steps": steps, "samples": len(samples), "first_loss": float(np.mean(losses[:50])),
+            "final_loss": float(np.mean(losses[-50:])), "learning_rate": config.reasoning_learning_rate,
+            "trained_parameters": sum(p.numel() for p in params)}
 
 
 @torch.no_grad()
@@ -205,7 +250,7 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     ``generated_share``, with the model's own reasoning instead (mask path only). ``train_only`` (a submodule): the
     rest of the model stays in eval mode (no running statistics move)."""
     from ...training.freezing import row_masked_parameters
-    from ...training.losses import segmentation_losses
+    from ...training.losses import instance_snap_loss, segmentation_losses
 
     steps, mask_size = config.joint_steps, model.config.mask_size
     pool = pool or {}
@@ -248,12 +293,16 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
                                   lambda_mask_bce=config.lambda_mask_bce)
         lm = out.loss if labels is not None and bool((labels != -100).any()) else out.heatmap_logits.new_zeros(())
         loss = seg.loss + config.lm_loss_weight * lm
+        snap_logs = {}
+        if config.lambda_snap:
+            snap, snap_logs = instance_snap_loss(out.mask_logits, gt_on_grid(chunk, mask_size, every_instance=True))
+            loss = loss + config.lambda_snap * snap
         probe_loss = None
         if probe is not None and config.probe_weight > 0:
             probe_loss = probe.loss(out.image_embeddings, chunk, config.image_size)
             loss = loss + config.probe_weight * probe_loss
         optimizer_step(optimizer, scheduler, loss, backbone_params + rows_params + head_params)
-        record = seg.metrics()
+        record = seg.metrics() | snap_logs
         record["lm"] = lm.item()
         if probe_loss is not None:
             record["probe"] = probe_loss.item()
@@ -264,12 +313,15 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
         if (step + 1) % 100 == 0:
             tail = history[-100:]
             logger.info("%s step %d/%d: %s", desc, step + 1, steps,
-                        {k: round(float(np.mean([r[k] for r in tail if k in r])), 4) for k in ("seg", "conf", "lm",
-                                                                                               "matched_iou", "probe")
+                        {k: round(float(np.mean([r[k] for r in tail if k in r])), 4) for k in LOGGED
                          if any(k in r for r in tail)})
     tail = history[-50:]
-    return {k: float(np.mean([r[k] for r in tail if k in r])) for k in ("seg", "conf", "lm", "matched_iou", "probe")
+    return {k: float(np.mean([r[k] for r in tail if k in r])) for k in LOGGED
             if any(k in r for r in tail)} | {"steps": steps}
+
+
+LOGGED = ("seg", "conf", "lm", "matched_iou", "probe", "snap_bce", "snap_dice", "snapped")
+"""What :func:`joint_training` logs every 100 steps and returns (means over the last 100 / 50 steps)."""
 
 
 def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
@@ -289,13 +341,14 @@ def concept_stage(model, processor, train: list[Sample], config: TinyRecipeConfi
 def refiner_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
                   pool: dict[int, str] | None = None) -> dict:
     """Stage e''': only the mask refiner trains, ``config.refiner_steps`` steps of :func:`head_stage` on the otherwise
-    frozen model, which stays in eval mode, with ``refiner_lambda_mask_bce`` as the mask BCE weight."""
+    frozen model, which stays in eval mode, with ``refiner_lambda_mask_bce`` and ``refiner_lambda_snap`` as the mask
+    BCE and snap weights."""
     if config.refiner_steps <= 0:
         return {"steps": 0}
     if model.mask_refiner is None:
         raise ValueError(f"refiner_steps={config.refiner_steps} but the model has no mask refiner; build it with "
                          "mask_refiner_hidden_size > 0.")
-    stage = replace(config, lambda_mask_bce=config.refiner_lambda_mask_bce)
+    stage = replace(config, lambda_mask_bce=config.refiner_lambda_mask_bce, lambda_snap=config.refiner_lambda_snap)
     return head_stage(model, processor, train, stage, generator, pool, steps=config.refiner_steps, frozen=model,
                       trained=model.mask_refiner, desc="Refiner stage")
 
