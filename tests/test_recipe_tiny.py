@@ -520,6 +520,7 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     second = {"config": {"concept_matching_source": "mask", "concept_confidence_targets": "mask_iou",
                          "concept_grouping": "answer"},
               "concept_stage": {"steps": 4000}, "timings_s": {"total": 6000.0},
+              "reasoning_stage": {"steps": 5000}, "refiner_stage": {"steps": 0},
               "continued_from": _continuation_record("first", first, 1000.0)}
     assert second["continued_from"]["runs"] == 2
     record = _continuation_record("second", second, 1500.0)
@@ -531,6 +532,9 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     text = _continuation({"continued_from": record})
     assert "made in 3 runs" in text and "trained through 3 concept stages" in text
     assert "1500 steps, matching on the heatmaps" in text and "4000 steps, matching on the decoder masks" in text
+    assert record["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 5000}]
+    assert "Earlier runs of the chain also ran: a reasoning stage (4a) of 5000 steps" in text
+    assert "also ran" not in _continuation({"continued_from": second["continued_from"]})
     # a record written before chains were recorded (one earlier concept stage, no "runs") still renders
     old = {"earlier_run_total_s": 60.0, "this_run_s": 60.0, "earlier_concept_stage": {
         "steps": 1500, "matching_source": "heatmap", "confidence_targets": "matched"}}

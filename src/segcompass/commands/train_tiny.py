@@ -35,8 +35,9 @@ class TrainTinyArguments:
     )
     continue_from: str | None = field(
         default=None, metadata={"help": "a finished train-tiny run: take its saved model (with stages 0-4's metrics "
-                                        "and timings, and its own concept stage if it ran one) and run the concept "
-                                        "stage and the stages after it on top, with today's settings for them"}
+                                        "and timings, and its own concept stage if it ran one) and run the reasoning "
+                                        "and concept stages and the stages after them on top, with today's settings "
+                                        "for them"}
     )
     restart_at: str = field(
         default="concept", metadata={"help": "with --continue-from: 'concept' (default; the earlier model's stages 0-4 "

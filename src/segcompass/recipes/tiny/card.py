@@ -215,6 +215,10 @@ def earlier_concept_stages(continued_from: dict) -> list[dict]:
     return [last] if last else []
 
 
+_OTHER_STAGES = {"reasoning_stage": "a reasoning stage (4a)", "refiner_stage": "a refiner stage (4c)"}
+"""The stages besides the concept stage a continued run's record lists, in the card's words."""
+
+
 def _continuation(metrics: dict) -> str:
     """How the checkpoint was made when it took more than one ``train-tiny`` call (continued, threshold re-tuned)."""
     text = ""
@@ -237,12 +241,12 @@ def _continuation(metrics: dict) -> str:
         if runs == 2:
             text += (f" This checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
                      f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that "
-                     "run's), then stage 4b onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
+                     "run's), then stage 4a onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
                      f"({earlier['this_run_s'] / 60:.1f} min).")
         else:
             text += (f" This checkpoint was made in {runs} runs of this recipe: stages 0-4 by the first (their metrics "
                      "and timings above are that run's), then each later run continued the one before it from stage "
-                     "4b on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
+                     "4a on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
                      f"{earlier['this_run_s'] / 60:.1f} min, the wall time above sums all {runs}).")
         text += " `segcompass train-tiny OUTPUT_DIR` runs every stage in one go."
         stages = earlier_concept_stages(earlier)
@@ -257,6 +261,10 @@ def _continuation(metrics: dict) -> str:
             else:
                 text += (f" The earlier runs had also run {len(stages)} concept stages ({described}), so these heads "
                          f"trained through {len(stages) + 1} concept stages; the one-go command runs one.")
+    others = (earlier or {}).get("earlier_other_stages") or []
+    if others and earlier.get("restart_at") != "lm_warmup":
+        described = ", ".join(f"{_OTHER_STAGES[stage['stage']]} of {stage['steps']} steps" for stage in others)
+        text += f" Earlier runs of the chain also ran: {described} (their effect is in this checkpoint)."
     retuned = metrics.get("threshold_retuned")
     if retuned:
         text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "

@@ -80,7 +80,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         continue_from: a finished run's directory (checkpoint + ``metrics.json``): its model replaces stages 0-4
             (vision pretraining to joint training, whose metrics and timings are carried over from its
             ``metrics.json``, as are the fields of its recipe config that those stages used, unless ``config`` is
-            given) and the run goes on from the concept stage; the stages that run again take today's defaults
+            given) and the run goes on from the reasoning stage (which does nothing with ``reasoning_steps=0``) and the
+            concept stage; the stages that run again take today's defaults
             (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a
             stage to a finished run without repeating the hour before it. The saved model is the earlier run's last
             one: when that run had a concept stage of its own, the new one trains on top of it, and
@@ -183,7 +184,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"))
         timings.update({name: value for name, value in previous["timings_s"].items()
                         if name in ("sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint")})
-        logger.info("continuing the finished run in %s from the concept stage", continue_from)
+        logger.info("continuing the finished run in %s from the reasoning and concept stages", continue_from)
         t = lap("load", t)
         pool = None
     reasoning = reasoning_stage(model, processor, config, generator)
@@ -369,6 +370,9 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
             "concept_grouping": earlier_config.get("concept_grouping", "sequence")}
         stages.append(record["earlier_concept_stage"])
     record["earlier_concept_stages"] = stages
+    record["earlier_other_stages"] = list(chain.get("earlier_other_stages", [])) + [
+        {"stage": name, "steps": previous[name]["steps"]} for name in ("reasoning_stage", "refiner_stage")
+        if (previous.get(name) or {}).get("steps")]
     record["runs"] = runs
     return record
 
