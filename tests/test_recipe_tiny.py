@@ -399,26 +399,34 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     outside the backbone moves, and every requires_grad flag is restored."""
     from segcompass.recipes.tiny import build, data, stages
 
-    config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=3, reasoning_samples=8)
+    config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=3, reasoning_samples=8,
+                                    concept_steps=0)
     model, processor = build.build_tiny_model_and_processor(config)
+    with pytest.raises(ValueError, match="slot_query_inputs='embeddings_and_concepts'"):
+        stages.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))  # e_k would move
+    model.config.slot_query_inputs = "concepts"  # what the concept stage switches to
     train_token_embedding_rows(model)  # open slot rows must stay closed in this stage (tied LM head)
-    batch = data.batch_inputs(processor, data.make_split("test", 4, config, "test"), completions=True,
-                              append_slots=True)
+    test = data.make_split("test", 4, config, "test")
+    batch = data.batch_inputs(processor, test, completions=True, append_slots=True)
 
     def states():
         with torch.no_grad():
             out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  output_hidden_states=True, **data.backbone_kwargs(batch))
-        return out.hidden_states[config.hook_layer].clone(), out.hidden_states[-1].clone()
+            masks = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
+                          **data.backbone_kwargs(batch)).mask_logits
+        return out.hidden_states[config.hook_layer].clone(), out.hidden_states[-1].clone(), masks
 
     model.eval()
-    hook_before, top_before = states()
+    hook_before, top_before, masks_before = states()
     heads_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     result = stages.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))
-    hook_after, top_after = states()
+    hook_after, top_after, masks_after = states()
     assert result["steps"] == 3 and result["samples"] == 8 and result["trained_parameters"] > 0
     torch.testing.assert_close(hook_after, hook_before, rtol=0, atol=0)
+    torch.testing.assert_close(masks_after, masks_before, rtol=0, atol=0)  # the slots read only the concepts
     assert not torch.allclose(top_after, top_before)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in heads_before.items())
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
@@ -448,6 +456,8 @@ def test_samples_carry_every_visible_shape():
     assert bare.instance_masks().shape == (0, config.image_size, config.image_size)
     with pytest.raises(ValueError, match="refiner_lambda_snap=-1 must be >= 0"):
         TinyRecipeConfig.smoke(refiner_lambda_snap=-1)
+    with pytest.raises(ValueError, match="above hook_layer=2, and there is none"):
+        TinyRecipeConfig.smoke(hook_layer=2, reasoning_steps=1)
 
 
 def test_refiner_stage_trains_the_refiner_alone(tmp_path):

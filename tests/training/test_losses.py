@@ -269,6 +269,31 @@ def test_instance_snap_loss_hand_values():
     _, dropped = instance_snap_loss(top, [TL[None]], min_iou=0.6)
     assert kept["snapped"] == 1.0 and dropped["snapped"] == 0.0
     assert dropped["snap_bce"] == pytest.approx((2 * sp(2.0) + 2 * sp(-2.0)) / 4, rel=1e-6)
+    # min_iou=0 still never snaps a slot that overlaps nothing (its best "instance" would be row 0)
+    _, none = instance_snap_loss(torch.full((1, 1, 2, 2), -3.0), [TL[None]], min_iou=0.0)
+    assert none["snapped"] == 0.0
+
+
+def test_instance_snap_loss_picks_the_most_overlapped_instance_per_sample():
+    """Two samples; a slot over the top row and the left column overlaps both TL-row and TL-column instances: it
+    snaps to the one with the higher IoU; BCE with a valid mask is the per-slot weighted mean."""
+    from segcompass.training.losses import instance_snap_loss
+
+    row = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    three = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # slot mask: TL, TR, BL
+    mask = torch.stack([peaked(three)[None], peaked(BR)[None]])  # (2, 1, 2, 2)
+    # sample 0: IoU with the top row 2/3, with TL 1/3 -> the row; sample 1: BR against [TL, BR] -> BR
+    _, logs = instance_snap_loss(mask, [torch.stack([TL, row]), torch.stack([TL, BR])], lambda_dice=0.0)
+    bce0 = (sp(-2.0) * 2 + sp(2.0) + sp(-2.0)) / 4  # TL, TR target 1 (logit 2); BL target 0 (logit 2); BR 0 (-2)
+    bce1 = sp(-2.0)  # every pixel right with margin 2
+    assert logs["snapped"] == 1.0
+    assert logs["snap_bce"] == pytest.approx((bce0 + bce1) / 2, rel=1e-6)
+    left = torch.tensor([[True, False], [True, False]]).expand(2, 2, 2)
+    _, masked = instance_snap_loss(mask, [torch.stack([TL, row]), torch.stack([TL, BR])], valid_mask=left)
+    # valid pixels TL, BL; sample 0: slot (TL, BL) vs row-in-valid (TL) IoU 1/2, vs TL 1/2 -> the first (TL);
+    # sample 1: the slot's only pixel BR is invalid -> nothing to snap, target empty
+    assert masked["snapped"] == 0.5
+    assert masked["snap_bce"] == pytest.approx(((sp(-2.0) + sp(2.0)) / 2 + sp(-2.0)) / 2, rel=1e-6)
 
 
 def test_instance_snap_loss_without_instances_and_gradients():

@@ -151,7 +151,7 @@ def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, wi
             )
         if tuple(gt.shape[-2:]) != (height, width):
             raise ValueError(
-                f"{name}[{b}] has spatial size {tuple(gt.shape[-2:])} but the heatmap logits are {(height, width)}. "
+                f"{name}[{b}] has spatial size {tuple(gt.shape[-2:])} but the predicted maps are {(height, width)}. "
                 f"Resize the ground truth to the prediction grid first: "
                 f"segcompass.training.resize_masks(masks, ({height}, {width})) "
                 "(letterbox=True for SAM's padded frame)."
@@ -357,7 +357,7 @@ def instance_snap_loss(
         mask_logits (`torch.Tensor` of shape `(B, K, H, W)`): mask logits M̂_k.
         instance_masks (sequence of B tensors of shape `(N_b, H, W)`): every instance of each image in ``[0, 1]`` on
             the prediction grid (``N_b = 0``: every slot is pulled toward empty).
-        min_iou: a slot whose best IoU is below this gets an empty target.
+        min_iou: a slot whose best IoU is below this (or 0) gets an empty target.
         lambda_dice: weight of the soft dice (on the slots with a non-empty target) beside the pixel BCE (all slots).
         dice_smooth: smoothing of the dice (see :func:`dice_loss`).
         valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights; assignment and losses use only
@@ -391,7 +391,8 @@ def instance_snap_loss(
     targets = mask_logits.new_zeros(mask_logits.shape, dtype=torch.float32)  # (B, K, H, W)
     for b, inst in enumerate(instances):
         if inst.shape[0]:
-            targets[b] = inst[index[b]] * (best[b] >= min_iou).float()[:, None, None]  # (K, H, W)
+            keep = (best[b] >= min_iou) & (best[b] > 0)  # (K,): no overlap at all is never a snap
+            targets[b] = inst[index[b]] * keep.float()[:, None, None]  # (K, H, W)
     logits = mask_logits.float()
     pixel_bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, K, H, W)
     if weights is None:

@@ -37,6 +37,10 @@ class TinyRecipeConfig:
         num_train, num_validation, num_test: synthetic samples per split (base seed ``data_seed``).
     Schedule:
         batch_size, lm_warmup_steps, sae_sequences, sae_epochs, joint_steps, grpo_steps, learning_rate.
+        grpo_steps: the GRPO stage's steps (0: skipped). With the paper's per-component learning-rate multipliers, 16
+            steps move the heads (slot mapper weights by ~2 % relative) without the reward improving anything in so
+            few steps: after a refiner stage, they lowered teacher-forced test cIoU 0.640 -> 0.615 (the refiner had
+            trained for the heads before them), so the shipped continuation runs none (``--set grpo_steps=0``).
         lm_learning_rate: the LM warm-up's peak learning rate (None: ``learning_rate``); a run restarted at the LM
             warm-up from a trained backbone (``train_tiny(restart_at="lm_warmup")``) continues it at a lower one.
         vision_pretrain_steps: steps (batch ``2 * batch_size``) of dense colour / kind / size classification from
@@ -83,10 +87,13 @@ class TinyRecipeConfig:
             stage; the segmentation losses train only the matched slots, toward the targets, so a refiner trained
             with them alone sees few of the masks it refines at inference.
         reasoning_steps, reasoning_samples, reasoning_learning_rate: the reasoning stage after joint training (or, in
-            a continued run, before anything else): next-token loss on ``reasoning_samples`` new training samples
-            (indices from ``num_train`` on), training only the decoder layers above the SAE's hook layer, so the
-            concepts and the mask path stay exactly as they were and only the written reasoning changes
-            (0 steps: no stage). The generated-reasoning pool is made again after it.
+            a continued run, before anything else): next-token loss on ``reasoning_samples`` training samples the
+            heads did not see (indices from ``num_train`` on; a chain of continued runs reuses them), training only
+            the decoder layers above the SAE's hook layer, so the concepts (and, with the concept stage's
+            ``slot_query_inputs="concepts"``, the masks) stay exactly as they were and only the written reasoning
+            changes (0 steps: no stage). The generated-reasoning pool is made again after it. Measured on the shipped
+            model (200 test samples, one process): 4000 steps on 32000 samples raised the answers naming exactly the
+            right targets 0.355 -> 0.59 (descriptions with a wrong region 43 % -> 15 %) with cIoU 0.557 -> 0.546.
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation:
             :func:`~segcompass.recipes.tiny.evaluation.tune_threshold`; 400 validation samples, as 96 left the choice
@@ -182,6 +189,10 @@ class TinyRecipeConfig:
             )
         if not 1 <= self.hook_layer <= self.text_layers:
             raise ValueError(f"hook_layer={self.hook_layer} must be in 1..text_layers={self.text_layers}.")
+        if self.reasoning_steps > 0 and self.hook_layer == self.text_layers:
+            raise ValueError(f"reasoning_steps={self.reasoning_steps} trains the decoder layers above hook_layer="
+                             f"{self.hook_layer}, and there is none (text_layers={self.text_layers}); lower hook_layer or "
+                             "set reasoning_steps=0.")
         if self.num_slots < 1:
             raise ValueError(f"num_slots={self.num_slots} must be >= 1.")
         for option in ("matching_source", "confidence_targets"):

@@ -189,9 +189,12 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         pool = None
     reasoning = reasoning_stage(model, processor, config, generator)
     t = lap("reasoning", t)
-    if pool is None or reasoning["steps"]:  # the pool is the reasoning the model writes now
+    if pool is None:  # a continued run: its pool is the reasoning the model writes after the reasoning stage
         pool, pool_summary = generate_reasoning_pool(model, processor, train, config)
         t = lap("generated_pool", t)
+    elif reasoning["steps"]:  # joint training used the first pool; the later stages see what the model writes now
+        pool, pool_summary["after_reasoning_stage"] = generate_reasoning_pool(model, processor, train, config)
+        t = lap("generated_pool_after_reasoning", t)
     concept = concept_stage(model, processor, train, config, generator, pool)
     t = lap("concept", t)
     refiner = refiner_stage(model, processor, train, config, generator, pool)

@@ -74,16 +74,28 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
 
 
 def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> dict:
-    """Stage e0: next-token loss on ``reasoning_samples`` new training samples (indices from ``num_train`` on, never
-    seen by the heads), ``reasoning_steps`` steps, training only the decoder layers above the SAE's hook layer (and
+    """Stage 4a: next-token loss on ``reasoning_samples`` training samples the heads were not trained on (indices from
+    ``num_train`` on), ``reasoning_steps`` steps, training only the decoder layers above the SAE's hook layer (and
     the final norm): the vision tower, the token embeddings (tied to the LM head) and layers ``0 .. L-1`` stay frozen,
-    so ``hidden_states[L]`` of any token sequence, hence the SAE's concepts and the mask path, do not change; only
-    which reasoning the model writes does."""
+    so ``hidden_states[L]`` of any token sequence, hence the SAE's concepts, do not change; with
+    ``slot_query_inputs="concepts"`` (the slots read the reasoning only through them) neither does the mask path,
+    and only which reasoning the model writes changes.
+
+    Raises:
+        ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
+            moves) and no concept stage follows to retrain the heads on the concepts alone.
+    """
     from ...training.freezing import freeze_backbone_through_hook_layer
 
     steps = config.reasoning_steps
     if steps <= 0:
         return {"steps": 0}
+    if model.config.slot_query_inputs != "concepts" and config.concept_steps <= 0:
+        raise ValueError(
+            f"reasoning_steps={steps} trains the layers that compute the slot embeddings e_k, which this model's "
+            f"slot queries read (slot_query_inputs={model.config.slot_query_inputs!r}), and concept_steps=0 leaves "
+            "its heads as they are; run a concept stage after it (concept_steps > 0) or set reasoning_steps=0."
+        )
     samples = make_split("train", config.reasoning_samples, config, "reasoning-stage samples", start=config.num_train,
                          dense=False)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
