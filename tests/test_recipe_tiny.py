@@ -13,7 +13,7 @@ from segcompass.training.freezing import freeze_backbone_through_hook_layer, tra
 SHIPPED_TEST_SUBSET = 24
 # Measured on the first 24 test samples (data seed 0) with the shipped checkpoint and generated reasoning; the floor
 # is the measured value minus 0.1 (see model_cards/segcompass-tiny-synthetic.md).
-SHIPPED_CIOU_MEASURED = 0.612  # gIoU 0.696; the whole 200-sample test split: cIoU 0.557 (model card)
+SHIPPED_CIOU_MEASURED = 0.578  # gIoU 0.663; the whole 200-sample test split: cIoU 0.555 (model card)
 SHIPPED_CIOU_FLOOR = SHIPPED_CIOU_MEASURED - 0.1  # a random model of this size scores ~0.04
 
 
@@ -156,7 +156,7 @@ def test_shipped_default_model_quality():
     metrics = evaluate_tiny(model, processor, split="test", num_samples=SHIPPED_TEST_SUBSET)
     assert metrics["num_samples"] == SHIPPED_TEST_SUBSET
     assert metrics["ciou"] >= SHIPPED_CIOU_FLOOR, metrics
-    assert metrics["giou"] >= 0.696 - 0.1, metrics
+    assert metrics["giou"] >= 0.663 - 0.1, metrics
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")
@@ -433,9 +433,13 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     assert stages.reasoning_stage(model, processor, replace(config, reasoning_steps=0), None) == {"steps": 0}
     from segcompass.recipes.tiny.card import _reasoning_summary
 
-    text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result})
-    assert text.startswith("next-token loss only, 3 steps × batch 4 on 8 new training samples")
-    assert "above hidden_states[1]" in text and _reasoning_summary({"config": {}}).startswith("not run")
+    text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result,
+                               "model_config": {"slot_query_inputs": "concepts"}})
+    assert text.startswith("next-token loss only, 3 steps × batch 4 on 8 training samples the heads never saw")
+    assert "above hidden_states[1]" in text and "and the mask path (the slots read" in text
+    assert "mask path" not in _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1},
+                                                  "reasoning_stage": result})
+    assert _reasoning_summary({"config": {}}).startswith("not run")
 
 
 def test_samples_carry_every_visible_shape():
@@ -544,6 +548,8 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     assert "1500 steps, matching on the heatmaps" in text and "4000 steps, matching on the decoder masks" in text
     assert record["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 5000}]
     assert "Earlier runs of the chain also ran: a reasoning stage (4a) of 5000 steps" in text
+    settings = _continuation({"continued_from": record, "overrides": {"concept_steps": 0, "thresholds": [0.2, 0.3]}})
+    assert "--continue-from EARLIER_RUN --set concept_steps=0 --set thresholds=0.2,0.3`" in settings
     assert "also ran" not in _continuation({"continued_from": second["continued_from"]})
     # a record written before chains were recorded (one earlier concept stage, no "runs") still renders
     old = {"earlier_run_total_s": 60.0, "this_run_s": 60.0, "earlier_concept_stage": {

@@ -159,11 +159,13 @@ def _reasoning_summary(metrics: dict) -> str:
     stage = metrics.get("reasoning_stage") or {"steps": 0}
     if not stage.get("steps"):
         return "not run (`reasoning_steps=0`)."
+    concepts_only = metrics.get("model_config", {}).get("slot_query_inputs") == "concepts"
+    mask_path = " and the mask path (the slots read the reasoning only through them)" if concepts_only else ""
     return (f"next-token loss only, {stage['steps']} steps × batch {metrics['config']['batch_size']} on "
-            f"{stage['samples']} new training samples (never seen by the heads), learning rate "
+            f"{stage['samples']} training samples the heads never saw, learning rate "
             f"{stage['learning_rate']:g}, training only the {stage['trained_parameters']:,} weights of the decoder "
-            f"layers above hidden_states[{metrics['config']['hook_layer']}]: the SAE's input, hence the concepts and "
-            f"the mask path, are exactly as before, only the written reasoning changes (loss "
+            f"layers above hidden_states[{metrics['config']['hook_layer']}]: the SAE's input, hence the concepts"
+            f"{mask_path}, are exactly as before, only the written reasoning changes (loss "
             f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}); step 3's pool "
             "was generated again after it.")
 
@@ -223,11 +225,11 @@ def _continuation(metrics: dict) -> str:
     """How the checkpoint was made when it took more than one ``train-tiny`` call (continued, threshold re-tuned)."""
     text = ""
     earlier = metrics.get("continued_from")
+    settings = "".join(f" --set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                       for k, v in (metrics.get("overrides") or {}).items())
     if earlier and earlier.get("restart_at") == "lm_warmup":
         runs = earlier.get("runs", 2)
         earlier_runs = "the earlier run's" if runs == 2 else "the earlier runs'"
-        settings = "".join(f" --set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                           for k, v in (metrics.get("overrides") or {}).items())
         text += (f" This checkpoint was made in {runs} runs of this recipe. The last "
                  f"(`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN --restart-at lm_warmup{settings}`, "
                  f"{earlier['this_run_s'] / 60:.1f} min) took the earlier checkpoint's backbone (ViT and language model, "
@@ -241,13 +243,14 @@ def _continuation(metrics: dict) -> str:
         if runs == 2:
             text += (f" This checkpoint was made in two runs of this recipe: stages 0-4 by an earlier run "
                      f"({earlier['earlier_run_total_s'] / 60:.1f} min; their metrics and timings above are that "
-                     "run's), then stage 4a onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN` "
-                     f"({earlier['this_run_s'] / 60:.1f} min).")
+                     "run's), then stage 4a onwards by `segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN"
+                     f"{settings}` ({earlier['this_run_s'] / 60:.1f} min).")
         else:
             text += (f" This checkpoint was made in {runs} runs of this recipe: stages 0-4 by the first (their metrics "
                      "and timings above are that run's), then each later run continued the one before it from stage "
-                     "4a on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
-                     f"{earlier['this_run_s'] / 60:.1f} min, the wall time above sums all {runs}).")
+                     f"4a on (`segcompass train-tiny OUTPUT_DIR --continue-from EARLIER_RUN`; the last took "
+                     f"{earlier['this_run_s'] / 60:.1f} min, as `segcompass train-tiny OUTPUT_DIR --continue-from "
+                     f"EARLIER_RUN{settings}`; the wall time above sums all {runs}).")
         text += " `segcompass train-tiny OUTPUT_DIR` runs every stage in one go."
         stages = earlier_concept_stages(earlier)
         if stages:
