@@ -320,8 +320,11 @@ def test_instance_snap_loss_rejects_bad_inputs():
         instance_snap_loss(mask, [TL[None], TL[None]])
     with pytest.raises(ValueError, match=r"instance_masks\[0\] has spatial size"):
         instance_snap_loss(mask, [torch.zeros(1, 3, 3)])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError,
+                       match=r"`instance_masks` must be binary or soft values in \[0, 1\], got values in \[0, 2\]"):
         instance_snap_loss(mask, [2 * TL[None]])
+    with pytest.raises(ValueError, match="no valid pixel"):
+        instance_snap_loss(mask, [TL[None]], valid_mask=torch.zeros(1, 2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="min_iou"):
         instance_snap_loss(mask, [TL[None]], min_iou=1.5)
     with pytest.raises(ValueError, match=r"\(B, K, H, W\)"):

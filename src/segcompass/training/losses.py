@@ -158,6 +158,35 @@ def _check_targets(gt_masks: Sequence[torch.Tensor], batch: int, height: int, wi
             )
 
 
+_MASK_VALUES_HINT = " Convert 0/255 images with `mask != 0` and probabilities from logits with sigmoid."
+
+
+def _check_unit_interval(values: torch.Tensor, what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` ("{what} in [0, 1], got values in [low, high].{hint}") unless every value (NaN fails) lies
+    in ``[0, 1]``; an empty tensor passes."""
+    if values.numel():
+        low, high = torch.aminmax(values)
+        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
+            raise ValueError(f"{what} in [0, 1], got values in [{float(low):g}, {float(high):g}].{hint}")
+
+
+def _valid_weights(valid_mask: torch.Tensor | None, batch: int, height: int, width: int,
+                   device: torch.device) -> torch.Tensor | None:
+    """``valid_mask`` (B, H, W) checked (shape, values in ``[0, 1]``, a valid pixel in every sample) as float32 pixel
+    weights on ``device``; None stays None."""
+    if valid_mask is None:
+        return None
+    if valid_mask.shape != (batch, height, width):
+        raise ValueError(
+            f"`valid_mask` must have shape (B, H, W) = {(batch, height, width)}, got {tuple(valid_mask.shape)}."
+        )
+    weights = valid_mask.to(device=device, dtype=torch.float32)  # (B, H, W)
+    _check_unit_interval(weights, "`valid_mask` must be bool or pixel weights")
+    if bool((weights.sum((-2, -1)) <= 0).any()):
+        raise ValueError("`valid_mask` has a sample with no valid pixel; every sample needs at least one.")
+    return weights
+
+
 def _best_overlap(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
                   weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each slot's best IoU with an instance and that instance's row: binarised masks (B, K, H, W) (logit > 0,
@@ -250,28 +279,8 @@ def segmentation_losses(
     device = heatmap_logits.device
     gts = [gt.to(device=device, dtype=torch.float32) for gt in gt_masks]  # B × (G_b, H, W)
     gt_all = torch.cat(gts) if gts else heatmap_logits.new_zeros((0, height, width), dtype=torch.float32)  # (ΣG, H, W)
-    if gt_all.numel():
-        low, high = torch.aminmax(gt_all)
-        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
-            raise ValueError(
-                f"Ground-truth masks must be binary or soft values in [0, 1], got values in [{float(low):g}, "
-                f"{float(high):g}]. Convert 0/255 images with `mask != 0` and probabilities from logits with sigmoid."
-            )
-    weights_all: torch.Tensor | None = None
-    if valid_mask is not None:
-        if valid_mask.shape != (batch, height, width):
-            raise ValueError(
-                f"`valid_mask` must have shape (B, H, W) = {(batch, height, width)}, got {tuple(valid_mask.shape)}."
-            )
-        weights_all = valid_mask.to(device=device, dtype=torch.float32)  # (B, H, W)
-        low, high = torch.aminmax(weights_all)
-        if bool(low < 0) or bool(high > 1) or bool(torch.isnan(low)):
-            raise ValueError(
-                "`valid_mask` must be bool or pixel weights in [0, 1], got values in "
-                f"[{float(low):g}, {float(high):g}]."
-            )
-        if bool((weights_all.sum((-2, -1)) <= 0).any()):
-            raise ValueError("`valid_mask` has a sample with no valid pixel; every sample needs at least one.")
+    _check_unit_interval(gt_all, "Ground-truth masks must be binary or soft values", _MASK_VALUES_HINT)
+    weights_all = _valid_weights(valid_mask, batch, height, width, device)  # (B, H, W) or None
 
     # 1. Match slots to instances on the detached probabilities.
     source = heatmap_logits if matching_source == "heatmap" else mask_logits
@@ -360,16 +369,16 @@ def instance_snap_loss(
         min_iou: a slot whose best IoU is below this (or 0) gets an empty target.
         lambda_dice: weight of the soft dice (on the slots with a non-empty target) beside the pixel BCE (all slots).
         dice_smooth: smoothing of the dice (see :func:`dice_loss`).
-        valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights; assignment and losses use only
-            these pixels.
+        valid_mask (`torch.Tensor` of shape `(B, H, W)`, *optional*): pixel weights in ``[0, 1]``, as in
+            :func:`segmentation_losses`; assignment and losses use only these pixels.
 
     Returns:
         ``(loss, {"snap_bce", "snap_dice", "snapped"})``: the 0-d float32 loss ``bce + λ_d · dice`` and detached
         logging values (``snapped``: the share of slots with a non-empty target).
 
     Raises:
-        ValueError: shapes that do not fit, instances off the prediction grid or outside ``[0, 1]``, ``min_iou``
-            outside ``[0, 1]``.
+        ValueError: shapes that do not fit, instances off the prediction grid or outside ``[0, 1]``, a bad
+            ``valid_mask`` (as in :func:`segmentation_losses`), ``min_iou`` outside ``[0, 1]``.
     """
     if mask_logits.dim() != 4:
         raise ValueError(f"`mask_logits` must have shape (B, K, H, W), got {tuple(mask_logits.shape)}.")
@@ -378,15 +387,9 @@ def instance_snap_loss(
     batch, num_slots, height, width = mask_logits.shape
     _check_targets(instance_masks, batch, height, width, "instance_masks")
     instances = [m.to(device=mask_logits.device, dtype=torch.float32) for m in instance_masks]  # B × (N_b, H, W)
-    for b, inst in enumerate(instances):
-        if inst.numel() and bool((inst.amin() < 0) | (inst.amax() > 1)):
-            raise ValueError(f"instance_masks[{b}] has values outside [0, 1]; pass binary or soft masks.")
-    weights = None
-    if valid_mask is not None:
-        if valid_mask.shape != (batch, height, width):
-            raise ValueError(
-                f"`valid_mask` must have shape (B, H, W) = {(batch, height, width)}, got {tuple(valid_mask.shape)}.")
-        weights = valid_mask.to(device=mask_logits.device, dtype=torch.float32)  # (B, H, W)
+    if instances:
+        _check_unit_interval(torch.cat(instances), "`instance_masks` must be binary or soft values", _MASK_VALUES_HINT)
+    weights = _valid_weights(valid_mask, batch, height, width, mask_logits.device)  # (B, H, W) or None
     best, index = _best_overlap(mask_logits, instances, weights)  # (B, K), (B, K)
     targets = mask_logits.new_zeros(mask_logits.shape, dtype=torch.float32)  # (B, K, H, W)
     for b, inst in enumerate(instances):

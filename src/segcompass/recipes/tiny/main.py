@@ -33,13 +33,13 @@ from .stages import (
     answer_item_token_ids,
     backbone_vit_pretrain,
     concept_stage,
-    refiner_stage,
     feature_dictionary_stage,
     generate_reasoning_pool,
     grpo_stage,
     joint_training,
     lm_warmup,
     reasoning_stage,
+    refiner_stage,
     sam_encoder_pretrain,
     train_sae,
 )
@@ -175,7 +175,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         joint = joint_training(model, processor, train, config, generator, probe, pool)
         t = lap("joint", t)
     else:
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoProcessor
 
         model = _load_for_continuation(continue_from, config)
         processor = AutoProcessor.from_pretrained(continue_from)
@@ -232,7 +232,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "config": _json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
-        "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo, "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo,
+        "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,

@@ -38,39 +38,54 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
     steps = config.lm_warmup_steps
     params = [p for p in model.backbone.parameters() if p.requires_grad]
     captured: list[torch.Tensor] = []
-    handle = None
+    handle, extra_loss = None, None
     if token_probe is not None and config.probe_weight > 0:
         params += list(token_probe.parameters())
         handle = model.backbone.model.visual.register_forward_hook(
             lambda module, inputs, output: captured.append(output.pooler_output))  # (B*g*g, D) merged tokens
-    learning_rate = config.learning_rate if config.lm_learning_rate is None else config.lm_learning_rate
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
-    model.train()
-    losses = []
-    bar = tqdm(index_batches(len(train), config.batch_size, steps, generator), total=steps, desc="LM warm-up", unit="step",
-               disable=quiet_rank())
-    for step, indices in enumerate(bar):
-        indices = shard(indices)
-        batch = batch_inputs(processor, [train[i] for i in indices], completions=True, append_slots=False)
-        captured.clear()
-        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"], **backbone_kwargs(batch))
-        loss = out.loss
-        if handle is not None:
+
+        def extra_loss(batch: dict, chunk: list[Sample]) -> torch.Tensor:
             merge = model.backbone.model.visual.spatial_merge_size
             sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
             features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
-            loss = loss + config.probe_weight * token_probe.loss(features, [train[i] for i in indices])
+            captured.clear()
+            return config.probe_weight * token_probe.loss(features, chunk)
+
+    learning_rate = config.learning_rate if config.lm_learning_rate is None else config.lm_learning_rate
+    model.train()
+    try:
+        losses = next_token_steps(model, processor, train, config, generator, params, steps=steps,
+                                  learning_rate=learning_rate, desc="LM warm-up", extra_loss=extra_loss)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps,
+            "learning_rate": learning_rate}
+
+
+def next_token_steps(model, processor, samples: list[Sample], config: TinyRecipeConfig, generator, params: list, *,
+                     steps: int, learning_rate: float, desc: str, extra_loss=None) -> list[float]:
+    """The next-token training loop of :func:`lm_warmup` and :func:`reasoning_stage`: ``steps`` AdamW steps (batch
+    ``config.batch_size``, sharded over the ranks; cosine schedule) of the backbone's loss on the reference
+    completions of ``samples``, plus ``extra_loss(batch, chunk)`` when given, on ``params``. The caller sets the train
+    / eval modes. Returns the next-token loss of every step."""
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
+    losses: list[float] = []
+    bar = tqdm(index_batches(len(samples), config.batch_size, steps, generator), total=steps, desc=desc, unit="step",
+               disable=quiet_rank())
+    for step, indices in enumerate(bar):
+        chunk = [samples[i] for i in shard(indices)]
+        batch = batch_inputs(processor, chunk, completions=True, append_slots=False)
+        out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"], **backbone_kwargs(batch))
+        loss = out.loss if extra_loss is None else out.loss + extra_loss(batch, chunk)
         optimizer_step(optimizer, scheduler, loss, params)
         losses.append(out.loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if (step + 1) % 100 == 0:
-            logger.info("LM warm-up step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-100:]))
-    if handle is not None:
-        handle.remove()
-    return {"final_loss": float(np.mean(losses[-50:])) if losses else float("nan"), "steps": steps,
-            "learning_rate": learning_rate}
+            logger.info("%s step %d/%d: loss %.4f", desc, step + 1, steps, np.mean(losses[-100:]))
+    return losses
 
 
 def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> dict:
@@ -104,22 +119,10 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         embeddings = model.get_input_embeddings().weight
         embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
         params = [p for p in model.backbone.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.reasoning_learning_rate, weight_decay=0.01)
-        scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
         model.eval()
         model.backbone.model.language_model.train()
-        losses = []
-        bar = tqdm(index_batches(len(samples), config.batch_size, steps, generator), total=steps,
-                   desc="Reasoning stage", unit="step", disable=quiet_rank())
-        for step, indices in enumerate(bar):
-            batch = batch_inputs(processor, [samples[i] for i in shard(indices)], completions=True, append_slots=False)
-            out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 labels=batch["labels"], **backbone_kwargs(batch))
-            optimizer_step(optimizer, scheduler, out.loss, params)
-            losses.append(out.loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if (step + 1) % 100 == 0:
-                logger.info("Reasoning stage step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-100:]))
+        losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
+                                  learning_rate=config.reasoning_learning_rate, desc="Reasoning stage")
     finally:
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
