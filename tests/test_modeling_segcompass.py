@@ -365,6 +365,45 @@ def test_a_refiner_added_to_a_saved_model_starts_as_the_identity(tmp_path):
     assert torch.equal(a > 0, b > 0) and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
 
 
+def test_mask_confidence_head_starts_as_the_identity_reads_the_final_mask_and_round_trips(tmp_path):
+    plain = build(mask_refiner_hidden_size=8)
+    judged = build(mask_refiner_hidden_size=8, mask_confidence_hidden_size=16)
+    missing, unexpected = judged.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("mask_confidence.") for name in missing)
+    ids, mask = tiny_text_inputs(plain.config, [7, 5])
+    pixels = sam_pixels(2)
+    a = plain(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    b = judged(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert torch.equal(b.confidence_logits, a.confidence_logits) and torch.equal(b.mask_logits, a.mask_logits)
+    with pytest.raises(ValueError, match=r"mask_confidence_hidden_size=16\): pass `sam_pixel_values` \(B, 3, 64, 64\)"):
+        build(mask_confidence_hidden_size=16)(input_ids=ids, attention_mask=mask, image_embeddings=b.image_embeddings)
+    torch.nn.init.normal_(judged.mask_confidence.output.weight, std=0.5)  # a trained head: the final masks matter
+    c = judged(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    torch.nn.init.normal_(judged.mask_refiner.layers[-1].weight, std=0.5)  # other masks, same scores
+    d = judged(input_ids=ids, attention_mask=mask, image_embeddings=c.image_embeddings, sam_pixel_values=pixels)
+    assert not torch.allclose(c.confidence_logits, d.confidence_logits)
+    judged.save_pretrained(tmp_path)
+    reloaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and reloaded.config.mask_confidence_hidden_size == 16
+    out = reloaded.eval()(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert torch.equal(out.confidence_logits, d.confidence_logits)
+
+
+def test_heads_added_to_a_saved_model_are_initialised(tmp_path):
+    """Loading a checkpoint saved without a mask confidence head builds one from `_init_weights`: its slot attention's
+    packed projection and its feature embedding bag are no nn.Linear / nn.Embedding, and must not keep the
+    uninitialised memory transformers allocates for missing weights (that gave NaN confidences)."""
+    build().save_pretrained(tmp_path)
+    grown = AutoModel.from_pretrained(tmp_path, mask_confidence_hidden_size=16)
+    head = grown.mask_confidence
+    assert all(torch.isfinite(p).all() for p in head.parameters())
+    bound = (6 / (16 + 48)) ** 0.5  # xavier-uniform bound of the (48, 16) packed projection
+    assert 0 < head.slot_attention.in_proj_weight.abs().max() <= bound
+    assert head.slot_attention.in_proj_bias.abs().sum() == 0
+    assert 0.5 < head.feature_embedding.weight.std() < 1.5  # N(0, 1), as nn.EmbeddingBag starts
+    assert head.output.weight.abs().sum() == 0
+
+
 def test_special_ids_must_be_configured():
     model = SegCompassForReasoningSegmentation(SegCompassConfig.from_preset("tiny"))
     ids = torch.randint(10, 90, (1, 5))
@@ -392,6 +431,7 @@ def test_full_size_presets_are_consistent(preset):
         (dict(duplicate_iou=0.0), r"`duplicate_iou` must be None .* got 0\.0"),
         (dict(mask_refiner_hidden_size=-1), r"`mask_refiner_hidden_size` must be an int >= 0 .* got -1"),
         (dict(mask_refiner_dilations=[1, 0]), r"`mask_refiner_dilations` .* got \[1, 0\]"),
+        (dict(mask_confidence_hidden_size=-2), r"`mask_confidence_hidden_size` must be an int >= 0 .* got -2"),
     ],
 )
 def test_config_validation(overrides, match):

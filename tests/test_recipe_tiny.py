@@ -498,6 +498,62 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
         _load_for_continuation(tmp_path / "refined", plain_config)
 
 
+def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
+    """The cached inputs are what the head sees in a forward pass (reference and generated reasoning); only the head
+    moves and the masks stay exactly as they were; a checkpoint without a head is continued with a new one that starts
+    as the identity, and one with a head of another width is refused."""
+    from segcompass.recipes.tiny import build, data
+    from segcompass.recipes.tiny.confidence import cache_confidence_inputs, confidence_stage
+    from segcompass.recipes.tiny.main import _load_for_continuation
+
+    config = TinyRecipeConfig.smoke(num_train=6, batch_size=4, eval_batch_size=4, confidence_epochs=3)
+    model, processor = build.build_tiny_model_and_processor(config)
+    torch.nn.init.normal_(model.mask_confidence.output.weight, std=0.3)  # a head that changes the logits
+    train = data.make_split("train", config.num_train, config, "train")
+    pool = {1: train[1].completion.replace("target :", "target : small"), 4: train[4].completion}
+    batch = data.batch_inputs(processor, train, completions=True, append_slots=True)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
+                  **data.backbone_kwargs(batch))
+    with torch.no_grad():
+        first = model.eval()(**inputs)
+    cache = cache_confidence_inputs(model, processor, train, config, pool)
+    assert cache["targets"].shape == (8, 3) and cache["described"].shape[:2] == (8, 3)
+    head = model.mask_confidence
+    with torch.no_grad():  # the cached inputs give the forward pass's confidences for the reference rows
+        asked = head.ask(*(cache[name][:6] for name in ("concept_slots", "concept_indices", "concept_values",
+                                                       "concept_mask")))
+        torch.testing.assert_close(head.score(cache["confidence_logits"][:6], asked, cache["described"][:6]),
+                                   first.confidence_logits)
+    assert 0.0 <= cache["targets"].min() and cache["targets"].max() <= 1.0
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = confidence_stage(model, processor, train, config, torch.Generator().manual_seed(0), pool)
+    assert result["steps"] == 3 and result["cached_slot_sets"] == 8 and result["generated_slot_sets"] == 2
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("mask_confidence.") for k in changed), sorted(changed)[:5]
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    with torch.no_grad():
+        second = model.eval()(**inputs)
+    assert torch.equal(second.mask_logits, first.mask_logits)
+    assert not torch.equal(second.confidence_logits, first.confidence_logits)
+    assert confidence_stage(model, processor, train, replace(config, confidence_epochs=0), None) == {"steps": 0}
+    with pytest.raises(ValueError, match="confidence_epochs=3 trains a mask confidence head, but "
+                                         "mask_confidence_hidden_size=0"):
+        TinyRecipeConfig.smoke(mask_confidence_hidden_size=0, confidence_epochs=3)
+
+    plain_config = TinyRecipeConfig.smoke(mask_confidence_hidden_size=0, confidence_epochs=0)
+    plain, _ = build.build_tiny_model_and_processor(plain_config)
+    plain.save_pretrained(tmp_path / "plain")
+    grown = _load_for_continuation(tmp_path / "plain", config)
+    assert grown.mask_confidence is not None and grown.mask_confidence.output.weight.abs().sum() == 0
+    model.save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="has a mask confidence head of width 4; continue it with "
+                                         "mask_confidence_hidden_size=4"):
+        _load_for_continuation(tmp_path / "head", replace(config, mask_confidence_hidden_size=8))
+
+
 def test_concept_stage_switches_to_the_configured_grouping(tmp_path):
     """`concept_grouping` of the recipe is what the concept stage trains and the saved model keeps, with the answer
     list's tokens looked up in the recipe's tokenizer."""

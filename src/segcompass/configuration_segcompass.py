@@ -87,6 +87,11 @@ class SegCompassConfig(PreTrainedConfig):
             A model with a refiner needs ``sam_pixel_values`` even when precomputed ``image_embeddings`` are passed.
         mask_refiner_dilations (`list[int]`, *optional*): the refiner's 3 x 3 convolutions, one per dilation (default
             ``[1, 2, 4, 1]``).
+        mask_confidence_hidden_size (`int`): width of the [`~segcompass.modules.mask_confidence.MaskConfidenceHead`]
+            that adds to each slot's confidence logit a residual from what its final mask covers (mask-pooled image
+            embedding and pixels, area, centre, spread) compared with r_k; F_conf alone reads only the query-key
+            scores, never the mask. 0 (the class default, the paper): F_conf alone. Like the refiner, it needs
+            ``sam_pixel_values`` even when precomputed ``image_embeddings`` are passed.
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
         ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
@@ -128,6 +133,7 @@ class SegCompassConfig(PreTrainedConfig):
     limit_instances_to_answer: bool = False
     mask_refiner_hidden_size: int = 0
     mask_refiner_dilations: list[int] | None = None
+    mask_confidence_hidden_size: int = 0
     ref_token: str = DEFAULT_REF_TOKEN
     slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE
     ref_token_id: int | None = None
@@ -213,12 +219,18 @@ class SegCompassConfig(PreTrainedConfig):
                 f"`mask_refiner_dilations` must be None or a non-empty list of ints >= 1 (one 3x3 convolution per "
                 f"dilation, e.g. [1, 2, 4, 1]), got {self.mask_refiner_dilations!r}."
             )
-        if self.mask_refiner_hidden_size and self.sam_input_size % self.mask_size:
+        if not isinstance(self.mask_confidence_hidden_size, int) or self.mask_confidence_hidden_size < 0:
             raise ValueError(
-                f"The mask refiner reads the {self.sam_input_size} px SAM input at the {self.mask_size} x "
-                f"{self.mask_size} mask grid; the side must be a whole multiple of the grid. Set "
-                "`mask_refiner_hidden_size=0` or change the SAM vision image_size / patch_size."
+                f"`mask_confidence_hidden_size` must be an int >= 0 (0: the paper's confidence head alone), got "
+                f"{self.mask_confidence_hidden_size!r}."
             )
+        for name in ("mask_refiner_hidden_size", "mask_confidence_hidden_size"):
+            if getattr(self, name) and self.sam_input_size % self.mask_size:
+                raise ValueError(
+                    f"`{name}` reads the {self.sam_input_size} px SAM input at the {self.mask_size} x "
+                    f"{self.mask_size} mask grid; the side must be a whole multiple of the grid. Set `{name}=0` or "
+                    "change the SAM vision image_size / patch_size."
+                )
         if self.slot_token_ids is not None and len(self.slot_token_ids) != self.num_slots:
             raise ValueError(
                 f"`slot_token_ids` has {len(self.slot_token_ids)} ids but num_slots={self.num_slots}."

@@ -32,6 +32,7 @@ from .modules.answer_items import answer_item_counts
 from .modules.concept_interface import SparseConceptInterface
 from .modules.concept_path import concept_path
 from .modules.mask_decoder import HeatmapMaskDecoder
+from .modules.mask_confidence import MaskConfidenceHead
 from .modules.mask_refiner import DEFAULT_DILATIONS, MaskRefiner
 from .modules.slot_mapper import SlotMapper
 from .sae import SparseAutoencoder
@@ -61,7 +62,7 @@ class SegCompassPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.slot_queries, std=0.02)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-            if getattr(module, "zero_init", False):  # the mask refiner's output: starts as the identity
+            if getattr(module, "zero_init", False):  # the mask refiner's and the mask confidence head's outputs: start as the identity
                 init.zeros_(module.weight)
                 if module.bias is not None:
                     init.zeros_(module.bias)
@@ -70,8 +71,12 @@ class SegCompassPreTrainedModel(PreTrainedModel):
             elif module.bias is not None:
                 bound = 1.0 / math.sqrt(module.weight[0].numel())
                 init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             init.normal_(module.weight)
+        elif isinstance(module, nn.MultiheadAttention):  # its packed input projection is no nn.Linear
+            init.xavier_uniform_(module.in_proj_weight)
+            if module.in_proj_bias is not None:
+                init.zeros_(module.in_proj_bias)
         elif isinstance(module, SamPositionalEmbedding):
             init.normal_(module.positional_embedding, std=module.scale)
         elif isinstance(module, nn.LayerNorm):
@@ -121,6 +126,15 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
                 pixel_scale=config.sam_input_size // config.mask_size,
                 hidden_size=config.mask_refiner_hidden_size,
                 dilations=tuple(config.mask_refiner_dilations or DEFAULT_DILATIONS),
+            )
+        self.mask_confidence = None
+        if config.mask_confidence_hidden_size:
+            self.mask_confidence = MaskConfidenceHead(
+                concept_dim=config.codebook_dim,
+                image_dim=config.sam_config.vision_config.output_channels,
+                hidden_size=config.mask_confidence_hidden_size,
+                pixel_scale=config.sam_input_size // config.mask_size,
+                num_features=config.sae_config.d_sae,
             )
         self.post_init()
 
@@ -351,14 +365,21 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
                                                                 key_positions)
         mask_logits, iou_scores = self.mask_decoder(image_embeddings, heatmap_logits, valid_sizes=valid_mask_sizes,
                                                     image_positional_embeddings=key_positions)  # one dense PE for both
+        pixel_readers = [name for name in ("mask_refiner", "mask_confidence") if getattr(self, name) is not None]
+        if pixel_readers and sam_pixel_values is None:
+            sizes = ", ".join(f"{name}_hidden_size={getattr(config, name + '_hidden_size')}" for name in pixel_readers)
+            raise ValueError(
+                f"This model reads the image pixels after SAM's decoder ({sizes}): pass `sam_pixel_values` (B, 3, "
+                f"{self.sam_input_size}, {self.sam_input_size}) from the processor, also when passing precomputed "
+                "`image_embeddings`."
+            )
         if self.mask_refiner is not None:
-            if sam_pixel_values is None:
-                raise ValueError(
-                    f"This model refines its masks from the image pixels (mask_refiner_hidden_size="
-                    f"{config.mask_refiner_hidden_size}): pass `sam_pixel_values` (B, 3, {self.sam_input_size}, "
-                    f"{self.sam_input_size}) from the processor, also when passing precomputed `image_embeddings`."
-                )
             mask_logits = self.mask_refiner(mask_logits, sam_pixel_values)  # (B, K, 4h, 4w)
+        if self.mask_confidence is not None:
+            confidence_logits = self.mask_confidence(
+                confidence_logits, concept_slots, concepts.indices, concepts.values, concepts.mask, mask_logits,
+                image_embeddings, sam_pixel_values,
+            )  # (B, K)
         return SegCompassOutput(
             heatmap_logits=heatmap_logits,
             confidence_logits=confidence_logits,

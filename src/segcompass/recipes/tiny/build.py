@@ -77,6 +77,7 @@ def build_tiny_model_and_processor(config: TinyRecipeConfig, seed: int = 0):
         concept_encoder_heads=4, concept_encoder_ffn_dim=2 * config.codebook_dim, slot_mapper_heads=4,
         slot_mapper_head_dim=16, slot_embedding_dropout=config.slot_embedding_dropout,
         concept_window=config.concept_window, mask_refiner_hidden_size=config.mask_refiner_hidden_size,
+        mask_confidence_hidden_size=config.mask_confidence_hidden_size,
     )
     model_config = config_for_processor(processor, **overrides)
     # Generation stops at <REF_POS> (the scoring pass cuts there anyway) or at <|im_end|>; kept in the saved config.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...modules.mask_refiner import DEFAULT_DILATIONS
+from .confidence import CONFIDENCE_BATCH
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
@@ -191,6 +192,29 @@ def _refiner_summary(metrics: dict) -> str:
             f"{format_metric(stage.get('matched_iou'))}{snapped}.")
 
 
+def _mask_confidence_description(metrics: dict) -> str:
+    width = metrics.get("model_config", {}).get("mask_confidence_hidden_size") or 0
+    if not width:
+        return "none (`mask_confidence_hidden_size=0`, the paper): F_conf reads only the query-key scores"
+    return (f"`MaskConfidenceHead` of width {width}: adds to F_conf's logit a residual from what each slot's final mask "
+            "covers (mask-pooled SAM embedding and pixels, area, centre, spread) compared with r_k")
+
+
+def _confidence_summary(metrics: dict) -> str:
+    stage, c = metrics.get("confidence_stage") or {"steps": 0}, metrics["config"]
+    if not stage.get("steps"):
+        if not metrics.get("model_config", {}).get("mask_confidence_hidden_size"):
+            return "not run (`confidence_epochs=0`, no mask confidence head)."
+        return "not run in this run (`confidence_epochs=0`): the head was trained by an earlier run of the chain."
+    return (f"only the mask confidence head trains, everything else frozen: its inputs are computed once for each of "
+            f"the {c['num_train']} training samples with the reference reasoning and the {stage['generated_slot_sets']} "
+            f"pooled ones with the generated reasoning, then {stage['epochs']} epochs ({stage['steps']} steps × batch "
+            f"{CONFIDENCE_BATCH}, learning rate {c['confidence_learning_rate']:g}) of BCE toward each slot's mask IoU "
+            f"with its nearest target (`segcompass.recipes.tiny.confidence`). BCE "
+            f"{format_metric(stage.get('first_epoch_bce'))} in the first epoch, "
+            f"{format_metric(stage.get('final_epoch_bce'))} in the last.")
+
+
 _CONCEPT_SPANS = {
     "sequence": "the prompt and the reasoning (`concept_grouping=\"sequence\"`, the paper)",
     "answer": "the answer list only (the objects named after `target :`; `concept_grouping=\"answer\"`)",
@@ -217,7 +241,8 @@ def earlier_concept_stages(continued_from: dict) -> list[dict]:
     return [last] if last else []
 
 
-_OTHER_STAGES = {"reasoning_stage": "a reasoning stage (4a)", "refiner_stage": "a refiner stage (4c)"}
+_OTHER_STAGES = {"reasoning_stage": "a reasoning stage (4a)", "refiner_stage": "a refiner stage (4c)",
+                 "confidence_stage": "a confidence stage (4d)"}
 """The stages besides the concept stage a continued run's record lists, in the card's words."""
 
 
@@ -326,6 +351,7 @@ def render_model_card(metrics: dict) -> str:
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
         mask_refiner=_refiner_description(metrics), refiner_summary=_refiner_summary(metrics),
+        mask_confidence=_mask_confidence_description(metrics), confidence_summary=_confidence_summary(metrics),
         reasoning_summary=_reasoning_summary(metrics),
         continuation=_continuation(metrics),
         duplicate_rule=(f"a kept slot whose mask overlaps a surer kept slot's with IoU ≥ {duplicate} is dropped "

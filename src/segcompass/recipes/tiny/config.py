@@ -86,6 +86,14 @@ class TinyRecipeConfig:
             overlaps most (any shape, target or not) or toward empty. refiner_lambda_snap: the same in the refiner
             stage; the segmentation losses train only the matched slots, toward the targets, so a refiner trained
             with them alone sees few of the masks it refines at inference.
+        mask_confidence_hidden_size: the model's ``SegCompassConfig.mask_confidence_hidden_size`` (0: the paper's
+            F_conf alone): a :class:`~segcompass.modules.mask_confidence.MaskConfidenceHead` that corrects each slot's
+            confidence from what its final mask covers. confidence_epochs, confidence_learning_rate: the confidence
+            stage after the refiner stage, in which only that head trains, on its inputs computed once per training
+            sample with the reference reasoning and per pooled sample with the generated one
+            (:mod:`segcompass.recipes.tiny.confidence`; target: each slot's mask IoU with its nearest target). Measured on the shipped model (200 test samples, generated reasoning, threshold
+            tuned on validation): with the confidences of the best slots instead of the model's, cIoU would be 0.72
+            instead of 0.555 (teacher-forced 0.78 instead of 0.636): which slots are kept costs more than the masks.
         reasoning_steps, reasoning_samples, reasoning_learning_rate: the reasoning stage after joint training (or, in
             a continued run, before anything else): next-token loss on ``reasoning_samples`` training samples the
             heads did not see (indices from ``num_train`` on; a chain of continued runs reuses them), training only
@@ -162,6 +170,9 @@ class TinyRecipeConfig:
     refiner_lambda_mask_bce: float = 1.0
     lambda_snap: float = 0.0
     refiner_lambda_snap: float = 1.0
+    mask_confidence_hidden_size: int = 64
+    confidence_epochs: int = 16
+    confidence_learning_rate: float = 2e-3
     reasoning_steps: int = 5000
     reasoning_samples: int = 40000
     reasoning_learning_rate: float = 3e-4
@@ -205,6 +216,10 @@ class TinyRecipeConfig:
         for name in ("lambda_mask_bce", "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (a loss weight; 0 turns it off).")
+        if self.confidence_epochs > 0 and not self.mask_confidence_hidden_size:
+            raise ValueError(f"confidence_epochs={self.confidence_epochs} trains a mask confidence head, but "
+                             "mask_confidence_hidden_size=0 builds none; set mask_confidence_hidden_size (e.g. 64) or "
+                             "confidence_epochs=0.")
         if self.refiner_steps > 0 and not self.mask_refiner_hidden_size:
             raise ValueError(f"refiner_steps={self.refiner_steps} trains a mask refiner, but mask_refiner_hidden_size=0 "
                              "builds none; set mask_refiner_hidden_size (e.g. 16) or refiner_steps=0.")
@@ -223,6 +238,7 @@ class TinyRecipeConfig:
             grpo_steps=2, vision_pretrain_steps=4, backbone_vision_pretrain_steps=4, eval_batch_size=8,
             max_new_tokens=24, thresholds=(0.3, 0.5), concept_layers=1, generated_pool=8, generated_share=0.5,
             concept_steps=4, mask_refiner_hidden_size=4, refiner_steps=2, reasoning_steps=2, reasoning_samples=8,
+            mask_confidence_hidden_size=4, confidence_epochs=2,
         )
         kwargs.update(overrides)
         return cls(**kwargs)

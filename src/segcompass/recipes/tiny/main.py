@@ -19,6 +19,7 @@ from ...utils.io import save_pretrained_atomic, write_json_atomic, write_text_at
 from ...utils.logging import get_logger
 from .build import build_tiny_model_and_processor
 from .card import earlier_concept_stages, render_model_card
+from .confidence import confidence_stage
 from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
@@ -199,6 +200,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     t = lap("concept", t)
     refiner = refiner_stage(model, processor, train, config, generator, pool)
     t = lap("refiner", t)
+    confidence = confidence_stage(model, processor, train, config, generator, pool)
+    t = lap("confidence", t)
     rank, world = rank_and_world()
     processes = world
     if world > 1:  # the data-parallel part ends here; rank 0 carries on alone
@@ -232,7 +235,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "config": _json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
-        "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner, "grpo": grpo,
+        "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner,
+        "confidence_stage": confidence, "grpo": grpo,
         "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
         "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
@@ -240,7 +244,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
-            "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size")},
+            "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size", "mask_confidence_hidden_size")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -375,7 +379,8 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
         stages.append(record["earlier_concept_stage"])
     record["earlier_concept_stages"] = stages
     record["earlier_other_stages"] = list(chain.get("earlier_other_stages", [])) + [
-        {"stage": name, "steps": previous[name]["steps"]} for name in ("reasoning_stage", "refiner_stage")
+        {"stage": name, "steps": previous[name]["steps"]} for name in ("reasoning_stage", "refiner_stage",
+                                                                                 "confidence_stage")
         if (previous.get(name) or {}).get("steps")]
     record["runs"] = runs
     return record
@@ -385,24 +390,29 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "concept_grouping", "grpo_steps", "generated_pool",
                                              "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
                                              "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
-                                             "reasoning_steps", "reasoning_samples", "reasoning_learning_rate")
+                                             "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
+                                             "mask_confidence_hidden_size", "confidence_epochs",
+                                             "confidence_learning_rate")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 
 
 def _load_for_continuation(continue_from, config: TinyRecipeConfig):
-    """The finished run's checkpoint, with a new (identity) mask refiner when ``config`` asks for one and the
-    checkpoint has none; a checkpoint whose refiner differs from the asked one raises ``ValueError``."""
+    """The finished run's checkpoint, with a new mask refiner / mask confidence head (each starting as the identity)
+    when ``config`` asks for one and the checkpoint has none; a checkpoint whose head differs from the asked one raises
+    ``ValueError``."""
     from transformers import AutoConfig, AutoModel
 
     model_config = AutoConfig.from_pretrained(continue_from)
-    saved, wanted = model_config.mask_refiner_hidden_size, config.mask_refiner_hidden_size
-    if saved and saved != wanted:
-        raise ValueError(f"The run in {continue_from} has a mask refiner of width {saved}; continue it with "
-                         f"mask_refiner_hidden_size={saved} (got {wanted}): a trained refiner is not dropped or resized.")
-    if saved != wanted:
-        logger.info("adding a new mask refiner (width %d) to the checkpoint of %s", wanted, continue_from)
-        model_config.mask_refiner_hidden_size = wanted
+    for name, what in (("mask_refiner_hidden_size", "mask refiner"),
+                       ("mask_confidence_hidden_size", "mask confidence head")):
+        saved, wanted = getattr(model_config, name, 0), getattr(config, name)
+        if saved and saved != wanted:
+            raise ValueError(f"The run in {continue_from} has a {what} of width {saved}; continue it with "
+                             f"{name}={saved} (got {wanted}): a trained {what} is not dropped or resized.")
+        if saved != wanted:
+            logger.info("adding a new %s (width %d) to the checkpoint of %s", what, wanted, continue_from)
+            setattr(model_config, name, wanted)
     return AutoModel.from_pretrained(continue_from, config=model_config)
 
 
