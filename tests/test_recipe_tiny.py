@@ -264,7 +264,7 @@ def test_train_tiny_command_line(tmp_path, capsys):
 
 def test_joint_training_leaves_the_sae_input_unchanged():
     """Everything below the SAE's hook layer is frozen before joint training, so the pretrained SAE stays faithful;
-    the layers above it, and the mask path, still train."""
+    the layers above it, and the mask path, still train; the mask confidence head waits for its own stage."""
     from segcompass.recipes.tiny import build, data, stages
 
     config = TinyRecipeConfig.smoke(num_train=8, joint_steps=3, batch_size=4, probe_weight=0.0)
@@ -281,6 +281,7 @@ def test_joint_training_leaves_the_sae_input_unchanged():
 
     hook_before, top_before = states()
     decoder_before = [p.detach().clone() for p in model.mask_decoder.parameters()]
+    head_before = {k: v.clone() for k, v in model.mask_confidence.state_dict().items()}
     assert freeze_backbone_through_hook_layer(model) > 0
     train_token_embedding_rows(model)
     stages.joint_training(model, processor, train, config, torch.Generator().manual_seed(0))
@@ -290,6 +291,7 @@ def test_joint_training_leaves_the_sae_input_unchanged():
     assert not torch.equal(hook_after[:, -k:], hook_before[:, -k:])
     assert not torch.allclose(top_after, top_before)
     assert any(not torch.equal(p, q) for p, q in zip(model.mask_decoder.parameters(), decoder_before))
+    assert all(torch.equal(v, head_before[k]) for k, v in model.mask_confidence.state_dict().items())
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "metrics.json").is_file(), reason="no shipped default model")

@@ -270,9 +270,9 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
             input_ids (`(B, T)`): prompt + completion + <REF_POS> + the K concentration tokens.
             attention_mask (`(B, T)`).
             sam_pixel_values (`(B, 3, S, S)`) or image_embeddings (`(B, C, h, w)`): the SAM branch input; pass
-                precomputed embeddings to skip the image encoder. A model with a mask refiner
-                (``config.mask_refiner_hidden_size``) reads ``sam_pixel_values`` as well, so pass them with the
-                embeddings.
+                precomputed embeddings to skip the image encoder. A model with a mask refiner or a mask confidence
+                head (``config.mask_refiner_hidden_size``, ``config.mask_confidence_hidden_size``) reads
+                ``sam_pixel_values`` as well, so pass them with the embeddings.
             reshaped_input_sizes (`(B, 2)`, *optional*): the processor's (h', w') of each image in the SAM frame;
                 the mask decoder then ignores the padding (:meth:`valid_mask_sizes`).
             valid_mask_sizes (`(B, 2)`, *optional*): instead of ``reshaped_input_sizes``: the unpadded (height,
@@ -332,7 +332,7 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
             image_embeddings (`(B, C, h, w)`); valid_mask_sizes (`(B, 2)`, *optional*): see :meth:`forward`.
             slot_positions (`(B, K)`, *optional*): :meth:`slot_positions` of ``input_ids`` when already found.
             sam_pixel_values (`(B, 3, S, S)`, *optional*): the SAM input pixels; required when the model has a mask
-                refiner (``config.mask_refiner_hidden_size``), unused otherwise.
+                refiner or a mask confidence head, unused otherwise.
 
         Returns:
             a [`SegCompassOutput`] without ``loss`` / ``logits``.

@@ -106,3 +106,14 @@ def test_bad_pixel_shape_and_sizes_raise():
         head(**x)
     with pytest.raises(ValueError, match="hidden_size=0"):
         MaskConfidenceHead(concept_dim=6, image_dim=5, hidden_size=0, pixel_scale=2, num_features=10)
+
+
+def test_the_image_embedding_is_read_detached():
+    """The confidence loss must not train the image encoder (that would move the masks it judges)."""
+    torch.manual_seed(0)
+    head = MaskConfidenceHead(concept_dim=6, image_dim=5, hidden_size=8, pixel_scale=2, num_features=10)
+    torch.nn.init.normal_(head.output.weight)
+    x = inputs()
+    x["image_embeddings"].requires_grad_(True)
+    head(**x).sum().backward()
+    assert x["image_embeddings"].grad is None

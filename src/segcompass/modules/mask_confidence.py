@@ -5,8 +5,8 @@ the mask the slot ends up with, so it cannot tell a slot that landed on the desc
 on its neighbour of another colour. :class:`MaskConfidenceHead` looks at what each slot's final mask covers (the
 mask-weighted mean of the SAM image embedding and of the input pixels, the mask's area, centre and spread), compares
 it with the slot's concept representation r_k (what the reasoning asked for) and adds a residual to F_conf's logit.
-Its last layer starts at zero, so a new head leaves the confidences unchanged. The mask is read detached: the
-confidence judges the mask, it does not move it.
+Its last layer starts at zero, so a new head leaves the confidences unchanged. The mask and the image embedding are
+read detached: the confidence judges the mask, it does not move it.
 
 Measured on the tiny synthetic model (200 test samples; head trained alone on the frozen model, threshold tuned on
 validation): keeping the slots an oracle would keep gives cIoU 0.78 with the reference reasoning where F_conf's
@@ -67,8 +67,9 @@ def mask_pooled(probabilities: torch.Tensor, features: torch.Tensor, eps: float 
 class MaskConfidenceHead(nn.Module):
     """Residual on each slot's confidence logit from the object its mask covers.
 
-    ``a_k = W_r r_k + LN(Σ_j log(1 + h_j) E[j])`` (what slot k and the whole support set S(z) ask for, E a
-    feature embedding of the head's own), ``b_k = W_o [mask-pooled image embedding ; mask-pooled pixels ; geometry]``
+    ``a_k = W_r LN(r_k) + LN(Σ_j log(1 + h_j) E[j])`` (what slot k and the whole support set S(z) ask for, E a
+    feature embedding of the head's own; with ``concept_grouping="answer_items"`` the K groups of the support set
+    form one bag), ``b_k = W_o LN([mask-pooled image embedding ; mask-pooled pixels ; geometry])``
     (what the mask covers), ``u_k = GELU(W [a_k ; b_k ; a_k ⊙ b_k ; logit_k])``, one self-attention step across the
     K slots (so a slot is judged against the others: the larger, the leftmost), and
     ``logit'_k = logit_k + w · u_k``.
@@ -116,8 +117,8 @@ class MaskConfidenceHead(nn.Module):
         Args:
             confidence_logits (`torch.FloatTensor` of shape `(B, K)`): F_conf's logits.
             concept_slots (`torch.FloatTensor` of shape `(B, K, d_c)`): r_k.
-            concept_indices / concept_values / concept_mask (`(B, N)`): the kept SAE concepts (j, h_j) and which
-                entries are real.
+            concept_indices / concept_values / concept_mask (`(B, N)`, `(B, K·N)` with ``"answer_items"``): the
+                kept SAE concepts (j, h_j) and which entries are real.
             mask_logits (`torch.FloatTensor` of shape `(B, K, H, W)`): the final mask logits (read detached).
             image_embeddings (`torch.FloatTensor` of shape `(B, C, h, w)`): the SAM image embedding.
             pixel_values (`torch.FloatTensor` of shape `(B, 3, r·H, r·W)`): the SAM input pixels.
@@ -146,16 +147,17 @@ class MaskConfidenceHead(nn.Module):
 
     def describe(self, mask_logits: torch.Tensor, image_embeddings: torch.Tensor,
                  pixel_values: torch.Tensor) -> torch.Tensor:
-        """What each slot's mask covers (no learned weights: the frozen model's descriptions can be cached).
+        """What each slot's mask covers (no learned weights, everything read detached: the confidence loss moves
+        neither the masks nor the image encoder, and the frozen model's descriptions can be cached).
 
         Returns:
             `torch.FloatTensor` of shape `(B, K, C + 3 + 6)`: mask-pooled image embedding, mask-pooled pixels and
-            :func:`mask_geometry`, from the detached mask probabilities.
+            :func:`mask_geometry`, from the detached mask probabilities and image embedding.
         """
         probabilities = mask_logits.detach().float().sigmoid()  # (B, K, H, W)
         pixels = F.avg_pool2d(pixel_values.float(), self.pixel_scale)  # (B, 3, H, W)
         return torch.cat([
-            mask_pooled(probabilities, image_embeddings.float()),  # (B, K, C)
+            mask_pooled(probabilities, image_embeddings.detach().float()),  # (B, K, C)
             mask_pooled(probabilities, pixels),  # (B, K, 3)
             mask_geometry(probabilities),  # (B, K, 6)
         ], dim=-1)  # (B, K, C + 3 + 6)

@@ -36,7 +36,8 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     (generated reasoning): ``confidence_logits`` (M, K), r_k ``concept_slots`` (M, K, d_c), the support set
     ``concept_indices`` / ``concept_values`` / ``concept_mask`` (M, N), ``described`` (M, K, C + 9) and ``targets``
     (M, K), each slot's mask IoU with its nearest target (the concept stage's ``"mask_iou"`` targets). Each rank
-    computes its share; the result is gathered on every rank in the same order."""
+    computes its share; the shares are gathered on every rank, rank by rank (the same rows in the same order on
+    every rank; the training shuffles them)."""
     from ...training.losses import _mask_iou_targets
 
     head = model.mask_confidence

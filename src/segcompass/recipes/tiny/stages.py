@@ -270,7 +270,8 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     steps, mask_size = config.joint_steps, model.config.mask_size
     pool = pool or {}
     row_masked = {f"backbone.{n}" for n in row_masked_parameters(model.backbone)}
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # the mask confidence head trains only in its own stage (confidence.py), on the final masks these stages move
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("mask_confidence.")]
     backbone_params = [p for n, p in trainable if n.startswith("backbone.") and n not in row_masked]
     rows_params = [p for n, p in trainable if n in row_masked]  # slot-token rows: no weight decay on the rest
     head_params = [p for n, p in trainable if not n.startswith("backbone.")]
