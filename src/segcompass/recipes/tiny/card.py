@@ -197,7 +197,8 @@ def _mask_confidence_description(metrics: dict) -> str:
     if not width:
         return "none (`mask_confidence_hidden_size=0`, the paper): F_conf reads only the query-key scores"
     return (f"`MaskConfidenceHead` of width {width}: adds to F_conf's logit a residual from what each slot's final mask "
-            "covers (mask-pooled SAM embedding and pixels, area, centre, spread) compared with r_k")
+            "covers (mask-pooled SAM embedding and pixels, area, centre, spread) compared with r_k and the support "
+            "set, with one attention step across the slots")
 
 
 def _confidence_summary(metrics: dict) -> str:
@@ -283,12 +284,14 @@ def _continuation(metrics: dict) -> str:
                 f"{stage['steps']} steps, matching on the {_MATCHED_ON[stage['matching_source']]}, confidence "
                 f"targets `{stage['confidence_targets']}`, concepts pooled over "
                 f"{_CONCEPT_SPANS[stage.get('concept_grouping', 'sequence')]}" for stage in stages)
+            total = len(stages) + (1 if (metrics.get("concept_stage") or {}).get("steps") else 0)
+            through = {1: "one concept stage", 2: "two concept stages"}.get(total, f"{total} concept stages")
             if len(stages) == 1:
                 text += (f" The earlier run had also run a concept stage ({described}), so these heads trained "
-                         "through two concept stages; the one-go command runs one.")
+                         f"through {through}; the one-go command runs one.")
             else:
                 text += (f" The earlier runs had also run {len(stages)} concept stages ({described}), so these heads "
-                         f"trained through {len(stages) + 1} concept stages; the one-go command runs one.")
+                         f"trained through {through}; the one-go command runs one.")
     others = (earlier or {}).get("earlier_other_stages") or []
     if others and earlier.get("restart_at") != "lm_warmup":
         described = ", ".join(f"{_OTHER_STAGES[stage['stage']]} of {stage['steps']} steps" for stage in others)
