@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mask_refiner import check_pixel_grid
+
 GEOMETRY_FEATURES = 6
 """Per-slot mask geometry: area fraction, log area, centre (y, x) and spread (y, x) on the unit square."""
 
@@ -126,14 +128,7 @@ class MaskConfidenceHead(nn.Module):
         Returns:
             `torch.FloatTensor` of shape `(B, K)`: the refined confidence logits.
         """
-        batch, slots, height, width = mask_logits.shape
-        pixel_grid = (self.pixel_scale * height, self.pixel_scale * width)
-        if pixel_values.ndim != 4 or pixel_values.shape[0] != batch or tuple(pixel_values.shape[2:]) != pixel_grid:
-            raise ValueError(
-                f"`pixel_values` must have shape (B, C, {pixel_grid[0]}, {pixel_grid[1]}) = {self.pixel_scale} x the "
-                f"{height}x{width} mask grid for {batch} images, got {tuple(pixel_values.shape)}. Pass the "
-                "processor's `sam_pixel_values`."
-            )
+        check_pixel_grid(pixel_values, mask_logits, self.pixel_scale)
         asked = self.ask(concept_slots, concept_indices, concept_values, concept_mask)
         return self.score(confidence_logits, asked, self.describe(mask_logits, image_embeddings, pixel_values))
 

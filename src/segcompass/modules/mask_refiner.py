@@ -31,6 +31,19 @@ DEFAULT_DILATIONS = (1, 2, 4, 1)
 """The refiner's default 3 x 3 convolutions (receptive field 17 mask cells)."""
 
 
+def check_pixel_grid(pixel_values: torch.Tensor, mask_logits: torch.Tensor, pixel_scale: int) -> None:
+    """Raise a ``ValueError`` naming the expected shape unless ``pixel_values`` is ``(B, C, r·H, r·W)`` for
+    ``mask_logits`` of shape ``(B, K, H, W)`` and r = ``pixel_scale`` (the mask heads that read the SAM input pixels)."""
+    batch, _, height, width = mask_logits.shape
+    pixel_grid = (pixel_scale * height, pixel_scale * width)
+    if pixel_values.ndim != 4 or pixel_values.shape[0] != batch or tuple(pixel_values.shape[2:]) != pixel_grid:
+        raise ValueError(
+            f"`pixel_values` must have shape (B, C, {pixel_grid[0]}, {pixel_grid[1]}) = {pixel_scale} x the "
+            f"{height}x{width} mask grid for {batch} images, got {tuple(pixel_values.shape)}. Pass the "
+            "processor's `sam_pixel_values`."
+        )
+
+
 class MaskRefiner(nn.Module):
     """Residual refinement of K mask logits per image from the image's pixels.
 
@@ -76,13 +89,7 @@ class MaskRefiner(nn.Module):
             `torch.FloatTensor` of shape `(B, K, H, W)`: refined mask logits.
         """
         batch, slots, height, width = mask_logits.shape
-        pixel_grid = (self.pixel_scale * height, self.pixel_scale * width)
-        if pixel_values.ndim != 4 or pixel_values.shape[0] != batch or tuple(pixel_values.shape[2:]) != pixel_grid:
-            raise ValueError(
-                f"`pixel_values` must have shape (B, C, {pixel_grid[0]}, {pixel_grid[1]}) = {self.pixel_scale} x the "
-                f"{height}x{width} mask grid for {batch} images, got {tuple(pixel_values.shape)}. Pass the "
-                "processor's `sam_pixel_values`."
-            )
+        check_pixel_grid(pixel_values, mask_logits, self.pixel_scale)
         bounded = LOGIT_BOUND * torch.tanh(mask_logits / LOGIT_BOUND)  # (B, K, H, W)
         blocks = F.pixel_unshuffle(pixel_values.to(bounded.dtype), self.pixel_scale)  # (B, C·r², H, W)
         inputs = torch.cat([
@@ -93,4 +100,4 @@ class MaskRefiner(nn.Module):
         return bounded + residual.view(batch, slots, height, width)
 
 
-__all__ = ["DEFAULT_DILATIONS", "LOGIT_BOUND", "MaskRefiner"]
+__all__ = ["DEFAULT_DILATIONS", "LOGIT_BOUND", "MaskRefiner", "check_pixel_grid"]
