@@ -27,6 +27,10 @@ CONFIDENCE_BATCH = 256
 """Cached slot sets per step of the confidence stage."""
 
 _ASK = ("concept_slots", "concept_indices", "concept_values", "concept_mask")
+_CACHED = ("confidence_logits",) + _ASK + ("described",)
+"""What :func:`cache_confidence_inputs` keeps of each forward (besides the targets)."""
+_HEAD_ARGS = ("confidence_logits",) + _ASK + ("mask_logits", "image_embeddings", "pixel_values")
+"""``MaskConfidenceHead.forward``'s arguments, in order."""
 
 
 @torch.no_grad()
@@ -44,9 +48,8 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     captured: dict[str, torch.Tensor] = {}
 
     def capture(module, args, kwargs):
-        names = ("confidence_logits",) + _ASK + ("mask_logits", "image_embeddings", "pixel_values")
-        values = dict(zip(names, args)) | kwargs
-        captured.update({name: values[name] for name in ("confidence_logits",) + _ASK + ("mask_logits",)})
+        values = dict(zip(_HEAD_ARGS, args)) | kwargs
+        captured.update({name: values[name] for name in _HEAD_ARGS[:-2]})
         captured["described"] = module.describe(values["mask_logits"], values["image_embeddings"],
                                                 values["pixel_values"])
 
@@ -67,7 +70,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
                   sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
                   **backbone_kwargs(batch))
             targets = _mask_iou_targets(captured["mask_logits"], gt_on_grid(chunk, model.config.mask_size), None)
-            for name in ("confidence_logits",) + _ASK + ("described",):
+            for name in _CACHED:
                 parts.setdefault(name, []).append(captured[name].detach().cpu())
             parts.setdefault("targets", []).append(targets.cpu())
     finally:
@@ -98,7 +101,8 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
                          "build it with mask_confidence_hidden_size > 0.")
     cache = cache_confidence_inputs(model, processor, train, config, pool)
     count = len(cache["targets"])
-    steps = config.confidence_epochs * math.ceil(count / CONFIDENCE_BATCH)
+    per_epoch = math.ceil(count / CONFIDENCE_BATCH)
+    steps = config.confidence_epochs * per_epoch
     params = list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.confidence_learning_rate, weight_decay=0.01)
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
@@ -120,7 +124,6 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
             bar.set_postfix(bce=f"{np.mean(losses[-20:]):.4f}")
     bar.close()
     head.eval()
-    per_epoch = math.ceil(count / CONFIDENCE_BATCH)
     result = {"steps": steps, "epochs": config.confidence_epochs, "cached_slot_sets": count,
               "generated_slot_sets": len(pool or {}), "first_epoch_bce": float(np.mean(losses[:per_epoch])),
               "final_epoch_bce": float(np.mean(losses[-per_epoch:]))}
