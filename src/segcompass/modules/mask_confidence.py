@@ -168,4 +168,5 @@ class MaskConfidenceHead(nn.Module):
         units = units + self.slot_attention(normed, normed, normed, need_weights=False)[0]  # (B, K, hidden)
         return confidence_logits + self.output(units).squeeze(-1).to(confidence_logits.dtype)  # (B, K)
 
+
 __all__ = ["GEOMETRY_FEATURES", "MaskConfidenceHead", "mask_geometry", "mask_pooled"]

@@ -100,9 +100,10 @@ class TinyRecipeConfig:
             confidence from what its final mask covers. confidence_epochs, confidence_learning_rate: the confidence
             stage after the refiner stage, in which only that head trains, on its inputs computed once per training
             sample with the reference reasoning and per pooled sample with the generated one
-            (:mod:`segcompass.recipes.tiny.confidence`; target: each slot's mask IoU with its nearest target). Measured on the shipped model (200 test samples, generated reasoning, threshold
-            tuned on validation): with the confidences of the best slots instead of the model's, cIoU would be 0.72
-            instead of 0.555 (teacher-forced 0.78 instead of 0.636): which slots are kept costs more than the masks.
+            (:mod:`segcompass.recipes.tiny.confidence`; target: each slot's mask IoU with its nearest target).
+            Measured on the stop-25 model, before the head (200 test samples, generated reasoning, threshold tuned on
+            validation): with the confidences of the best slots instead of the model's, cIoU would be 0.72 instead
+            of 0.555 (teacher-forced 0.78 instead of 0.636): which slots are kept costs more than the masks.
         reasoning_steps, reasoning_samples, reasoning_learning_rate: the reasoning stage after joint training (or, in
             a continued run, before anything else): next-token loss on ``reasoning_samples`` training samples the
             heads did not see (indices from ``num_train`` on; a chain of continued runs reuses them), training only
