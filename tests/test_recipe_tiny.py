@@ -405,13 +405,13 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     """The reasoning stage trains the decoder layers above the SAE's hook layer on new samples: hidden_states[L] of
     every token (the SAE's input, so the concepts and the mask path) stay bit-identical, the top layer moves, nothing
     outside the backbone moves, and every requires_grad flag is restored."""
-    from segcompass.recipes.tiny import build, data, stages
+    from segcompass.recipes.tiny import build, data, reasoning
 
     config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=3, reasoning_samples=8,
                                     concept_steps=0)
     model, processor = build.build_tiny_model_and_processor(config)
     with pytest.raises(ValueError, match="slot_query_inputs='embeddings_and_concepts'"):
-        stages.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))  # e_k would move
+        reasoning.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))  # e_k would move
     model.config.slot_query_inputs = "concepts"  # what the concept stage switches to
     train_token_embedding_rows(model)  # open slot rows must stay closed in this stage (tied LM head)
     test = data.make_split("test", 4, config, "test")
@@ -430,7 +430,7 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     hook_before, top_before, masks_before = states()
     heads_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    result = stages.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))
+    result = reasoning.reasoning_stage(model, processor, config, torch.Generator().manual_seed(0))
     hook_after, top_after, masks_after = states()
     assert result["steps"] == 3 and result["samples"] == 8 and result["trained_parameters"] > 0
     torch.testing.assert_close(hook_after, hook_before, rtol=0, atol=0)
@@ -438,7 +438,7 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     assert not torch.allclose(top_after, top_before)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in heads_before.items())
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
-    assert stages.reasoning_stage(model, processor, replace(config, reasoning_steps=0), None) == {"steps": 0}
+    assert reasoning.reasoning_stage(model, processor, replace(config, reasoning_steps=0), None) == {"steps": 0}
     from segcompass.recipes.tiny.card import _reasoning_summary
 
     text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result,
@@ -448,6 +448,54 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     assert "mask path" not in _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1},
                                                   "reasoning_stage": result})
     assert _reasoning_summary({"config": {}}).startswith("not run")
+
+
+def test_anchored_reasoning_stage_trains_perception_and_holds_the_text_tokens_states():
+    """With ``reasoning_anchor_weight`` the vision tower and the layers below the hook train too (not the embeddings,
+    not the heads), the anchor holds the text tokens' hidden_states[L] closer than a negligible weight does, and the
+    card says what trained."""
+    from segcompass.recipes.tiny import build, data, reasoning
+    from segcompass.recipes.tiny.card import _reasoning_summary
+
+    base = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=8, reasoning_samples=8,
+                                  reasoning_learning_rate=3e-3, hook_layer=1)
+    drift = {}
+    for weight in (1e-6, 100.0):
+        torch.manual_seed(0)
+        model, processor = build.build_tiny_model_and_processor(base)
+        model.config.slot_query_inputs = "concepts"
+        batch = data.batch_inputs(processor, data.make_split("test", 4, base, "test"), completions=True,
+                                  append_slots=False)
+        text = batch["attention_mask"].bool() & (batch["input_ids"] != model.backbone.config.image_token_id)
+
+        def hook_states():
+            with torch.no_grad():
+                return model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      output_hidden_states=True, **data.backbone_kwargs(batch)).hidden_states[1]
+
+        before = hook_states()
+        vision = [p.detach().clone() for p in model.backbone.model.visual.parameters()]
+        low = [p.detach().clone() for p in model.backbone.model.language_model.layers[0].parameters()]
+        embeddings = model.get_input_embeddings().weight.detach().clone()
+        heads = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        result = reasoning.reasoning_stage(model, processor, replace(base, reasoning_anchor_weight=weight),
+                                           torch.Generator().manual_seed(0))
+        after = hook_states()
+        assert any(not torch.equal(p, q) for p, q in zip(model.backbone.model.visual.parameters(), vision))
+        assert any(not torch.equal(p, q) for p, q in zip(model.backbone.model.language_model.layers[0].parameters(),
+                                                          low))
+        assert torch.equal(model.get_input_embeddings().weight, embeddings)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in heads.items())
+        assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+        assert result["anchor_weight"] == weight and result["first_anchor"] >= 0 and result["final_anchor"] > 0
+        drift[weight] = float(((after - before)[text] ** 2).sum() / (before[text] ** 2).sum())
+    assert drift[100.0] < 0.5 * drift[1e-6], drift
+    text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result})
+    assert text.startswith("next-token loss plus 100 × the hook-state anchor (`hook_state_anchor_loss`), 8 steps")
+    assert "training the vision tower and every decoder layer" in text and "hidden_states[1] of the text" in text
+    with pytest.raises(ValueError, match="reasoning_anchor_weight=-1 must be >= 0"):
+        TinyRecipeConfig.smoke(reasoning_anchor_weight=-1)
 
 
 def test_samples_carry_every_visible_shape():

@@ -11,7 +11,8 @@ import torch
 import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
 from segcompass.testing import tiny_grpo_config
-from segcompass.training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
+from segcompass.training.freezing import (freeze_backbone_through_hook_layer, hook_state_anchor_loss,
+                                         train_token_embedding_rows)
 from segcompass.training.sft import build_supervised_batch, generate_completions, supervised_warmup
 
 
@@ -21,6 +22,27 @@ def _hook_states(model, data):
         out = model.backbone(input_ids=data["input_ids"], attention_mask=data["attention_mask"],
                              output_hidden_states=True, **kwargs)
     return out.hidden_states[model.config.sae_config.hook_layer]
+
+
+def test_hook_state_anchor_loss_counts_only_the_chosen_tokens():
+    """Relative squared distance on the chosen tokens: 0 for equal states, the hand-computed value otherwise,
+    unchanged by any difference on tokens left out (the image tokens), gradient only into ``hidden``."""
+    reference = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])  # (1, 3, 2)
+    mask = torch.tensor([[True, True, False]])  # (1, 3): the third token (an image token) is free
+    assert float(hook_state_anchor_loss(reference.clone(), reference, mask)) == 0.0
+    hidden = reference.clone()
+    hidden[0, 0, 0] = 2.0  # error 1 on a chosen token
+    hidden[0, 2] = -100.0  # any error on the free token
+    hidden.requires_grad_(True)
+    loss = hook_state_anchor_loss(hidden, reference, mask)
+    assert math.isclose(float(loss), 1.0 / (1.0 + 4.0), rel_tol=1e-6)
+    loss.backward()
+    assert hidden.grad[0, 2].abs().sum() == 0 and hidden.grad[0, 0, 0] > 0
+    assert float(hook_state_anchor_loss(hidden, reference, torch.zeros(1, 3))) == 0.0
+    with pytest.raises(ValueError, match=r"must both be \(B, T, D\)"):
+        hook_state_anchor_loss(hidden, reference[:, :2], mask)
+    with pytest.raises(ValueError, match=r"`token_mask` must be \(B, T\) = \(1, 3\), got \(3,\)"):
+        hook_state_anchor_loss(hidden, reference, mask[0])
 
 
 def test_freeze_through_hook_keeps_the_sae_input_and_trains_only_slot_rows(tiny):

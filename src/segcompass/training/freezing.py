@@ -5,6 +5,9 @@ compute those states keep training (the ViT, the token embeddings, decoder layer
 drifts and its concepts stop meaning what they meant: :func:`freeze_backbone_through_hook_layer` stops that.
 The concentration (slot) tokens' embedding rows are the one part of the embedding matrix SegCompass needs trained
 (random rows make the K slots nearly alike): :func:`train_token_embedding_rows` opens just those rows.
+Where the weights below the hook must train after all (perception is only learned there),
+:func:`hook_state_anchor_loss` is the soft form of the freeze: it keeps the hook-layer states of the text tokens where
+a frozen copy of the backbone puts them, and leaves the image tokens free.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["freeze_backbone_through_hook_layer", "train_token_embedding_rows", "row_masked_parameters"]
+__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "train_token_embedding_rows",
+           "row_masked_parameters"]
 
 _ROW_MASK = "_segcompass_trainable_rows"
 _HANDLE = "_segcompass_row_mask_hook"
@@ -109,3 +113,33 @@ def train_token_embedding_rows(model, token_ids: Iterable[int] | None = None) ->
 def row_masked_parameters(module: nn.Module) -> set[str]:
     """Names of ``module``'s parameters opened row by row by :func:`train_token_embedding_rows` (no weight decay)."""
     return {name for name, param in module.named_parameters() if getattr(param, _ROW_MASK, None)}
+
+
+def hook_state_anchor_loss(hidden: torch.Tensor, reference: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Relative squared distance between the SAE's input ``hidden_states[L]`` of a training backbone and of a frozen
+    reference copy, on the chosen tokens: ``Σ mask · ||h - h_ref||² / Σ mask · ||h_ref||²``.
+
+    With the text tokens (prompt and reasoning) as ``token_mask``, training the vision tower and the decoder layers
+    below the hook with this loss beside the next-token loss lets the image tokens' states change (perception) while
+    the concepts the SAE reads from a given reasoning text stay (close to) what the heads were trained on.
+
+    Args:
+        hidden (`torch.Tensor` of shape `(B, T, D)`): ``hidden_states[L]`` of the backbone being trained.
+        reference (`torch.Tensor` of shape `(B, T, D)`): the same of the frozen reference (no gradient needed).
+        token_mask (`torch.Tensor` of shape `(B, T)`): which tokens count (bool or 0/1).
+
+    Returns:
+        a 0-d float32 tensor (0 when no token is chosen or the reference is all zeros there).
+
+    Raises:
+        ValueError: ``hidden`` and ``reference`` differ in shape, or ``token_mask`` is not their ``(B, T)``.
+    """
+    if hidden.shape != reference.shape or hidden.dim() != 3:
+        raise ValueError(f"`hidden` {tuple(hidden.shape)} and `reference` {tuple(reference.shape)} must both be "
+                         "(B, T, D) hidden_states[L] of the same batch.")
+    if tuple(token_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"`token_mask` must be (B, T) = {tuple(hidden.shape[:2])}, got {tuple(token_mask.shape)}.")
+    weight = token_mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)  # (B, T, 1)
+    reference = reference.detach().float()
+    error = (((hidden.float() - reference) ** 2) * weight).sum()
+    return error / (((reference ** 2) * weight).sum()).clamp_min(1e-12)

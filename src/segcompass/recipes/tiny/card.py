@@ -23,8 +23,8 @@ TARGETS = {"ciou": 0.75, "n_acc": 0.90, "target_match": 0.60, "random_sae_drop":
 """What the embedded model is asked to reach (issue 10): the card says plainly which it does not."""
 
 
-def format_metric(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def format_metric(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _grpo_summary(grpo: dict) -> str:
@@ -160,14 +160,24 @@ def _reasoning_summary(metrics: dict) -> str:
     stage = metrics.get("reasoning_stage") or {"steps": 0}
     if not stage.get("steps"):
         return "not run (`reasoning_steps=0`)."
+    hook = metrics["config"]["hook_layer"]
+    head = (f"{stage['steps']} steps × batch {metrics['config']['batch_size']} on {stage['samples']} training samples "
+            f"the heads never saw, learning rate {stage['learning_rate']:g}")
+    losses = f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}"
+    if stage.get("anchor_weight"):
+        return (f"next-token loss plus {stage['anchor_weight']:g} × the hook-state anchor (`hook_state_anchor_loss`), "
+                f"{head}, training the vision tower and every decoder layer ({stage['trained_parameters']:,} weights; "
+                f"not the embeddings): the anchor keeps hidden_states[{hook}] of the text tokens (prompt and reasoning) "
+                "near a frozen copy's, so the concepts of a given reasoning text move little, while the image tokens' "
+                "states are free and perception can improve (next-token loss "
+                f"{losses}; relative anchor distance {format_metric(stage.get('first_anchor'), 4)} -> "
+                f"{format_metric(stage.get('final_anchor'), 4)}; the SAE's FVE on the final backbone is in the table "
+                "below); step 3's pool was generated again after it.")
     concepts_only = metrics.get("model_config", {}).get("slot_query_inputs") == "concepts"
     mask_path = " and the mask path (the slots read the reasoning only through them)" if concepts_only else ""
-    return (f"next-token loss only, {stage['steps']} steps × batch {metrics['config']['batch_size']} on "
-            f"{stage['samples']} training samples the heads never saw, learning rate "
-            f"{stage['learning_rate']:g}, training only the {stage['trained_parameters']:,} weights of the decoder "
-            f"layers above hidden_states[{metrics['config']['hook_layer']}]: the SAE's input, hence the concepts"
-            f"{mask_path}, are exactly as before, only the written reasoning changes (loss "
-            f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}); step 3's pool "
+    return (f"next-token loss only, {head}, training only the {stage['trained_parameters']:,} weights of the decoder "
+            f"layers above hidden_states[{hook}]: the SAE's input, hence the concepts"
+            f"{mask_path}, are exactly as before, only the written reasoning changes (loss {losses}); step 3's pool "
             "was generated again after it.")
 
 

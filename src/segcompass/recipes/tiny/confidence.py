@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
-from .data import Sample, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid
+from .data import Sample, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches
 from .distributed import quiet_rank, rank_and_world
 
 logger = get_logger(__name__)
@@ -89,8 +89,9 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
                      pool: dict[int, str] | None = None) -> dict:
     """Stage e'''' (the card's 4d): only the mask confidence head trains, ``config.confidence_epochs`` epochs of
     batches of :data:`CONFIDENCE_BATCH` over :func:`cache_confidence_inputs` (confidence BCE, AdamW at
-    ``confidence_learning_rate`` with a cosine schedule). Every rank holds the whole cache and draws the same
-    batches, so the ranks take identical steps."""
+    ``confidence_learning_rate`` with a cosine schedule; ``ceil(rows / CONFIDENCE_BATCH)`` steps per epoch, drawn by
+    :func:`~segcompass.recipes.tiny.data.index_batches`). Every rank holds the whole cache and draws the same batches,
+    so the ranks take identical steps."""
     from .stages import optimizer_step
 
     if config.confidence_epochs <= 0:
@@ -110,18 +111,16 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
     losses: list[float] = []
     model.eval()
     head.train()
-    bar = tqdm(total=steps, desc="Confidence stage", unit="step", disable=quiet_rank())
-    for _ in range(config.confidence_epochs):
-        order = torch.randperm(count, generator=order_generator)
-        for start in range(0, count, CONFIDENCE_BATCH):
-            rows = order[start:start + CONFIDENCE_BATCH]
-            asked = head.ask(*(cache[name][rows] for name in _ASK))  # (b, K, hidden)
-            logits = head.score(cache["confidence_logits"][rows], asked, cache["described"][rows])  # (b, K)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, cache["targets"][rows])
-            optimizer_step(optimizer, scheduler, loss, params)
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(bce=f"{np.mean(losses[-20:]):.4f}")
+    bar = tqdm(index_batches(count, CONFIDENCE_BATCH, steps, order_generator), total=steps, desc="Confidence stage",
+               unit="step", disable=quiet_rank())
+    for rows in bar:
+        rows = torch.tensor(rows)  # (b,) cached rows, epoch by epoch
+        asked = head.ask(*(cache[name][rows] for name in _ASK))  # (b, K, hidden)
+        logits = head.score(cache["confidence_logits"][rows], asked, cache["described"][rows])  # (b, K)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, cache["targets"][rows])
+        optimizer_step(optimizer, scheduler, loss, params)
+        losses.append(loss.item())
+        bar.set_postfix(bce=f"{np.mean(losses[-20:]):.4f}")
     bar.close()
     head.eval()
     result = {"steps": steps, "epochs": config.confidence_epochs, "cached_slot_sets": count,

@@ -30,6 +30,7 @@ from .evaluation import (
     final_sae_fve,
     tune_threshold,
 )
+from .reasoning import reasoning_stage
 from .stages import (
     answer_item_token_ids,
     backbone_vit_pretrain,
@@ -39,7 +40,6 @@ from .stages import (
     grpo_stage,
     joint_training,
     lm_warmup,
-    reasoning_stage,
     refiner_stage,
     sam_encoder_pretrain,
     train_sae,
@@ -391,6 +391,7 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
                                              "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
+                                             "reasoning_anchor_weight",
                                              "mask_confidence_hidden_size", "confidence_epochs",
                                              "confidence_learning_rate")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,

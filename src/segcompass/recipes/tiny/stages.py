@@ -1,5 +1,5 @@
 """The recipe's training stages: vision probes, LM warm-up, SAE, generated-reasoning pool, joint training, the
-concept stage, GRPO."""
+concept stage, GRPO (the reasoning stage: :mod:`segcompass.recipes.tiny.reasoning`)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
         handle = model.backbone.model.visual.register_forward_hook(
             lambda module, inputs, output: captured.append(output.pooler_output))  # (B*g*g, D) merged tokens
 
-        def extra_loss(batch: dict, chunk: list[Sample]) -> torch.Tensor:
+        def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
             merge = model.backbone.model.visual.spatial_merge_size
             sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
             features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
@@ -64,11 +64,13 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
 
 
 def next_token_steps(model, processor, samples: list[Sample], config: TinyRecipeConfig, generator, params: list, *,
-                     steps: int, learning_rate: float, desc: str, extra_loss=None) -> list[float]:
+                     steps: int, learning_rate: float, desc: str, extra_loss=None,
+                     hidden_states: bool = False) -> list[float]:
     """The next-token training loop of :func:`lm_warmup` and :func:`reasoning_stage`: ``steps`` AdamW steps (batch
     ``config.batch_size``, sharded over the ranks; cosine schedule) of the backbone's loss on the reference
-    completions of ``samples``, plus ``extra_loss(batch, chunk)`` when given, on ``params``. The caller sets the train
-    / eval modes. Returns the next-token loss of every step."""
+    completions of ``samples``, plus ``extra_loss(batch, chunk, out)`` when given (``out``: the backbone's output,
+    with ``hidden_states`` when asked for), on ``params``. The caller sets the train / eval modes. Returns the
+    next-token loss of every step."""
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     scheduler = cosine_schedule(optimizer, steps, max(1, steps // 20))
     losses: list[float] = []
@@ -78,58 +80,14 @@ def next_token_steps(model, processor, samples: list[Sample], config: TinyRecipe
         chunk = [samples[i] for i in shard(indices)]
         batch = batch_inputs(processor, chunk, completions=True, append_slots=False)
         out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"], **backbone_kwargs(batch))
-        loss = out.loss if extra_loss is None else out.loss + extra_loss(batch, chunk)
+                             labels=batch["labels"], output_hidden_states=hidden_states, **backbone_kwargs(batch))
+        loss = out.loss if extra_loss is None else out.loss + extra_loss(batch, chunk, out)
         optimizer_step(optimizer, scheduler, loss, params)
         losses.append(out.loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if (step + 1) % 100 == 0:
             logger.info("%s step %d/%d: loss %.4f", desc, step + 1, steps, np.mean(losses[-100:]))
     return losses
-
-
-def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> dict:
-    """Stage 4a: next-token loss on ``reasoning_samples`` training samples the heads were not trained on (indices from
-    ``num_train`` on), ``reasoning_steps`` steps, training only the decoder layers above the SAE's hook layer (and
-    the final norm): the vision tower, the token embeddings (tied to the LM head) and layers ``0 .. L-1`` stay frozen,
-    so ``hidden_states[L]`` of any token sequence, hence the SAE's concepts, do not change; with
-    ``slot_query_inputs="concepts"`` (the slots read the reasoning only through them) neither does the mask path,
-    and only which reasoning the model writes changes.
-
-    Raises:
-        ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
-            moves) and no concept stage follows to retrain the heads on the concepts alone.
-    """
-    from ...training.freezing import freeze_backbone_through_hook_layer
-
-    steps = config.reasoning_steps
-    if steps <= 0:
-        return {"steps": 0}
-    if model.config.slot_query_inputs != "concepts" and config.concept_steps <= 0:
-        raise ValueError(
-            f"reasoning_steps={steps} trains the layers that compute the slot embeddings e_k, which this model's "
-            f"slot queries read (slot_query_inputs={model.config.slot_query_inputs!r}), and concept_steps=0 leaves "
-            "its heads as they are; run a concept stage after it (concept_steps > 0) or set reasoning_steps=0."
-        )
-    samples = make_split("train", config.reasoning_samples, config, "reasoning-stage samples", start=config.num_train,
-                         dense=False)
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    try:
-        freeze_backbone_through_hook_layer(model)
-        embeddings = model.get_input_embeddings().weight
-        embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
-        params = [p for p in model.backbone.parameters() if p.requires_grad]
-        model.eval()
-        model.backbone.model.language_model.train()
-        losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
-                                  learning_rate=config.reasoning_learning_rate, desc="Reasoning stage")
-    finally:
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
-    model.eval()
-    return {"steps": steps, "samples": len(samples), "first_loss": float(np.mean(losses[:50])),
-            "final_loss": float(np.mean(losses[-50:])), "learning_rate": config.reasoning_learning_rate,
-            "trained_parameters": sum(p.numel() for p in params)}
 
 
 @torch.no_grad()

@@ -1,0 +1,100 @@
+"""The recipe's reasoning stage: more next-token training after the heads, so the model writes better reasoning
+while the SAE's input (and the mask path reading it) stays as the heads were trained on."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .config import TinyRecipeConfig
+from .data import Sample, backbone_kwargs, make_split
+from .stages import next_token_steps
+
+__all__ = ["reasoning_stage"]
+
+
+def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> dict:
+    """Stage 4a: next-token loss on ``reasoning_samples`` training samples the heads were not trained on (indices from
+    ``num_train`` on), ``reasoning_steps`` steps.
+
+    With ``reasoning_anchor_weight=0`` it trains only the decoder layers above the SAE's hook layer (and the final
+    norm): the vision tower, the token embeddings (tied to the LM head) and layers ``0 .. L-1`` stay frozen, so
+    ``hidden_states[L]`` of any token sequence, hence the SAE's concepts, do not change; with
+    ``slot_query_inputs="concepts"`` (the slots read the reasoning only through them) neither does the mask path,
+    and only which reasoning the model writes changes.
+
+    With ``reasoning_anchor_weight > 0`` the vision tower and every decoder layer train too (not the embeddings), and
+    that weight times :func:`~segcompass.training.freezing.hook_state_anchor_loss` keeps ``hidden_states[L]`` of the
+    text tokens (prompt and reasoning) where a frozen copy of the backbone at the start of the stage puts them: the
+    image tokens' states are free, so perception can improve, while the concepts of a given reasoning text (and the
+    mask path) stay close to what the heads were trained on.
+
+    Raises:
+        ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
+            moves) and no concept stage follows to retrain the heads on the concepts alone.
+    """
+    from ...training.freezing import freeze_backbone_through_hook_layer
+
+    steps = config.reasoning_steps
+    if steps <= 0:
+        return {"steps": 0}
+    if model.config.slot_query_inputs != "concepts" and config.concept_steps <= 0:
+        raise ValueError(
+            f"reasoning_steps={steps} trains the layers that compute the slot embeddings e_k, which this model's "
+            f"slot queries read (slot_query_inputs={model.config.slot_query_inputs!r}), and concept_steps=0 leaves "
+            "its heads as they are; run a concept stage after it (concept_steps > 0) or set reasoning_steps=0."
+        )
+    samples = make_split("train", config.reasoning_samples, config, "reasoning-stage samples", start=config.num_train,
+                         dense=False)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    anchored = config.reasoning_anchor_weight > 0
+    anchors: list[float] = []
+    try:
+        if anchored:
+            model.backbone.requires_grad_(True)
+        else:
+            freeze_backbone_through_hook_layer(model)
+        embeddings = model.get_input_embeddings().weight
+        embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
+        params = [p for p in model.backbone.parameters() if p.requires_grad]
+        extra_loss = _hook_anchor(model, config.reasoning_anchor_weight, anchors) if anchored else None
+        model.eval()
+        (model.backbone if anchored else model.backbone.model.language_model).train()
+        losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
+                                  learning_rate=config.reasoning_learning_rate, desc="Reasoning stage",
+                                  extra_loss=extra_loss, hidden_states=anchored)
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+    model.eval()
+    result = {"steps": steps, "samples": len(samples), "first_loss": float(np.mean(losses[:50])),
+              "final_loss": float(np.mean(losses[-50:])), "learning_rate": config.reasoning_learning_rate,
+              "trained_parameters": sum(p.numel() for p in params)}
+    if anchored:
+        result |= {"anchor_weight": config.reasoning_anchor_weight, "first_anchor": float(np.mean(anchors[:50])),
+                   "final_anchor": float(np.mean(anchors[-50:]))}
+    return result
+
+
+def _hook_anchor(model, weight: float, record: list[float]):
+    """The reasoning stage's ``extra_loss``: ``weight`` x the hook-state anchor of the text tokens against a frozen copy
+    of the backbone as it is now (the copy's forward runs on the same batch); appends each step's anchor to
+    ``record``."""
+    from ...training.freezing import hook_state_anchor_loss
+
+    reference = copy.deepcopy(model.backbone).eval().requires_grad_(False)
+    layer = model.config.sae_config.hook_layer
+    image_token = model.backbone.config.image_token_id
+
+    def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
+        with torch.no_grad():
+            frozen = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               output_hidden_states=True, **backbone_kwargs(batch)).hidden_states[layer]  # (B, T, D)
+        text = batch["attention_mask"].bool() & (batch["input_ids"] != image_token)  # (B, T)
+        anchor = hook_state_anchor_loss(out.hidden_states[layer], frozen, text)
+        record.append(anchor.item())
+        return weight * anchor
+
+    return extra_loss
