@@ -35,7 +35,7 @@ def test_hook_state_anchor_loss_counts_only_the_chosen_tokens():
     hidden[0, 2] = -100.0  # any error on the free token
     hidden.requires_grad_(True)
     loss = hook_state_anchor_loss(hidden, reference, mask)
-    assert math.isclose(float(loss), 1.0 / (1.0 + 4.0), rel_tol=1e-6)
+    assert math.isclose(float(loss.detach()), 1.0 / (1.0 + 4.0), rel_tol=1e-6)
     loss.backward()
     assert hidden.grad[0, 2].abs().sum() == 0 and hidden.grad[0, 0, 0] > 0
     assert float(hook_state_anchor_loss(hidden, reference, torch.zeros(1, 3))) == 0.0

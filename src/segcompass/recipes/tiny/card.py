@@ -181,6 +181,19 @@ def _reasoning_summary(metrics: dict) -> str:
             "was generated again after it.")
 
 
+def _backbone_below_hook(metrics: dict) -> str:
+    """What happened to the weights that compute the SAE's input after the SAE was trained."""
+    hook = metrics["config"]["hook_layer"]
+    earlier = (metrics.get("continued_from") or {}).get("earlier_other_stages", [])
+    if (metrics.get("reasoning_stage") or {}).get("anchor_weight") or any(s.get("anchor_weight") for s in earlier):
+        return (f"the backbone below hidden_states[{hook}] is frozen in every later stage but one "
+                "(`freeze_backbone_through_hook_layer`): an anchored reasoning stage (4a) trained it with the text "
+                "tokens' states held near a frozen copy's (`hook_state_anchor_loss`), so the SAE's input moved only a "
+                "little.")
+    return (f"the backbone below hidden_states[{hook}] is frozen from here on (`freeze_backbone_through_hook_layer`), "
+            "so the SAE's input does not move.")
+
+
 def _refiner_summary(metrics: dict) -> str:
     stage, c = metrics.get("refiner_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
@@ -349,6 +362,7 @@ def render_model_card(metrics: dict) -> str:
         sae_sequences_used=sae["sequences"], sae_tokens=sae["tokens"], sae_l1=f"{sae['l1_coefficient']:.3f}",
         sae_fve=format_metric(sae.get("fve")), sae_l0=f"{sae.get('l0', float('nan')):.1f}",
         sae_dead=format_metric(sae.get("dead_fraction")), sae_fve_final=format_metric(sae.get("fve_after_joint")),
+        backbone_below_hook=_backbone_below_hook(metrics),
         pool_exact=format_metric(pool.get("exact_match")),
         joint_seg=format_metric(joint.get("seg")), joint_iou=format_metric(joint.get("matched_iou")),
         joint_lm=format_metric(joint.get("lm")),

@@ -379,9 +379,9 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
         stages.append(record["earlier_concept_stage"])
     record["earlier_concept_stages"] = stages
     record["earlier_other_stages"] = list(chain.get("earlier_other_stages", [])) + [
-        {"stage": name, "steps": previous[name]["steps"]} for name in ("reasoning_stage", "refiner_stage",
-                                                                                 "confidence_stage")
-        if (previous.get(name) or {}).get("steps")]
+        {"stage": name, "steps": previous[name]["steps"]}
+        | ({"anchor_weight": previous[name]["anchor_weight"]} if previous[name].get("anchor_weight") else {})
+        for name in ("reasoning_stage", "refiner_stage", "confidence_stage") if (previous.get(name) or {}).get("steps")]
     record["runs"] = runs
     return record
 
