@@ -529,6 +529,31 @@ def test_samples_carry_every_visible_shape():
         TinyRecipeConfig.smoke(hook_layer=2, reasoning_steps=1)
 
 
+def test_lazy_split_makes_the_same_samples_on_access():
+    """`LazySplit` (the reasoning stage's samples, made on access and never kept) gives exactly the samples
+    `make_split` keeps, at any offset, and rejects out-of-range indices with a typed error."""
+    import numpy as np
+
+    from segcompass.recipes.tiny import data
+
+    config = TinyRecipeConfig.smoke()
+    kept = data.make_split("train", 5, config, "train", start=3, dense=False)
+    lazy = data.LazySplit("train", 5, config, start=3, dense=False)
+    assert len(lazy) == 5
+    for a, b in zip(kept, [lazy[i] for i in range(5)], strict=True):
+        assert (a.sample_id, a.instruction, a.completion, a.family) == (b.sample_id, b.instruction, b.completion,
+                                                                        b.family)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and np.array_equal(a.masks, b.masks)
+        assert np.array_equal(a.instance_ids, b.instance_ids) and a.labels is None and b.labels is None
+    assert lazy[-1].sample_id == kept[-1].sample_id and [s.sample_id for s in lazy[1:3]] == [kept[1].sample_id,
+                                                                                          kept[2].sample_id]
+    assert lazy[0].sample_id != data.LazySplit("train", 5, config, dense=False)[0].sample_id
+    with pytest.raises(IndexError, match="sample 5 of a 5-sample split"):
+        lazy[5]
+    with pytest.raises(ValueError, match="num=-1"):
+        data.LazySplit("train", -1, config)
+
+
 def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     """Only the mask refiner's weights move, the rest of the model stays in eval mode (the concept selection's
     running mean does not move) and every requires_grad flag is restored; a finished run without a refiner is

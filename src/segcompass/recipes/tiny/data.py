@@ -6,6 +6,7 @@ Dimension glossary: B batch, T tokens, K slots, m mask grid side, S synthetic im
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,26 +45,51 @@ class Sample:
 
 def make_split(split: str, num: int, config: TinyRecipeConfig, desc: str, *, start: int = 0,
                dense: bool = True) -> list[Sample]:
-    """Samples ``start .. start + num - 1`` of a synthetic split (base seed ``config.data_seed``). ``dense=False``
-    leaves out the per-pixel class maps (``labels``, 3 × S × S int64 each), which only the vision probes read."""
-    from ...data.synthetic import SyntheticConfig, generate_example, reference_completion, sample_seed
-    from ...utils.masks import decode_rle
+    """Samples ``start .. start + num - 1`` of a synthetic split (base seed ``config.data_seed``), made now and kept.
+    ``dense=False`` leaves out the per-pixel class maps (``labels``, 3 × S × S int64 each), which only the vision probes
+    read. :class:`LazySplit` is the same samples made on access."""
+    split_samples = LazySplit(split, num, config, start=start, dense=dense)
+    return [split_samples[i] for i in tqdm(range(num), desc=desc, unit="sample", leave=False, disable=quiet_rank())]
 
-    synth = SyntheticConfig(image_size=config.image_size)
-    samples = []
-    for index in tqdm(range(start, start + num), desc=desc, unit="sample", leave=False, disable=quiet_rank()):
-        example = generate_example(sample_seed(split, index, config.data_seed, synth), synth, split=split)
+
+class LazySplit(Sequence):
+    """Samples ``start .. start + num - 1`` of a synthetic split, each made again whenever it is indexed and never
+    kept: the same samples as :func:`make_split`, in constant memory (a kept sample costs ~0.1 MB, and every rank
+    holds the whole list: 120000 kept reasoning-stage samples on each of 2 ranks filled 24 GiB), for loops that read
+    each sample a few times (making one takes ~3 ms)."""
+
+    def __init__(self, split: str, num: int, config: TinyRecipeConfig, *, start: int = 0, dense: bool = True):
+        from ...data.synthetic import SyntheticConfig
+
+        if num < 0 or start < 0:
+            raise ValueError(f"LazySplit needs num >= 0 and start >= 0, got num={num}, start={start}.")
+        self.split, self.num, self.config, self.start, self.dense = split, num, config, start, dense
+        self.synth = SyntheticConfig(image_size=config.image_size)
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __getitem__(self, position: int) -> Sample:
+        from ...data.synthetic import generate_example, reference_completion, sample_seed
+        from ...utils.masks import decode_rle
+
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(self.num))]
+        if not -self.num <= position < self.num:
+            raise IndexError(f"sample {position} of a {self.num}-sample split")
+        index = self.start + position % self.num
+        size = self.config.image_size
+        example = generate_example(sample_seed(self.split, index, self.config.data_seed, self.synth), self.synth,
+                                   split=self.split)
         row = example.row
         masks = [decode_rle(rle).astype(bool) for rle in row["masks"]]
-        stacked = np.stack(masks) if masks else np.zeros((0, config.image_size, config.image_size), dtype=bool)
-        samples.append(Sample(row["image"], row["instruction"], reference_completion(row), stacked,
-                               example.task.family, row["sample_id"],
-                               scene_labels(example.scene, config.image_size) if dense else None,
-                               scene_centres(example.scene),
-                               tuple((shape.size, shape.colour, shape.kind, shape.region)
-                                     for shape in example.scene.shapes if shape.area > 0),
-                               scene_instance_ids(example.scene, config.image_size)))
-    return samples
+        stacked = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)  # (G, S, S)
+        return Sample(row["image"], row["instruction"], reference_completion(row), stacked, example.task.family,
+                      row["sample_id"], scene_labels(example.scene, size) if self.dense else None,
+                      scene_centres(example.scene),
+                      tuple((shape.size, shape.colour, shape.kind, shape.region)
+                            for shape in example.scene.shapes if shape.area > 0),
+                      scene_instance_ids(example.scene, size))
 
 
 def scene_labels(scene, size: int) -> np.ndarray:

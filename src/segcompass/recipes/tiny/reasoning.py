@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import TinyRecipeConfig
-from .data import Sample, backbone_kwargs, make_split
+from .data import LazySplit, Sample, backbone_kwargs
 from .stages import next_token_steps
 
 __all__ = ["reasoning_stage"]
@@ -46,8 +46,8 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
             f"slot queries read (slot_query_inputs={model.config.slot_query_inputs!r}), and concept_steps=0 leaves "
             "its heads as they are; run a concept stage after it (concept_steps > 0) or set reasoning_steps=0."
         )
-    samples = make_split("train", config.reasoning_samples, config, "reasoning-stage samples", start=config.num_train,
-                         dense=False)
+    # made on access: each rank makes only its shard of each batch, and nothing is kept
+    samples = LazySplit("train", config.reasoning_samples, config, start=config.num_train, dense=False)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     anchored = config.reasoning_anchor_weight > 0
     anchors: list[float] = []
