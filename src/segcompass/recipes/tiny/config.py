@@ -125,7 +125,9 @@ class TinyRecipeConfig:
             more on the same samples, then 1500 concept-stage and 800 refiner steps (not shipped): right targets
             0.695 -> 0.705, exact descriptions 0.827 -> 0.846, but teacher-forced cIoU 0.779 -> 0.775, test cIoU
             0.708 -> 0.693 (negation 0.841 -> 0.725; 0.69-0.70 at every threshold from 0.1 to 0.35) and the SAE's
-            FVE 0.946 -> 0.915.
+            FVE 0.946 -> 0.915. The same 1500 concept-stage and 800 refiner steps alone on the shipped model cost
+            more (teacher-forced cIoU 0.779 -> 0.739, test cIoU 0.685): the head stages, not the second pass, lost
+            the cIoU.
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation:
             :func:`~segcompass.recipes.tiny.evaluation.tune_threshold`; 1200 validation samples: 96 left the choice
