@@ -610,6 +610,7 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     cache = cache_confidence_inputs(model, processor, train, config, pool)
     assert cache["targets"].shape == (8, 3) and cache["described"].shape[:2] == (8, 3)
     head = model.mask_confidence
+    assert "describe" not in vars(head)  # the pass's recording describe() is gone afterwards
     with torch.no_grad():  # the cached inputs give the forward pass's confidences for the reference rows
         asked = head.ask(*(cache[name][:6] for name in ("concept_slots", "concept_indices", "concept_values",
                                                        "concept_mask")))

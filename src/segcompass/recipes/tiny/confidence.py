@@ -50,8 +50,12 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     def capture(module, args, kwargs):
         values = dict(zip(_HEAD_ARGS, args)) | kwargs
         captured.update({name: values[name] for name in _HEAD_ARGS[:-2]})
-        captured["described"] = module.describe(values["mask_logits"], values["image_embeddings"],
-                                                values["pixel_values"])
+
+    describe = head.describe
+
+    def recording_describe(*args, **kwargs):  # the head's own describe() call, kept: computed once per forward
+        captured["described"] = described = describe(*args, **kwargs)  # (b, K, C + 9)
+        return described
 
     rank, world = rank_and_world()
     rows = [(i, None) for i in range(len(samples))] + [(i, text) for i, text in sorted((pool or {}).items())]
@@ -59,6 +63,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     parts: dict[str, list[torch.Tensor]] = {}
     model.eval()
     handle = head.register_forward_pre_hook(capture, with_kwargs=True)
+    head.describe = recording_describe  # an instance attribute shadows the method for this pass only
     try:
         for start in tqdm(range(0, len(mine), config.eval_batch_size), desc="Confidence inputs", unit="batch",
                           disable=quiet_rank()):
@@ -75,6 +80,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
             parts.setdefault("targets", []).append(targets.cpu())
     finally:
         handle.remove()
+        del head.describe
     cache = {name: torch.cat(chunks) for name, chunks in parts.items()}
     if world > 1:
         import torch.distributed as dist
