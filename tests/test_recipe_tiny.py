@@ -290,7 +290,11 @@ def test_joint_training_leaves_the_sae_input_unchanged():
     head_before = {k: v.clone() for k, v in model.mask_confidence.state_dict().items()}
     assert freeze_backbone_through_hook_layer(model) > 0
     train_token_embedding_rows(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(flags[f"mask_confidence.{n}"] for n, _ in model.mask_confidence.named_parameters())
     stages.joint_training(model, processor, train, config, torch.Generator().manual_seed(0))
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}  # restored after the stage
+    assert all(p.grad is None for p in model.mask_confidence.parameters())  # no gradients kept for the waiting head
     hook_after, top_after = states()
     k = config.num_slots  # the slot tokens' own rows train, so only their positions may move
     torch.testing.assert_close(hook_after[:, :-k], hook_before[:, :-k], rtol=0, atol=0)

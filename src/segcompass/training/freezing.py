@@ -12,7 +12,8 @@ a frozen copy of the backbone puts them, and leaves the image tokens free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -21,8 +22,8 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "train_token_embedding_rows",
-           "row_masked_parameters"]
+__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "restored_requires_grad",
+           "train_token_embedding_rows", "row_masked_parameters"]
 
 _ROW_MASK = "_segcompass_trainable_rows"
 _HANDLE = "_segcompass_row_mask_hook"
@@ -108,6 +109,18 @@ def train_token_embedding_rows(model, token_ids: Iterable[int] | None = None) ->
     setattr(weight, _HANDLE, handle)
     logger.info("training embedding rows %s only", ids)
     return handle
+
+
+@contextmanager
+def restored_requires_grad(module: nn.Module) -> Iterator[None]:
+    """Freeze or open parameters of ``module`` inside the block; every ``requires_grad`` flag is as it was on entry
+    afterwards, also when the block raises."""
+    flags = {name: param.requires_grad for name, param in module.named_parameters()}
+    try:
+        yield
+    finally:
+        for name, param in module.named_parameters():
+            param.requires_grad_(flags[name])
 
 
 def row_masked_parameters(module: nn.Module) -> set[str]:

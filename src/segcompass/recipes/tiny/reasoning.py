@@ -35,7 +35,7 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
             moves) and no concept stage follows to retrain the heads on the concepts alone.
     """
-    from ...training.freezing import freeze_backbone_through_hook_layer
+    from ...training.freezing import freeze_backbone_through_hook_layer, restored_requires_grad
 
     steps = config.reasoning_steps
     if steps <= 0:
@@ -48,10 +48,9 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         )
     # made on access: each rank makes only its shard of each batch, and nothing is kept
     samples = LazySplit("train", config.reasoning_samples, config, start=config.num_train, dense=False)
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     anchored = config.reasoning_anchor_weight > 0
     anchors: list[float] = []
-    try:
+    with restored_requires_grad(model):
         if anchored:
             model.backbone.requires_grad_(True)
         else:
@@ -65,9 +64,6 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
                                   learning_rate=config.reasoning_learning_rate, desc="Reasoning stage",
                                   extra_loss=extra_loss, hidden_states=anchored)
-    finally:
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
     model.eval()
     result = {"steps": steps, "samples": len(samples), "first_loss": float(np.mean(losses[:50])),
               "final_loss": float(np.mean(losses[-50:])), "learning_rate": config.reasoning_learning_rate,

@@ -222,14 +222,23 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
     dense probe loss on the SAM embedding when ``probe`` is given). Samples in ``pool`` are fed, with probability
     ``generated_share``, with the model's own reasoning instead (mask path only). ``train_only`` (a submodule): the
     rest of the model stays in eval mode (no running statistics move)."""
+    from ...training.freezing import restored_requires_grad
+
+    with restored_requires_grad(model):
+        if model.mask_confidence is not None:  # it trains only in its own stage (confidence.py), on the final masks
+            model.mask_confidence.requires_grad_(False)  # these stages move: no gradients kept for it here
+        return _joint_steps(model, processor, train, config, generator, probe, pool or {}, desc, train_only)
+
+
+def _joint_steps(model, processor, train: list[Sample], config: TinyRecipeConfig, generator, probe,
+                 pool: dict[int, str], desc: str, train_only) -> dict:
+    """:func:`joint_training`'s loop over the parameters that require gradients."""
     from ...training.freezing import row_masked_parameters
     from ...training.losses import instance_snap_loss, segmentation_losses
 
     steps, mask_size = config.joint_steps, model.config.mask_size
-    pool = pool or {}
     row_masked = {f"backbone.{n}" for n in row_masked_parameters(model.backbone)}
-    # the mask confidence head trains only in its own stage (confidence.py), on the final masks these stages move
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("mask_confidence.")]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     backbone_params = [p for n, p in trainable if n.startswith("backbone.") and n not in row_masked]
     rows_params = [p for n, p in trainable if n in row_masked]  # slot-token rows: no weight decay on the rest
     head_params = [p for n, p in trainable if not n.startswith("backbone.")]
@@ -333,17 +342,15 @@ def head_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
     source and confidence targets (``generated_share`` of the pooled samples with their generated reasoning), while
     ``frozen`` (a submodule or the model) has ``requires_grad=False`` except ``trained`` (a submodule of it, trained
     alone with the rest of the model in eval mode). Every ``requires_grad`` flag is restored afterwards."""
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    frozen.requires_grad_(False)
-    if trained is not None:
-        trained.requires_grad_(True)
-    try:
+    from ...training.freezing import restored_requires_grad
+
+    with restored_requires_grad(model):
+        frozen.requires_grad_(False)
+        if trained is not None:
+            trained.requires_grad_(True)
         stage = replace(config, joint_steps=steps, lm_loss_weight=0.0, matching_source=config.concept_matching_source,
                         confidence_targets=config.concept_confidence_targets)
         return joint_training(model, processor, train, stage, generator, None, pool, desc=desc, train_only=trained)
-    finally:
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
 
 
 def answer_item_token_ids(processor) -> list[int]:
