@@ -12,7 +12,7 @@ import segcompass  # noqa: F401  (registers the Auto classes)
 from segcompass.modeling_segcompass import SegCompassForReasoningSegmentation
 from segcompass.testing import tiny_grpo_config
 from segcompass.training.freezing import (freeze_backbone_through_hook_layer, hook_state_anchor_loss,
-                                         train_token_embedding_rows)
+                                         restored_requires_grad, train_token_embedding_rows)
 from segcompass.training.sft import build_supervised_batch, generate_completions, supervised_warmup
 
 
@@ -22,6 +22,22 @@ def _hook_states(model, data):
         out = model.backbone(input_ids=data["input_ids"], attention_mask=data["attention_mask"],
                              output_hidden_states=True, **kwargs)
     return out.hidden_states[model.config.sae_config.hook_layer]
+
+
+def test_restored_requires_grad_restores_every_flag_also_on_error():
+    """Flags changed inside the block, either way, are as on entry afterwards, also when the block raises."""
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    module[1].bias.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in module.named_parameters()}
+    with restored_requires_grad(module):
+        module[0].requires_grad_(False)
+        module[1].bias.requires_grad_(True)
+        assert not module[0].weight.requires_grad and module[1].bias.requires_grad
+    assert before == {n: p.requires_grad for n, p in module.named_parameters()}
+    with pytest.raises(RuntimeError, match="inside"), restored_requires_grad(module):
+        module.requires_grad_(False)
+        raise RuntimeError("inside")
+    assert before == {n: p.requires_grad for n, p in module.named_parameters()}
 
 
 def test_hook_state_anchor_loss_counts_only_the_chosen_tokens():
