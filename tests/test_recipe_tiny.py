@@ -215,6 +215,12 @@ def test_train_tiny_command_line(tmp_path, capsys):
     sweep = metrics["validation_threshold_sweep"]
     assert set(sweep) == {"0.4", "0.6"}, sweep
     assert sweep[str(metrics["confidence_threshold"])] == max(sweep.values()), (metrics["confidence_threshold"], sweep)
+    validation = metrics["validation"]  # the scores at the chosen threshold, shown in the card beside the test table
+    assert validation["num_samples"] == metrics["config"]["num_validation"] and 0.0 <= validation["ciou"] <= 1.0
+    mean = [validation["ciou"], validation["giou"]] + ([validation["n_acc"]] if validation["n_acc"] is not None else [])
+    assert sum(mean) / len(mean) == pytest.approx(sweep[str(metrics["confidence_threshold"])], abs=1e-4)
+    assert (f"on the {validation['num_samples']} validation samples that tuned the threshold"
+            in (out / "README.md").read_text())
     with pytest.raises(SystemExit) as exited:  # argparse's usage error
         main(["train-tiny", str(out), "--set", "no_such_field=1"])
     assert exited.value.code == 2 and "no_such_field" in capsys.readouterr().err
@@ -237,6 +243,8 @@ def test_train_tiny_command_line(tmp_path, capsys):
     saved = json.loads((out / "config.json").read_text())["confidence_threshold"]
     assert saved == retuned["confidence_threshold"] == retuned["model_config"]["confidence_threshold"]
     assert retuned["threshold_retuned"]["validation_samples"] == retuned["config"]["num_validation"]
+    mean = [retuned["validation"][k] for k in ("ciou", "giou", "n_acc") if retuned["validation"][k] is not None]
+    assert sum(mean) / len(mean) == pytest.approx(retuned["validation_threshold_sweep"][str(saved)], abs=1e-4)
     # the answer's object count limits the kept slots (the default), saved with the item token ids it reads
     assert saved_config(out)["limit_instances_to_answer"] is True and saved_config(out)["answer_item_token_ids"]
     assert retuned["model_config"]["limit_instances_to_answer"] is True

@@ -28,6 +28,7 @@ from .evaluation import (
     evaluate_test_split,
     evaluate_with_runner,
     final_sae_fve,
+    score_records,
     tune_threshold,
 )
 from .reasoning import reasoning_stage
@@ -217,7 +218,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     grpo = grpo_stage(model, processor, train, config, output_dir, seed)
     t = lap("grpo", t)
 
-    threshold, sweep, validation_reasoning = _tune_on_validation(model, processor, validation, config, seed)
+    threshold, sweep, validation_reasoning, validation_scores = _tune_on_validation(model, processor, validation,
+                                                                                   config, seed)
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
@@ -238,7 +240,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner,
         "confidence_stage": confidence, "grpo": grpo,
         "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
-        "validation_reasoning": validation_reasoning, "test_reasoning": test_reasoning, "test": test_metrics,
+        "validation_reasoning": validation_reasoning, "validation": validation_scores,
+        "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
         "feature_dictionary": dictionary_summary,
         "model_config": {k: getattr(model.config, k) for k in (
@@ -271,10 +274,13 @@ def recorded_overrides(overrides: dict) -> dict:
     return _json_ready(dict(sorted(overrides.items())))
 
 
-def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, seed: int) -> tuple[float, dict, dict]:
+def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig,
+                        seed: int) -> tuple[float, dict, dict, dict]:
     """Set the model's prediction rule from ``config`` (``duplicate_iou``, ``limit_instances_to_answer``), tune its
     confidence threshold on the validation samples' generated reasoning (:func:`tune_threshold`) and set it. Returns
-    ``(threshold, sweep, reasoning accuracy)``."""
+    ``(threshold, sweep, reasoning accuracy, scores)``, the scores (:func:`score_records`) those samples get at the
+    chosen threshold: a larger sample than the test split's first ``num_test``, slightly optimistic since the
+    threshold was chosen on it."""
     model.config.duplicate_iou = config.duplicate_iou
     model.config.limit_instances_to_answer = config.limit_instances_to_answer
     if config.limit_instances_to_answer and model.config.answer_item_token_ids is None:
@@ -284,7 +290,8 @@ def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig, 
     model.config.confidence_threshold = threshold
     logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)", threshold,
                 sweep)
-    return threshold, sweep, val["reasoning"]
+    scores = score_records(val["records"]["generated/full"], threshold, config.duplicate_iou)
+    return threshold, sweep, val["reasoning"], scores
 
 
 def _finished_run(directory) -> dict:
@@ -462,11 +469,11 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     if retune_threshold:
-        threshold, sweep, validation_reasoning = _tune_on_validation(model, processor, validation, config,
-                                                                     metrics["seed"])
+        threshold, sweep, validation_reasoning, validation_scores = _tune_on_validation(
+            model, processor, validation, config, metrics["seed"])
         save_pretrained_atomic(model, output_dir)
         metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,
-                       validation_reasoning=validation_reasoning)
+                       validation_reasoning=validation_reasoning, validation=validation_scores)
         rule = {name: getattr(config, name) for name in PREDICTION_RULE_FIELDS}
         metrics.setdefault("model_config", {}).update(
             confidence_threshold=threshold, answer_item_token_ids=model.config.answer_item_token_ids, **rule)
