@@ -326,6 +326,9 @@ def test_recipe_defaults_are_the_shipped_models_settings():
     assert not shipped["smoke"] and shipped["seed"] == 0
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert "segcompass train-tiny OUTPUT_DIR --seed 0" in card and "not a general" in card
+    from segcompass.recipes.tiny.card import render_model_card
+
+    assert card == render_model_card(shipped)  # the card is its metrics, rendered by today's template
     model_card = DEFAULT_MODEL_DIR.parents[3] / "model_cards" / "segcompass-tiny-synthetic.md"
     if model_card.is_file():  # in a source checkout, the published card is the shipped one
         assert model_card.read_text() == card
