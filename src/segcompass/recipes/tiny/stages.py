@@ -372,42 +372,42 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
         return {"status": "skipped", "reason": "grpo_steps=0"}
     import datasets
 
+    from ...training.freezing import restored_requires_grad
     from ...training.grpo_config import SegCompassGRPOConfig
     from ...training.grpo_data import prepare_grpo_dataset
     from ...training.grpo_trainer import SegCompassGRPOTrainer
     from ...utils.masks import encode_rle
 
     saved_generation = copy.deepcopy(model.backbone.generation_config)
-    saved_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     batch = 4
     rows = [{"image": s.image, "instruction": s.instruction, "masks": [encode_rle(m) for m in s.masks],
              "no_target": s.no_target} for s in train[: max(batch * config.grpo_steps, 8)]]
-    try:
-        dataset = prepare_grpo_dataset(datasets.Dataset.from_list(rows), processor)
-        args = SegCompassGRPOConfig(
-            output_dir=str(work_dir / "grpo"), max_steps=config.grpo_steps, per_device_train_batch_size=batch,
-            num_generations=4, max_completion_length=config.max_new_tokens, learning_rate=1e-5, beta=0.0,
-            report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
-            seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False, activation_checkpointing=False,
-            freeze_backbone_through_hook_layer=True, train_slot_token_embeddings=True,
-            matching_source=config.concept_matching_source, confidence_targets=config.concept_confidence_targets,
-        )
-        trainer = SegCompassGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
-        result = trainer.train()
-        logs = [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry]
-        keys = ("loss", "reward", "seg/loss", "seg/rollout_iou", "seg/malformed_ratio")
-        summary = {k: logs[-1][k] for k in keys if logs and k in logs[-1]}
-        report = {"status": "done", "steps": int(result.global_step), "last_log": summary,
-                  "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
-        logger.info("GRPO stage: %s", report)
-    finally:
-        model.backbone.generation_config = saved_generation
-        if model.backbone.is_activation_checkpointing:  # transformers 5 names (the gradient_* ones warn)
-            model.backbone.activation_checkpointing_disable()
-        model.backbone.config.get_text_config().use_cache = True
-        for name, param in model.named_parameters():
-            param.requires_grad_(saved_requires_grad[name])
-        shutil.rmtree(work_dir / "grpo", ignore_errors=True)
+    with restored_requires_grad(model):  # the trainer's freezing options change them
+        try:
+            dataset = prepare_grpo_dataset(datasets.Dataset.from_list(rows), processor)
+            args = SegCompassGRPOConfig(
+                output_dir=str(work_dir / "grpo"), max_steps=config.grpo_steps, per_device_train_batch_size=batch,
+                num_generations=4, max_completion_length=config.max_new_tokens, learning_rate=1e-5, beta=0.0,
+                report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
+                seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False,
+                activation_checkpointing=False, freeze_backbone_through_hook_layer=True,
+                train_slot_token_embeddings=True, matching_source=config.concept_matching_source,
+                confidence_targets=config.concept_confidence_targets,
+            )
+            trainer = SegCompassGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+            result = trainer.train()
+            logs = [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry]
+            keys = ("loss", "reward", "seg/loss", "seg/rollout_iou", "seg/malformed_ratio")
+            summary = {k: logs[-1][k] for k in keys if logs and k in logs[-1]}
+            report = {"status": "done", "steps": int(result.global_step), "last_log": summary,
+                      "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
+            logger.info("GRPO stage: %s", report)
+        finally:
+            model.backbone.generation_config = saved_generation
+            if model.backbone.is_activation_checkpointing:  # transformers 5 names (the gradient_* ones warn)
+                model.backbone.activation_checkpointing_disable()
+            model.backbone.config.get_text_config().use_cache = True
+            shutil.rmtree(work_dir / "grpo", ignore_errors=True)
     model.sae.requires_grad_(False)
     return report
 
