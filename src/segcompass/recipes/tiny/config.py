@@ -45,7 +45,15 @@ class TinyRecipeConfig:
         grpo_steps: the GRPO stage's steps (0: skipped). With the paper's per-component learning-rate multipliers, 16
             steps move the heads (slot mapper weights by ~2 % relative) without the reward improving anything in so
             few steps: after a refiner stage, they lowered teacher-forced test cIoU 0.640 -> 0.615 (the refiner had
-            trained for the heads before them), so the shipped continuation runs none (``--set grpo_steps=0``).
+            trained for the heads before them). The ``grpo_*`` fields below are the settings that did help (stop 31).
+        grpo_learning_rate, grpo_prompts, grpo_num_generations, grpo_temperature, grpo_scale_rewards,
+            grpo_head_lr_multiplier: the GRPO stage's backbone learning rate, prompts per step, rollouts per prompt,
+            sampling temperature, TRL's ``scale_rewards`` and the learning-rate multiplier of the codebook, slot mapper
+            and mask decoder (the paper's 25 / 80 / 10 moved the trained heads too far, see ``grpo_steps``). The model
+            writes nearly deterministic reasoning (token entropy ~0.05 at temperature 1), so 4 rollouts at
+            temperature 1 mostly agree and their mask rewards differ by ~1e-4; TRL's default per-group std scaling
+            blows that noise up to unit advantages. Temperature 1.3 with 8 rollouts gives groups that disagree on the
+            targets, and ``scale_rewards="none"`` keeps the advantages at the reward's own scale.
         lm_learning_rate: the LM warm-up's peak learning rate (None: ``learning_rate``); a run restarted at the LM
             warm-up from a trained backbone (``train_tiny(restart_at="lm_warmup")``) continues it at a lower one.
         vision_pretrain_steps: steps (batch ``2 * batch_size``) of dense colour / kind / size classification from
@@ -189,6 +197,12 @@ class TinyRecipeConfig:
     scene_probe_kind_weight: float = 4.0
     lambda_conf: float = 0.5
     grpo_steps: int = 0
+    grpo_learning_rate: float = 5e-5
+    grpo_prompts: int = 4
+    grpo_num_generations: int = 8
+    grpo_temperature: float = 1.3
+    grpo_scale_rewards: str = "none"
+    grpo_head_lr_multiplier: float = 1.0
     learning_rate: float = 1e-3
     lm_learning_rate: float | None = None
     lm_loss_weight: float = 1.0
@@ -261,7 +275,13 @@ class TinyRecipeConfig:
         if self.refiner_steps > 0 and not self.mask_refiner_hidden_size:
             raise ValueError(f"refiner_steps={self.refiner_steps} trains a mask refiner, but mask_refiner_hidden_size=0 "
                              "builds none; set mask_refiner_hidden_size (e.g. 16) or refiner_steps=0.")
-        for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size", "reasoning_samples"):
+        if self.grpo_num_generations < 2:
+            raise ValueError(f"grpo_num_generations={self.grpo_num_generations} must be >= 2 (GRPO compares the "
+                             "rollouts of one prompt with each other).")
+        if not self.grpo_temperature > 0:
+            raise ValueError(f"grpo_temperature={self.grpo_temperature} must be > 0 (e.g. 1.3).")
+        for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size", "reasoning_samples",
+                     "grpo_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
 

@@ -379,16 +379,20 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
     from ...utils.masks import encode_rle
 
     saved_generation = copy.deepcopy(model.backbone.generation_config)
-    batch = 4
+    batch = config.grpo_prompts * config.grpo_num_generations  # completions per step (TRL's batch unit)
     rows = [{"image": s.image, "instruction": s.instruction, "masks": [encode_rle(m) for m in s.masks],
-             "no_target": s.no_target} for s in train[: max(batch * config.grpo_steps, 8)]]
+             "no_target": s.no_target} for s in train[: max(config.grpo_prompts * config.grpo_steps, 8)]]
+    head_lr = config.grpo_head_lr_multiplier
     with restored_requires_grad(model):  # the trainer's freezing options change them
         try:
             dataset = prepare_grpo_dataset(datasets.Dataset.from_list(rows), processor)
             args = SegCompassGRPOConfig(
                 output_dir=str(work_dir / "grpo"), max_steps=config.grpo_steps, per_device_train_batch_size=batch,
-                num_generations=4, max_completion_length=config.max_new_tokens, learning_rate=1e-5, beta=0.0,
-                report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 4),
+                num_generations=config.grpo_num_generations, max_completion_length=config.max_new_tokens,
+                learning_rate=config.grpo_learning_rate, beta=0.0, temperature=config.grpo_temperature,
+                scale_rewards=config.grpo_scale_rewards, codebook_lr_multiplier=head_lr,
+                slot_mapper_lr_multiplier=head_lr, mask_decoder_lr_multiplier=head_lr,
+                report_to=[], save_strategy="no", use_cpu=True, logging_steps=max(1, config.grpo_steps // 20),
                 seed=seed, dataloader_num_workers=0, freeze_vision_encoder=True, bf16=False,
                 activation_checkpointing=False, freeze_backbone_through_hook_layer=True,
                 train_slot_token_embeddings=True, matching_source=config.concept_matching_source,
@@ -399,7 +403,9 @@ def grpo_stage(model, processor, train: list[Sample], config: TinyRecipeConfig, 
             logs = [entry for entry in trainer.state.log_history if "loss" in entry or "reward" in entry]
             keys = ("loss", "reward", "seg/loss", "seg/rollout_iou", "seg/malformed_ratio")
             summary = {k: logs[-1][k] for k in keys if logs and k in logs[-1]}
+            curve = [[int(e["step"]), round(float(e["reward"]), 4)] for e in logs if "reward" in e and "step" in e]
             report = {"status": "done", "steps": int(result.global_step), "last_log": summary,
+                      "reward_curve": curve,  # [step, mean reward of the logged step]: one step is noisy, read trends
                       "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 1)}
             logger.info("GRPO stage: %s", report)
         finally:
