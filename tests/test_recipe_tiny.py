@@ -67,6 +67,7 @@ def test_smoke_recipe_end_to_end(tmp_path, monkeypatch):
     assert grpo["status"] == "done" and "reason" not in grpo, grpo
     assert grpo["steps"] == metrics["config"]["grpo_steps"] == 2
     assert {"loss", "seg/loss"} <= set(grpo["last_log"]), grpo
+    assert [step for step, _ in grpo["reward_curve"]] == [1, 2] and all(0 <= r <= 1 for _, r in grpo["reward_curve"])
     card = (out / "README.md").read_text()
     assert "not a general" in card and "{" not in card.split("<think>")[0]  # every template field filled
     assert "does not reach the project's aims" in card  # a smoke model misses them, and the card says so
@@ -385,11 +386,28 @@ def test_grpo_stage_uses_the_concept_stages_losses(monkeypatch, tmp_path):
     model = SegCompassForReasoningSegmentation.from_pretrained(DEFAULT_MODEL_DIR)
     processor = AutoProcessor.from_pretrained(DEFAULT_MODEL_DIR)
     config = TinyRecipeConfig(grpo_steps=1, concept_matching_source="mask", concept_confidence_targets="mask_iou",
-                              matching_source="heatmap", confidence_targets="matched")
+                              matching_source="heatmap", confidence_targets="matched", grpo_learning_rate=3e-5,
+                              grpo_prompts=3, grpo_num_generations=6, grpo_temperature=1.7, grpo_scale_rewards="batch",
+                              grpo_head_lr_multiplier=2.5)
 
     with pytest.raises(Stop):  # a failure propagates (never swallowed)
         stages.grpo_stage(model, processor, make_split("train", 8, config, "train"), config, tmp_path, seed=0)
-    assert (seen["args"].matching_source, seen["args"].confidence_targets) == ("mask", "mask_iou")
+    args = seen["args"]
+    assert (args.matching_source, args.confidence_targets) == ("mask", "mask_iou")
+    # the recipe's GRPO settings reach the trainer: 3 prompts x 6 rollouts = 18 completions per step
+    assert (args.learning_rate, args.num_generations, args.per_device_train_batch_size) == (3e-5, 6, 18)
+    assert (args.temperature, args.scale_rewards) == (1.7, "batch")
+    assert (args.codebook_lr_multiplier, args.slot_mapper_lr_multiplier, args.mask_decoder_lr_multiplier) == (2.5,) * 3
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("grpo_num_generations", 1, "must be >= 2"),
+    ("grpo_temperature", 0.0, "must be > 0"),
+    ("grpo_prompts", 0, "must be >= 1"),
+])
+def test_recipe_config_rejects_bad_grpo_settings(field, value, message):
+    with pytest.raises(ValueError, match=f"{field}={value}.*{message}"):
+        TinyRecipeConfig(**{field: value})
 
 
 @pytest.mark.parametrize("smoke", [False, True])
@@ -744,3 +762,23 @@ def test_card_says_where_the_mask_refiner_was_trained():
     assert "trained with the heads in the concept stage" in _refiner_summary(joint)
     earlier = own | {"refiner_stage": {"steps": 0}, "concept_stage": {"steps": 0}}
     assert "an earlier run of the chain" in _refiner_summary(earlier)
+
+
+def test_card_describes_the_grpo_stage_it_ran():
+    from segcompass.recipes.tiny.card import _grpo_settings, _grpo_summary
+
+    # a run from before the settings were recipe fields ran the old hard-coded ones, and the card says those
+    assert _grpo_settings({}) == ("1 prompt × 4 rollouts per step at temperature 1, β = 0, lr 1e-05 with the paper's "
+                                  "per-component learning-rate multipliers, reward scaling `group`")
+    config = {"grpo_prompts": 4, "grpo_num_generations": 8, "grpo_temperature": 1.3, "grpo_learning_rate": 5e-5,
+              "grpo_scale_rewards": "none", "grpo_head_lr_multiplier": 1.0}
+    assert _grpo_settings(config) == ("4 prompts × 8 rollouts per step at temperature 1.3, β = 0, lr 5e-05 with head "
+                                      "learning-rate multiplier 1, reward scaling `none`")
+    assert _grpo_summary({"status": "skipped", "reason": "grpo_steps=0"}) == "skipped (grpo_steps=0)"
+    curve = [[step, reward] for step, reward in zip(range(10, 110, 10), (0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.8,
+                                                                          0.9))]
+    done = {"status": "done", "steps": 100, "train_runtime_s": 250.0, "last_log": {"reward": 0.9},
+            "reward_curve": curve}
+    assert _grpo_summary(done) == ("100 steps in 250 s; mean reward of the first / last fifth of the logged steps "
+                                   "0.550 / 0.850; last logged: reward 0.900")
+    assert "fifth" not in _grpo_summary(done | {"reward_curve": curve[:4]})  # too few points for a trend

@@ -27,11 +27,33 @@ def format_metric(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+_GRPO_BEFORE_STOP_31 = {"grpo_prompts": 1, "grpo_num_generations": 4, "grpo_temperature": 1.0,
+                        "grpo_learning_rate": 1e-5, "grpo_scale_rewards": "group", "grpo_head_lr_multiplier": None}
+"""The GRPO stage's hard-coded settings before they became recipe fields: what a ``metrics.json`` without them ran."""
+
+
+def _grpo_settings(config: dict) -> str:
+    """The GRPO stage's settings as the card prints them (a run's own, or :data:`_GRPO_BEFORE_STOP_31`)."""
+    c = {name: config.get(name, old) for name, old in _GRPO_BEFORE_STOP_31.items()}
+    heads = ("the paper's per-component learning-rate multipliers" if c["grpo_head_lr_multiplier"] is None
+             else f"head learning-rate multiplier {c['grpo_head_lr_multiplier']:g}")
+    prompts = f"{c['grpo_prompts']} prompt" + ("s" if c["grpo_prompts"] != 1 else "")
+    return (f"{prompts} × {c['grpo_num_generations']} rollouts per step at temperature "
+            f"{c['grpo_temperature']:g}, β = 0, lr {c['grpo_learning_rate']:g} with {heads}, reward scaling "
+            f"`{c['grpo_scale_rewards']}`")
+
+
 def _grpo_summary(grpo: dict) -> str:
     if grpo.get("status") != "done":
         return f"{grpo.get('status')} ({grpo.get('reason', '')})"
-    last = ", ".join(f"{k} {v:.3f}" for k, v in grpo.get("last_log", {}).items())
-    return f"{grpo['steps']} steps in {grpo.get('train_runtime_s', 0):.0f} s; last logged: {last}"
+    text = f"{grpo['steps']} steps in {grpo.get('train_runtime_s', 0):.0f} s"
+    curve = [reward for _, reward in grpo.get("reward_curve", [])]
+    if len(curve) >= 5:
+        fifth = len(curve) // 5
+        first, last = sum(curve[:fifth]) / fifth, sum(curve[-fifth:]) / fifth
+        text += f"; mean reward of the first / last fifth of the logged steps {first:.3f} / {last:.3f}"
+    last_log = ", ".join(f"{k} {v:.3f}" for k, v in grpo.get("last_log", {}).items())
+    return f"{text}; last logged: {last_log}"
 
 
 def _row(label: str, m: dict, flag: str | None = None) -> str:
@@ -374,7 +396,7 @@ def render_model_card(metrics: dict) -> str:
         pool_exact=format_metric(pool.get("exact_match")),
         joint_seg=format_metric(joint.get("seg")), joint_iou=format_metric(joint.get("matched_iou")),
         joint_lm=format_metric(joint.get("lm")),
-        grpo_summary=_grpo_summary(metrics["grpo"]),
+        grpo_settings=_grpo_settings(metrics["config"]), grpo_summary=_grpo_summary(metrics["grpo"]),
         threshold=f"{metrics['confidence_threshold']:.2f}",
         wall_minutes=f"{metrics['timings_s']['total'] / 60:.1f}", timings=metrics["timings_s"],
         recipe_rows="\n".join(_row(label, test[key]) for key, label in _ROWS if key in test),
