@@ -774,11 +774,13 @@ def test_card_describes_the_grpo_stage_it_ran():
               "grpo_scale_rewards": "none", "grpo_head_lr_multiplier": 1.0}
     assert _grpo_settings(config) == ("4 prompts × 8 rollouts per step at temperature 1.3, β = 0, lr 5e-05 with head "
                                       "learning-rate multiplier 1, reward scaling `none`")
-    assert _grpo_summary({"status": "skipped", "reason": "grpo_steps=0"}) == "skipped (grpo_steps=0)"
+    assert _grpo_summary({"status": "skipped", "reason": "grpo_steps=0"}, config) == "skipped (grpo_steps=0)"
     curve = [[step, reward] for step, reward in zip(range(10, 110, 10), (0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.8,
                                                                           0.9))]
     done = {"status": "done", "steps": 100, "train_runtime_s": 250.0, "last_log": {"reward": 0.9},
             "reward_curve": curve}
-    assert _grpo_summary(done) == ("100 steps in 250 s; mean reward of the first / last fifth of the logged steps "
-                                   "0.550 / 0.850; last logged: reward 0.900")
-    assert "fifth" not in _grpo_summary(done | {"reward_curve": curve[:4]})  # too few points for a trend
+    assert _grpo_summary(done, config) == (
+        f"`SegCompassGRPOTrainer`, {_grpo_settings(config)}, format + mask rewards and the segmentation losses: 100 "
+        "steps in 250 s; mean reward of the first / last fifth of the logged steps 0.550 / 0.850; last logged: reward "
+        "0.900")
+    assert "fifth" not in _grpo_summary(done | {"reward_curve": curve[:4]}, config)  # too few points for a trend

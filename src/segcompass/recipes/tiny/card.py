@@ -43,10 +43,13 @@ def _grpo_settings(config: dict) -> str:
             f"`{c['grpo_scale_rewards']}`")
 
 
-def _grpo_summary(grpo: dict) -> str:
+def _grpo_summary(grpo: dict, config: dict) -> str:
+    """The card's GRPO line: why it did not run, or its settings (``config``: the run's recipe config), steps and
+    reward trend."""
     if grpo.get("status") != "done":
         return f"{grpo.get('status')} ({grpo.get('reason', '')})"
-    text = f"{grpo['steps']} steps in {grpo.get('train_runtime_s', 0):.0f} s"
+    text = (f"`SegCompassGRPOTrainer`, {_grpo_settings(config)}, format + mask rewards and the segmentation losses: "
+            f"{grpo['steps']} steps in {grpo.get('train_runtime_s', 0):.0f} s")
     curve = [reward for _, reward in grpo.get("reward_curve", [])]
     if len(curve) >= 5:
         fifth = len(curve) // 5
@@ -396,7 +399,7 @@ def render_model_card(metrics: dict) -> str:
         pool_exact=format_metric(pool.get("exact_match")),
         joint_seg=format_metric(joint.get("seg")), joint_iou=format_metric(joint.get("matched_iou")),
         joint_lm=format_metric(joint.get("lm")),
-        grpo_settings=_grpo_settings(metrics["config"]), grpo_summary=_grpo_summary(metrics["grpo"]),
+        grpo_summary=_grpo_summary(metrics["grpo"], metrics["config"]),
         threshold=f"{metrics['confidence_threshold']:.2f}",
         wall_minutes=f"{metrics['timings_s']['total'] / 60:.1f}", timings=metrics["timings_s"],
         recipe_rows="\n".join(_row(label, test[key]) for key, label in _ROWS if key in test),
