@@ -403,10 +403,13 @@ def test_grpo_stage_uses_the_concept_stages_losses(monkeypatch, tmp_path):
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("grpo_num_generations", 1, "must be >= 2"),
     ("grpo_temperature", 0.0, "must be > 0"),
+    ("grpo_learning_rate", -1e-05, "must be > 0"),
+    ("grpo_head_lr_multiplier", 0.0, "must be > 0"),
     ("grpo_prompts", 0, "must be >= 1"),
+    ("grpo_scale_rewards", "groups", "must be one of"),
 ])
 def test_recipe_config_rejects_bad_grpo_settings(field, value, message):
-    with pytest.raises(ValueError, match=f"{field}={value}.*{message}"):
+    with pytest.raises(ValueError, match=f"{field}='?{value}'?.*{message}"):
         TinyRecipeConfig(**{field: value})
 
 

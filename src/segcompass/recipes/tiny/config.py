@@ -18,6 +18,10 @@ DEFAULT_MODEL_DIR = default_model_dir()
 (:func:`segcompass.presets.default_model_dir`)."""
 
 
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
+"""The values of TRL's ``GRPOConfig.scale_rewards`` (its ``True`` / ``False`` spell "group" / "none")."""
+
+
 @dataclass
 class TinyRecipeConfig:
     """Sizes, data and schedule of the tiny recipe (defaults: the shipped ``segcompass-tiny-synthetic`` model).
@@ -283,8 +287,11 @@ class TinyRecipeConfig:
         if self.grpo_num_generations < 2:
             raise ValueError(f"grpo_num_generations={self.grpo_num_generations} must be >= 2 (GRPO compares the "
                              "rollouts of one prompt with each other).")
-        if not self.grpo_temperature > 0:
-            raise ValueError(f"grpo_temperature={self.grpo_temperature} must be > 0 (e.g. 1.3).")
+        for name in ("grpo_temperature", "grpo_learning_rate", "grpo_head_lr_multiplier"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
+        if self.grpo_scale_rewards not in GRPO_SCALE_REWARDS:  # TRL itself checks only at the first GRPO step
+            raise ValueError(f"grpo_scale_rewards={self.grpo_scale_rewards!r} must be one of {GRPO_SCALE_REWARDS}.")
         for name in ("num_train", "num_validation", "num_test", "batch_size", "eval_batch_size", "reasoning_samples",
                      "grpo_prompts"):
             if getattr(self, name) < 1:
