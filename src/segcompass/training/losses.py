@@ -26,7 +26,11 @@ Choices where the paper is silent (each is a keyword argument or documented belo
   with the ground-truth instance it overlaps most (0 when the sample has no target): a soft target that says how
   good the slot's mask is, whether or not the one-to-one matching picked it. Keeping the slots above a confidence
   threshold then keeps every slot whose mask lies on a target; with "matched", which of two slots on one object
-  gets the 1 is the matching's choice, which a per-slot head cannot see.
+  gets the 1 is the matching's choice, which a per-slot head cannot see. ``"assigned_iou"`` keeps the IoU but gives
+  it to one slot per instance: the slots are assigned one-to-one to the instances by the largest total IoU of the
+  binarised masks, an assigned slot's target is its IoU and every other slot's is 0, so a second, worse slot on an
+  instance that another slot covers better is taught to stay below it (for a head that sees the other slots, e.g.
+  :class:`~segcompass.modules.mask_confidence.MaskConfidenceHead`).
 * **No matched pair in the batch** (all samples have G = 0): ``bce = dice = 0`` exactly, kept attached to the
   graph as ``0 · Σ logits`` so heatmap and mask parameters receive zero (not missing) gradients, which distributed
   data parallel needs; only the confidences get a training signal.
@@ -52,6 +56,7 @@ __all__ = [
     "MATCHING_SOURCES",
     "SegmentationLossOutput",
     "check_loss_option",
+    "confidence_targets_for",
     "dice_loss",
     "instance_snap_loss",
     "segmentation_losses",
@@ -59,7 +64,7 @@ __all__ = [
 
 MATCHING_SOURCES = ("heatmap", "mask")
 """What the Hungarian matching compares with the ground truth (``segmentation_losses(matching_source=...)``)."""
-CONFIDENCE_TARGETS = ("matched", "mask_iou")
+CONFIDENCE_TARGETS = ("matched", "mask_iou", "assigned_iou")
 """The confidence BCE's targets (``segmentation_losses(confidence_targets=...)``)."""
 _OPTION_CHOICES = {"matching_source": MATCHING_SOURCES, "confidence_targets": CONFIDENCE_TARGETS}
 
@@ -187,23 +192,33 @@ def _valid_weights(valid_mask: torch.Tensor | None, batch: int, height: int, wid
     return weights
 
 
+def _hard_ious(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+               weights: torch.Tensor | None) -> list[torch.Tensor]:
+    """IoU of every slot's binarised mask (logit > 0, detached) with every instance: (B, K, H, W), B × (G_b, H, W)
+    -> B × (K, G_b) (0 where both are empty; pixels with weight 0 left out)."""
+    hard = (mask_logits.detach() > 0).float()  # (B, K, H, W)
+    if weights is not None:
+        hard = hard * (weights > 0).unsqueeze(1)
+    ious = []
+    for b, gt in enumerate(gts):
+        pred, target = hard[b].flatten(1), (gt > 0.5).float().flatten(1)  # (K, H*W), (G, H*W)
+        if weights is not None:
+            target = target * (weights[b] > 0).flatten()
+        inter = pred @ target.T  # (K, G)
+        union = pred.sum(-1, keepdim=True) + target.sum(-1) - inter  # (K, G)
+        ious.append(inter / union.clamp_min(1.0))  # (K, G)
+    return ious
+
+
 def _best_overlap(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
                   weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each slot's best IoU with an instance and that instance's row: binarised masks (B, K, H, W) (logit > 0,
     detached), B × (G_b, H, W) -> IoU (B, K) float and index (B, K) long (0 where the sample has no instance)."""
-    hard = (mask_logits.detach() > 0).float()  # (B, K, H, W)
-    if weights is not None:
-        hard = hard * (weights > 0).unsqueeze(1)
-    best = hard.new_zeros(hard.shape[:2])  # (B, K)
-    index = torch.zeros(hard.shape[:2], dtype=torch.long, device=hard.device)  # (B, K)
-    for b, gt in enumerate(gts):
-        if gt.shape[0]:
-            pred, target = hard[b].flatten(1), (gt > 0.5).float().flatten(1)  # (K, H*W), (G, H*W)
-            if weights is not None:
-                target = target * (weights[b] > 0).flatten()
-            inter = pred @ target.T  # (K, G)
-            union = pred.sum(-1, keepdim=True) + target.sum(-1) - inter  # (K, G)
-            best[b], index[b] = (inter / union.clamp_min(1.0)).max(-1)  # (K,): 0 where both are empty
+    best = mask_logits.new_zeros(mask_logits.shape[:2], dtype=torch.float32)  # (B, K)
+    index = torch.zeros(mask_logits.shape[:2], dtype=torch.long, device=mask_logits.device)  # (B, K)
+    for b, iou in enumerate(_hard_ious(mask_logits, gts, weights)):
+        if iou.shape[1]:
+            best[b], index[b] = iou.max(-1)  # (K,)
     return best, index
 
 
@@ -211,6 +226,38 @@ def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
                       weights: torch.Tensor | None) -> torch.Tensor:
     """Each slot's best IoU with a ground-truth instance: binarised masks (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
     return _best_overlap(mask_logits, gts, weights)[0]
+
+
+def _assigned_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+                          weights: torch.Tensor | None) -> torch.Tensor:
+    """One slot per instance: the one-to-one assignment of slots to instances with the largest total IoU of the
+    binarised masks (:func:`scipy.optimize.linear_sum_assignment`); an assigned slot's target is its IoU with its
+    instance, every other slot's (a second slot on an instance already taken, a slot on no instance) is 0.
+    (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
+    from scipy.optimize import linear_sum_assignment
+
+    targets = mask_logits.new_zeros(mask_logits.shape[:2], dtype=torch.float32)  # (B, K)
+    for b, iou in enumerate(_hard_ious(mask_logits, gts, weights)):
+        if iou.shape[1]:
+            slots, instances = linear_sum_assignment(iou.cpu().double().numpy(), maximize=True)
+            slots, instances = torch.as_tensor(slots), torch.as_tensor(instances)
+            targets[b, slots] = iou[slots, instances]
+    return targets
+
+
+def confidence_targets_for(kind: str, mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
+                           weights: torch.Tensor | None = None, matching: SlotMatching | None = None) -> torch.Tensor:
+    """The confidence BCE's targets y (B, K) of ``segmentation_losses(confidence_targets=kind)`` (module docstring):
+    ``"matched"`` needs the Hungarian ``matching``; ``"mask_iou"`` and ``"assigned_iou"`` read the binarised decoder
+    masks ``mask_logits`` (B, K, H, W) against ``gts`` (B × (G_b, H, W), on the same grid)."""
+    check_loss_option("confidence_targets", kind)
+    if kind == "matched":
+        if matching is None:
+            raise ValueError("confidence_targets='matched' needs the Hungarian matching of the slots; pass `matching`.")
+        return matching.confidence_targets(mask_logits.shape[1]).to(mask_logits.device)  # (B, K)
+    if kind == "assigned_iou":
+        return _assigned_iou_targets(mask_logits, gts, weights)  # (B, K)
+    return _mask_iou_targets(mask_logits, gts, weights)  # (B, K)
 
 
 def segmentation_losses(
@@ -226,7 +273,7 @@ def segmentation_losses(
     dice_smooth: float = 1.0,
     valid_mask: torch.Tensor | None = None,
     matching_source: Literal["heatmap", "mask"] = "heatmap",
-    confidence_targets: Literal["matched", "mask_iou"] = "matched",
+    confidence_targets: Literal["matched", "mask_iou", "assigned_iou"] = "matched",
 ) -> SegmentationLossOutput:
     """Hungarian-matched segmentation and confidence losses (paper eq. 6 without the GRPO term).
 
@@ -248,7 +295,7 @@ def segmentation_losses(
             e.g. the unpadded image region of SAM's frame. Matching, BCE and dice use only these pixels; every
             sample needs at least one valid pixel.
         matching_source: match on ``σ(heatmap_logits)`` (default) or ``σ(mask_logits)``.
-        confidence_targets: ``"matched"`` (default, the paper) or ``"mask_iou"`` (module docstring).
+        confidence_targets: ``"matched"`` (default, the paper), ``"mask_iou"`` or ``"assigned_iou"`` (module docstring).
 
     Returns:
         :class:`SegmentationLossOutput`.
@@ -287,10 +334,7 @@ def segmentation_losses(
     matching = match_slots_batched(source.detach().float().sigmoid(), gts, weights_all)
 
     # 2. Confidence BCE against the matched / unmatched targets, mean over B·K.
-    if confidence_targets == "matched":
-        targets = matching.confidence_targets(num_slots).to(device)  # (B, K)
-    else:
-        targets = _mask_iou_targets(mask_logits, gts, weights_all)  # (B, K)
+    targets = confidence_targets_for(confidence_targets, mask_logits, gts, weights_all, matching)  # (B, K)
     conf = F.binary_cross_entropy_with_logits(confidence_logits.float(), targets)
 
     # 3. Gather the matched pairs of the whole batch.

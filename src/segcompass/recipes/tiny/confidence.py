@@ -42,7 +42,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     (M, K), each slot's mask IoU with its nearest target (the concept stage's ``"mask_iou"`` targets). Each rank
     computes its share; the shares are gathered on every rank, rank by rank (the same rows in the same order on
     every rank; the training shuffles them)."""
-    from ...training.losses import _mask_iou_targets
+    from ...training.losses import confidence_targets_for
 
     head = model.mask_confidence
     captured: dict[str, torch.Tensor] = {}
@@ -74,7 +74,8 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
                   **backbone_kwargs(batch))
-            targets = _mask_iou_targets(captured["mask_logits"], gt_on_grid(chunk, model.config.mask_size), None)
+            targets = confidence_targets_for(config.confidence_stage_targets, captured["mask_logits"],
+                                             gt_on_grid(chunk, model.config.mask_size))  # (b, K)
             for name in _CACHED:
                 parts.setdefault(name, []).append(captured[name].detach().cpu())
             parts.setdefault("targets", []).append(targets.cpu())
@@ -129,7 +130,8 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
         bar.set_postfix(bce=f"{np.mean(losses[-20:]):.4f}")
     bar.close()
     head.eval()
-    result = {"steps": steps, "epochs": config.confidence_epochs, "cached_slot_sets": count,
+    result = {"steps": steps, "epochs": config.confidence_epochs, "targets": config.confidence_stage_targets,
+              "cached_slot_sets": count,
               "generated_slot_sets": len(pool or {}), "first_epoch_bce": float(np.mean(losses[:per_epoch])),
               "final_epoch_bce": float(np.mean(losses[-per_epoch:]))}
     logger.info("confidence stage: %s", result)

@@ -20,6 +20,9 @@ DEFAULT_MODEL_DIR = default_model_dir()
 
 GRPO_SCALE_REWARDS = ("group", "batch", "none")
 """The values of TRL's ``GRPOConfig.scale_rewards`` (its ``True`` / ``False`` spell "group" / "none")."""
+CONFIDENCE_STAGE_TARGETS = ("mask_iou", "assigned_iou")
+"""``TinyRecipeConfig.confidence_stage_targets``: the :func:`~segcompass.training.losses.confidence_targets_for` kinds
+the confidence stage can compute from the cached masks alone."""
 
 
 @dataclass
@@ -232,6 +235,7 @@ class TinyRecipeConfig:
     mask_confidence_hidden_size: int = 64
     confidence_epochs: int = 16
     confidence_learning_rate: float = 2e-3
+    confidence_stage_targets: str = "mask_iou"
     reasoning_steps: int = 5000
     reasoning_samples: int = 40000
     reasoning_learning_rate: float = 3e-4
@@ -269,6 +273,9 @@ class TinyRecipeConfig:
         for option in ("matching_source", "confidence_targets"):
             for name in (option, f"concept_{option}"):
                 check_loss_option(name, getattr(self, name), option)
+        if self.confidence_stage_targets not in CONFIDENCE_STAGE_TARGETS:
+            raise ValueError(f"confidence_stage_targets={self.confidence_stage_targets!r} must be one of "
+                             f"{CONFIDENCE_STAGE_TARGETS} (the confidence stage reads the masks, not a matching).")
         check_duplicate_iou(self.duplicate_iou)
         if not isinstance(self.limit_instances_to_answer, bool):
             raise ValueError(f"limit_instances_to_answer={self.limit_instances_to_answer!r} must be True or False.")

@@ -402,7 +402,7 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
                                              "reasoning_anchor_weight",
                                              "mask_confidence_hidden_size", "confidence_epochs",
-                                             "confidence_learning_rate")
+                                             "confidence_learning_rate", "confidence_stage_targets")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 
