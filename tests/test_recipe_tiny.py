@@ -653,11 +653,17 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
         torch.testing.assert_close(head.score(cache["confidence_logits"][:6], asked, cache["described"][:6]),
                                    first.confidence_logits)
     assert 0.0 <= cache["targets"].min() and cache["targets"].max() <= 1.0
+    assigned = cache_confidence_inputs(model, processor, train, replace(config, confidence_stage_targets="assigned_iou"),
+                                       pool)["targets"]  # (8, 3): at most one slot per target keeps its IoU
+    assert torch.all((assigned == 0) | (assigned == cache["targets"]))
+    for row, sample in enumerate(train + [train[1], train[4]]):
+        assert int((assigned[row] > 0).sum()) <= len(sample.masks)
 
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = confidence_stage(model, processor, train, config, torch.Generator().manual_seed(0), pool)
     assert result["steps"] == 3 and result["cached_slot_sets"] == 8 and result["generated_slot_sets"] == 2
+    assert result["targets"] == "mask_iou"
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("mask_confidence.") for k in changed), sorted(changed)[:5]
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
@@ -669,6 +675,8 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     with pytest.raises(ValueError, match="confidence_epochs=3 trains a mask confidence head, but "
                                          "mask_confidence_hidden_size=0"):
         TinyRecipeConfig.smoke(mask_confidence_hidden_size=0, confidence_epochs=3)
+    with pytest.raises(ValueError, match="confidence_stage_targets='matched' must be one of"):
+        TinyRecipeConfig.smoke(confidence_stage_targets="matched")
 
     plain_config = TinyRecipeConfig.smoke(mask_confidence_hidden_size=0, confidence_epochs=0)
     plain, _ = build.build_tiny_model_and_processor(plain_config)

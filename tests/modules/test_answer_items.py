@@ -125,6 +125,25 @@ def test_each_slot_reads_only_its_own_item():
     assert not torch.allclose(other.heatmap_logits[:, 1], out.heatmap_logits[:, 1])
 
 
+def test_no_concepts_ablation_zeroes_the_grouped_concepts_too():
+    """``forward_grouped`` bypasses the interface's forward hooks: the ablation must still set every r_k to 0 (it
+    was a silent no-op under ``"answer_items"``), and only inside the block."""
+    from segcompass.interpret.ablations import ablate
+
+    model = _grouped_model()
+    ids, mask = _inputs(model)
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+        with ablate(model, "no_concepts"):
+            ablated = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+        again = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    assert ablated.concept_slots.abs().sum() == 0 and full.concept_slots.abs().sum() > 0
+    assert not torch.allclose(ablated.heatmap_logits, full.heatmap_logits)
+    assert "forward_grouped" not in vars(model.concept_interface)
+    torch.testing.assert_close(again.heatmap_logits, full.heatmap_logits)
+
+
 def test_grouped_model_trains_and_round_trips(tmp_path):
     model = _grouped_model("centered").train()
     ids, mask = _inputs(model)

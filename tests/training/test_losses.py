@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from segcompass.training import letterbox_size, resize_masks, segmentation_losses
+from segcompass.training.losses import confidence_targets_for
 
 
 def sp(x: float) -> float:
@@ -194,6 +195,31 @@ def test_mask_iou_confidence_targets():
     masked = segmentation_losses(mask, mask, conf, [gt, torch.zeros(0, 4, 4)], confidence_targets="mask_iou",
                                  valid_mask=valid)
     assert masked.confidence_targets[0].tolist() == pytest.approx([1.0, 0.5, 1.0])
+
+
+def test_assigned_iou_confidence_targets():
+    """One slot per instance keeps its IoU (the assignment with the largest total IoU), every other slot gets 0: a
+    second, worse slot on an instance another slot covers, a slot on nothing, and every slot of a no-target sample."""
+    gt = torch.zeros(2, 4, 4)
+    gt[0, :2, :2] = 1  # instance 0: top-left 2x2
+    gt[1, 2:, 2:] = 1  # instance 1: bottom-right 2x2
+    mask = torch.full((2, 4, 4, 4), -5.0)
+    mask[0, 0, :2, :1] = 5  # half of instance 0: IoU 0.5
+    mask[0, 1, :2, :2] = 5  # exactly instance 0: takes it from slot 0
+    mask[0, 2, 2:, 2:] = 5
+    mask[0, 2, 0, 3] = 5  # instance 1 plus one stray pixel: IoU 4 / 5
+    mask[0, 3, 2:, 2:] = 5
+    mask[0, 3, 1, 2:] = 5  # instance 1 and two stray pixels: IoU 4 / 6, loses instance 1 to slot 2
+    mask[1] = mask[0]
+    conf = torch.zeros(2, 4)
+    out = segmentation_losses(mask, mask, conf, [gt, torch.zeros(0, 4, 4)], confidence_targets="assigned_iou")
+    torch.testing.assert_close(out.confidence_targets, torch.tensor([[0.0, 1.0, 0.8, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    per_slot = confidence_targets_for("mask_iou", mask, [gt, torch.zeros(0, 4, 4)])
+    torch.testing.assert_close(per_slot[0], torch.tensor([0.5, 1.0, 0.8, 4 / 6]))
+    with pytest.raises(ValueError, match="needs the Hungarian matching"):
+        confidence_targets_for("matched", mask, [gt, torch.zeros(0, 4, 4)])
+    with pytest.raises(ValueError, match="confidence_targets"):
+        confidence_targets_for("best", mask, [gt, torch.zeros(0, 4, 4)])
 
 
 def test_input_validation():

@@ -22,15 +22,23 @@ ABLATIONS = ("none", "no_concepts", "random_sae")
 
 @contextlib.contextmanager
 def _zero_concepts(model):
-    def hook(module, inputs, output):
+    """r_k = 0 for every concept grouping: ``forward`` (one support set) is hooked, and ``forward_grouped`` (one per
+    answer item, ``concept_grouping="answer_items"``, which does not pass through ``forward`` or its hooks) is
+    shadowed by an instance attribute for the block."""
+    interface = model.concept_interface
+
+    def zeroed(output):
         slots, provenance = output  # (B, K, d_c), per-slot concept provenance
         return torch.zeros_like(slots), provenance
 
-    handle = model.concept_interface.register_forward_hook(hook)
+    grouped = interface.forward_grouped
+    handle = interface.register_forward_hook(lambda module, inputs, output: zeroed(output))
+    interface.forward_grouped = lambda *args, **kwargs: zeroed(grouped(*args, **kwargs))
     try:
         yield
     finally:
         handle.remove()
+        del interface.forward_grouped
 
 
 @contextlib.contextmanager

@@ -167,8 +167,9 @@ class SegCompassGRPOConfig(GRPOConfig):
                                              "(the authors') or 'mask' (the decoder masks users get).",
                                      "choices": list(MATCHING_SOURCES)})
     confidence_targets: str = field(
-        default="matched", metadata={"help": "Confidence BCE targets: 'matched' (1 for matched slots, the paper) or "
-                                             "'mask_iou' (each slot's mask IoU with its best instance).",
+        default="matched", metadata={"help": "Confidence BCE targets: 'matched' (1 for matched slots, the paper), "
+                                             "'mask_iou' (each slot's mask IoU with its best instance) or "
+                                             "'assigned_iou' (that IoU for one slot per instance, 0 for the others).",
                                      "choices": list(CONFIDENCE_TARGETS)})
 
     # ---- optimizer parameter groups

@@ -265,10 +265,19 @@ def _confidence_summary(metrics: dict) -> str:
     return (f"only the mask confidence head trains, everything else frozen: its inputs are computed once for each of "
             f"the {c['num_train']} training samples with the reference reasoning and the {stage['generated_slot_sets']} "
             f"pooled ones with the generated reasoning, then {stage['epochs']} epochs ({stage['steps']} steps × batch "
-            f"{CONFIDENCE_BATCH}, learning rate {c['confidence_learning_rate']:g}) of BCE toward each slot's mask IoU "
-            f"with its nearest target (`segcompass.recipes.tiny.confidence`). BCE "
+            f"{CONFIDENCE_BATCH}, learning rate {c['confidence_learning_rate']:g}) of BCE toward "
+            f"{_CONFIDENCE_TARGETS[stage.get('targets', 'mask_iou')]} (`segcompass.recipes.tiny.confidence`). BCE "
             f"{format_metric(stage.get('first_epoch_bce'))} in the first epoch, "
             f"{format_metric(stage.get('final_epoch_bce'))} in the last.")
+
+
+_CONFIDENCE_TARGETS = {
+    "mask_iou": "each slot's mask IoU with its nearest target",
+    "assigned_iou": ("one slot per target, assigned by the largest total mask IoU: that slot's IoU, 0 for every other "
+                     "slot (a second, worse slot on a target; `confidence_stage_targets=\"assigned_iou\"`)"),
+}
+"""The confidence stage's targets (``metrics["confidence_stage"]["targets"]``; absent before stop 32: ``mask_iou``), in
+the card's words."""
 
 
 _CONCEPT_SPANS = {

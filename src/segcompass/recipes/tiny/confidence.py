@@ -39,7 +39,8 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
     """The mask confidence head's inputs and targets for every sample (reference reasoning) and every pooled sample
     (generated reasoning): ``confidence_logits`` (M, K), r_k ``concept_slots`` (M, K, d_c), the support set
     ``concept_indices`` / ``concept_values`` / ``concept_mask`` (M, N), ``described`` (M, K, C + 9) and ``targets``
-    (M, K), each slot's mask IoU with its nearest target (the concept stage's ``"mask_iou"`` targets). Each rank
+    (M, K), :func:`~segcompass.training.losses.confidence_targets_for` of ``config.confidence_stage_targets`` (each
+    slot's mask IoU with its nearest target, or with ``"assigned_iou"`` only one slot's per target). Each rank
     computes its share; the shares are gathered on every rank, rank by rank (the same rows in the same order on
     every rank; the training shuffles them)."""
     from ...training.losses import confidence_targets_for
