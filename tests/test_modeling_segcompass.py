@@ -353,6 +353,24 @@ def test_mask_refiner_starts_as_the_identity_needs_the_pixels_and_round_trips(tm
                        d.mask_logits)
 
 
+def test_mask_logit_bias_shifts_the_returned_masks_only(tmp_path):
+    """The bias is added to the returned mask logits after the refiner and the confidence head have read them: the
+    masks move by exactly the bias, the confidences and heatmaps not at all; it survives save / load."""
+    plain = build(mask_refiner_hidden_size=8, mask_confidence_hidden_size=8)
+    torch.nn.init.normal_(plain.mask_confidence.output.weight, std=0.5)  # a head that reads the masks
+    shifted = build(mask_refiner_hidden_size=8, mask_confidence_hidden_size=8, mask_logit_bias=0.75)
+    shifted.load_state_dict(plain.state_dict())
+    ids, mask = tiny_text_inputs(plain.config, [7, 5])
+    pixels = sam_pixels(2)
+    with torch.no_grad():
+        a = plain.eval()(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+        b = shifted.eval()(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+    torch.testing.assert_close(b.mask_logits, a.mask_logits + 0.75)
+    assert torch.equal(b.confidence_logits, a.confidence_logits) and torch.equal(b.heatmap_logits, a.heatmap_logits)
+    shifted.save_pretrained(tmp_path)
+    assert AutoModel.from_pretrained(tmp_path).config.mask_logit_bias == 0.75
+
+
 def test_a_refiner_added_to_a_saved_model_starts_as_the_identity(tmp_path):
     """Continuing a checkpoint saved without a refiner: the new refiner's weights are missing and start at zero
     output, so the masks keep their signs."""
@@ -432,6 +450,8 @@ def test_full_size_presets_are_consistent(preset):
         (dict(mask_refiner_hidden_size=-1), r"`mask_refiner_hidden_size` must be an int >= 0 .* got -1"),
         (dict(mask_refiner_dilations=[1, 0]), r"`mask_refiner_dilations` .* got \[1, 0\]"),
         (dict(mask_confidence_hidden_size=-2), r"`mask_confidence_hidden_size` must be an int >= 0 .* got -2"),
+        (dict(mask_logit_bias=float("nan")), r"`mask_logit_bias` must be a finite number .* got nan"),
+        (dict(mask_logit_bias="0.5"), r"`mask_logit_bias` must be a finite number .* got '0.5'"),
     ],
 )
 def test_config_validation(overrides, match):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, PreTrainedConfig, SamConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -92,6 +94,12 @@ class SegCompassConfig(PreTrainedConfig):
             embedding and pixels, area, centre, spread) compared with r_k; F_conf alone reads only the query-key
             scores, never the mask. 0 (the class default, the paper): F_conf alone. Like the refiner, it needs
             ``sam_pixel_values`` even when precomputed ``image_embeddings`` are passed.
+        mask_logit_bias (`float`): a constant added to the returned mask logits, after the refiner and the mask
+            confidence head have read them, so every consumer that cuts a mask at logit 0 (probability 0.5) cuts the
+            decoder's logits at ``-mask_logit_bias`` (bilinear upsampling commutes with a constant); a calibration of
+            where a pixel counts as the object, like ``confidence_threshold`` for the slots. 0.0 (the class default,
+            the paper): the decoder's own cut. The tiny recipe tunes it on validation with the confidence threshold
+            (``TinyRecipeConfig.mask_logit_biases``).
         ref_token (`str`): the reference token ending the sampled response.
         slot_token_template (`str`): concentration token names, formatted with the slot index.
         ref_token_id / slot_token_ids: their ids in the tokenizer (set by the processor helpers).
@@ -134,6 +142,7 @@ class SegCompassConfig(PreTrainedConfig):
     mask_refiner_hidden_size: int = 0
     mask_refiner_dilations: list[int] | None = None
     mask_confidence_hidden_size: int = 0
+    mask_logit_bias: float = 0.0
     ref_token: str = DEFAULT_REF_TOKEN
     slot_token_template: str = DEFAULT_SLOT_TOKEN_TEMPLATE
     ref_token_id: int | None = None
@@ -203,6 +212,10 @@ class SegCompassConfig(PreTrainedConfig):
             raise ValueError(
                 f"`confidence_threshold` is a probability in [0, 1], got {self.confidence_threshold}."
             )
+        bias = self.mask_logit_bias
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            raise ValueError(f"`mask_logit_bias` must be a finite number (a logit added to every mask logit; 0.0: the "
+                             f"decoder's own cut), got {bias!r}.")
         vision_channels = self.sam_config.vision_config.output_channels
         if vision_channels != self.sam_config.mask_decoder_config.hidden_size:
             raise ValueError(

@@ -380,6 +380,8 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
                 confidence_logits, concept_slots, concepts.indices, concepts.values, concepts.mask, mask_logits,
                 image_embeddings, sam_pixel_values,
             )  # (B, K)
+        if self.config.mask_logit_bias:  # a calibration of the cut, after every head has read the masks
+            mask_logits = mask_logits + self.config.mask_logit_bias  # (B, K, m, m)
         return SegCompassOutput(
             heatmap_logits=heatmap_logits,
             confidence_logits=confidence_logits,

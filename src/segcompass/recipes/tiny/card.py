@@ -256,6 +256,19 @@ def _mask_confidence_description(metrics: dict) -> str:
             "set, with one attention step across the slots")
 
 
+def _mask_bias_rule(metrics: dict) -> str:
+    """Stage 6's words on the mask logit bias: tuned with the threshold (with the per-bias scores), or nothing for a
+    run written before it existed."""
+    sweep = metrics.get("validation_mask_bias_sweep")
+    if not sweep:
+        return ""
+    bias = metrics["mask_logit_bias"]
+    scores = ", ".join(f"{float(b):g}: {v:.4f}" for b, v in sweep.items())
+    return (f", jointly with a mask logit bias of **{bias:g}** (stored as `config.mask_logit_bias`: added to every mask "
+            f"logit after the heads have read the masks, so a pixel counts as the object where the decoder's logit "
+            f"exceeds {-bias:g}; best score per bias: {scores})")
+
+
 def _confidence_summary(metrics: dict) -> str:
     stage, c = metrics.get("confidence_stage") or {"steps": 0}, metrics["config"]
     if not stage.get("steps"):
@@ -362,7 +375,9 @@ def _continuation(metrics: dict) -> str:
         text += f" Earlier runs of the chain also ran: {described} (their effect is in this checkpoint)."
     retuned = metrics.get("threshold_retuned")
     if retuned:
-        text += (f" The confidence threshold was then tuned again on {retuned['validation_samples']} validation "
+        what = ("The mask logit bias and the confidence threshold were" if metrics.get("validation_mask_bias_sweep")
+                else "The confidence threshold was")
+        text += (f" {what} then tuned again on {retuned['validation_samples']} validation "
                  f"samples (`segcompass train-tiny OUTPUT_DIR --evaluate-only --retune-threshold`, duplicate IoU "
                  f"{retuned['duplicate_iou']}"
                  f"{', instances limited to the answer' if retuned.get('limit_instances_to_answer') else ''}).")
@@ -409,7 +424,7 @@ def render_model_card(metrics: dict) -> str:
         joint_seg=format_metric(joint.get("seg")), joint_iou=format_metric(joint.get("matched_iou")),
         joint_lm=format_metric(joint.get("lm")),
         grpo_summary=_grpo_summary(metrics["grpo"], metrics["config"]),
-        threshold=f"{metrics['confidence_threshold']:.2f}",
+        threshold=f"{metrics['confidence_threshold']:.2f}", mask_bias_rule=_mask_bias_rule(metrics),
         wall_minutes=f"{metrics['timings_s']['total'] / 60:.1f}", timings=metrics["timings_s"],
         recipe_rows="\n".join(_row(label, test[key]) for key, label in _ROWS if key in test),
         exact_match=format_metric(reasoning["exact_match"]), target_match=format_metric(reasoning["target_match"]),

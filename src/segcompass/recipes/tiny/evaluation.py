@@ -22,17 +22,19 @@ from .stages import collect_activations
 logger = get_logger(__name__)
 
 
-def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor) -> tuple[list, list, list]:
-    """Per-slot predictions at the original size: B × (K, S, S) mask booleans, B × (K,) confidences and B
-    ``max_instances`` (:func:`segcompass.prediction.instance_limit` of ``outputs.instance_limits``)."""
+def slot_predictions(outputs, samples: list[Sample], batch: dict, model, processor,
+                     logits: bool = False) -> tuple[list, list, list]:
+    """Per-slot predictions at the original size: B × (K, S, S) mask booleans (``logits``: the float16 mask logits
+    instead, for :func:`tune_mask_bias`), B × (K,) confidences and B ``max_instances``
+    (:func:`segcompass.prediction.instance_limit` of ``outputs.instance_limits``)."""
     from ...sam_frame import masks_to_original_size
 
     input_size = model.sam_input_size
     masks, confs = [], []
     for b in range(len(samples)):
         m = masks_to_original_size(outputs.mask_logits[b], batch["reshaped_input_sizes"][b],
-                                   batch["original_sizes"][b], input_size) > 0  # (K, S, S)
-        masks.append(m.cpu().numpy())
+                                   batch["original_sizes"][b], input_size)  # (K, S, S)
+        masks.append(m.to(torch.float16).cpu().numpy() if logits else (m > 0).cpu().numpy())
         confs.append(outputs.confidence_logits[b].sigmoid().cpu().numpy())
     return masks, confs, [instance_limit(outputs.instance_limits, b) for b in range(len(samples))]
 
@@ -65,8 +67,9 @@ def _clean(metrics: dict) -> dict:
 
 @torch.no_grad()
 def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipeConfig, *, seed: int,
-              ablations: bool, desc: str) -> dict:
-    """Generated-reasoning and teacher-forced predictions for every sample (and the ablations)."""
+              ablations: bool, desc: str, logits: bool = False) -> dict:
+    """Generated-reasoning and teacher-forced predictions for every sample (and the ablations); ``logits``: records
+    hold float16 mask logits instead of masks (:func:`slot_predictions`)."""
     model.eval()
     variants = ["full", "no_concepts", "random_sae"] if ablations else ["full"]
     records: dict[str, list] = {f"{mode}/{v}": [] for mode in ("generated", "teacher_forced") for v in variants}
@@ -110,7 +113,7 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                                reshaped_input_sizes=teacher["reshaped_input_sizes"],
                                **backbone_kwargs(teacher))
             for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):
-                masks, confs, limits = slot_predictions(out, chunk, prompts, model, processor)
+                masks, confs, limits = slot_predictions(out, chunk, prompts, model, processor, logits)
                 records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk, limits))
     reasoning = {"exact_match": exact / len(samples), "target_match": target_ok / len(samples),
                  "malformed": malformed / len(samples), "descriptions": description_accuracy(described)}
@@ -175,6 +178,33 @@ def tune_threshold(records: list, thresholds, duplicate_iou: float | None = None
         scores[t] = sum(parts) / len(parts)
     best = max(thresholds, key=lambda t: (scores[t], -abs(t - 0.5)))
     return float(best), {str(t): round(v, 4) for t, v in scores.items()}
+
+
+def cut_records(records: list, shift: float) -> list:
+    """Records of float mask logits (:func:`slot_predictions` with ``logits=True``) as records of masks, each pixel
+    kept where ``logit + shift > 0``."""
+    return [((masks.astype(np.float32) + shift) > 0, confs, sample, limit) for masks, confs, sample, limit in records]
+
+
+def tune_mask_bias(records: list, thresholds, biases, current: float = 0.0,
+                   duplicate_iou: float | None = None) -> tuple[float, float, dict, dict]:
+    """The ``SegCompassConfig.mask_logit_bias`` among ``biases`` and, at it, the confidence threshold among
+    ``thresholds`` with the best validation score of :func:`tune_threshold` (mean of cIoU, gIoU and N-acc; ties go
+    to the bias closest to 0, then as :func:`tune_threshold`).
+
+    Args:
+        records: generated-reasoning records with float mask logits, computed by a model whose bias is ``current``
+            (the confidences do not depend on it: the bias is added after the confidence head).
+        thresholds, biases: candidates.
+
+    Returns:
+        ``(bias, threshold, threshold sweep at that bias, {str(bias): best score at it})``.
+    """
+    tuned = {bias: tune_threshold(cut_records(records, bias - current), thresholds, duplicate_iou)
+             for bias in biases}  # bias -> (threshold, {str(threshold): score})
+    best_score = {bias: sweep[str(threshold)] for bias, (threshold, sweep) in tuned.items()}
+    bias = max(biases, key=lambda b: (best_score[b], -abs(b)))
+    return float(bias), tuned[bias][0], tuned[bias][1], {str(b): v for b, v in best_score.items()}
 
 
 def evaluate_test_split(model, processor, samples: list[Sample], config: TinyRecipeConfig, seed: int,

@@ -24,12 +24,13 @@ from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
 from .evaluation import (
+    cut_records,
     evaluate_samples,
     evaluate_test_split,
     evaluate_with_runner,
     final_sae_fve,
     score_records,
-    tune_threshold,
+    tune_mask_bias,
 )
 from .reasoning import reasoning_stage
 from .stages import (
@@ -218,8 +219,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     grpo = grpo_stage(model, processor, train, config, output_dir, seed)
     t = lap("grpo", t)
 
-    threshold, sweep, validation_reasoning, validation_scores = _tune_on_validation(model, processor, validation,
-                                                                                   config, seed)
+    threshold, sweep, validation_reasoning, validation_scores, bias_sweep = _tune_on_validation(
+        model, processor, validation, config, seed)
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
     t = lap("test", t)
@@ -240,6 +241,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner,
         "confidence_stage": confidence, "grpo": grpo,
         "confidence_threshold": threshold, "validation_threshold_sweep": sweep,
+        "mask_logit_bias": model.config.mask_logit_bias, "validation_mask_bias_sweep": bias_sweep,
         "validation_reasoning": validation_reasoning, "validation": validation_scores,
         "test_reasoning": test_reasoning, "test": test_metrics,
         "evaluate_command": runner, "processes": processes, "generated_pool": pool_summary,
@@ -247,7 +249,8 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "model_config": {k: getattr(model.config, k) for k in (
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
-            "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size", "mask_confidence_hidden_size")},
+            "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size", "mask_confidence_hidden_size",
+            "mask_logit_bias")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -275,23 +278,27 @@ def recorded_overrides(overrides: dict) -> dict:
 
 
 def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig,
-                        seed: int) -> tuple[float, dict, dict, dict]:
+                        seed: int) -> tuple[float, dict, dict, dict, dict]:
     """Set the model's prediction rule from ``config`` (``duplicate_iou``, ``limit_instances_to_answer``), tune its
-    confidence threshold on the validation samples' generated reasoning (:func:`tune_threshold`) and set it. Returns
-    ``(threshold, sweep, reasoning accuracy, scores)``, the scores (:func:`score_records`) those samples get at the
-    chosen threshold: a larger sample than the test split's first ``num_test``, slightly optimistic since the
-    threshold was chosen on it."""
+    mask logit bias and confidence threshold on the validation samples' generated reasoning (:func:`tune_mask_bias`
+    over ``mask_logit_biases`` and ``thresholds``) and set them. Returns ``(threshold, threshold sweep, reasoning
+    accuracy, scores, bias sweep)``, the scores (:func:`score_records`) those samples get with the chosen bias and
+    threshold: a larger sample than the test split's first ``num_test``, slightly optimistic since both were chosen
+    on it."""
     model.config.duplicate_iou = config.duplicate_iou
     model.config.limit_instances_to_answer = config.limit_instances_to_answer
     if config.limit_instances_to_answer and model.config.answer_item_token_ids is None:
         model.config.answer_item_token_ids = answer_item_token_ids(processor)
-    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation")
-    threshold, sweep = tune_threshold(val["records"]["generated/full"], config.thresholds, config.duplicate_iou)
-    model.config.confidence_threshold = threshold
-    logger.info("confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per threshold: %s)", threshold,
-                sweep)
-    scores = score_records(val["records"]["generated/full"], threshold, config.duplicate_iou)
-    return threshold, sweep, val["reasoning"], scores
+    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation",
+                           logits=True)
+    records, current = val["records"]["generated/full"], model.config.mask_logit_bias
+    bias, threshold, sweep, bias_sweep = tune_mask_bias(records, config.thresholds, config.mask_logit_biases,
+                                                        current, config.duplicate_iou)
+    model.config.mask_logit_bias, model.config.confidence_threshold = bias, threshold
+    logger.info("mask logit bias %.2f, confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per bias: "
+                "%s; per threshold: %s)", bias, threshold, bias_sweep, sweep)
+    scores = score_records(cut_records(records, bias - current), threshold, config.duplicate_iou)
+    return threshold, sweep, val["reasoning"], scores, bias_sweep
 
 
 def _finished_run(directory) -> dict:
@@ -319,7 +326,8 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
 PREDICTION_RULE_FIELDS = ("duplicate_iou", "limit_instances_to_answer")
 """The ``TinyRecipeConfig`` fields that set the saved model's prediction rule (:func:`_tune_on_validation`)."""
 
-REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "eval_batch_size", "max_new_tokens",
+REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "mask_logit_biases", "eval_batch_size",
+                       "max_new_tokens",
                        *PREDICTION_RULE_FIELDS)
 """The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
 
@@ -444,8 +452,9 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
 
     Args:
         output_dir: the finished run.
-        retune_threshold: tune the confidence threshold again on validation (:func:`tune_threshold` over
-            ``thresholds``) and save it into the checkpoint's config; otherwise the saved model's threshold is kept.
+        retune_threshold: tune the mask logit bias and the confidence threshold again on validation
+            (:func:`tune_mask_bias` over ``mask_logit_biases`` and ``thresholds``) and save them into the checkpoint's
+            config; otherwise the saved model's are kept.
         overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; the prediction rule's,
             :data:`PREDICTION_RULE_FIELDS`, only with ``retune_threshold``); they are recorded in ``metrics.json``. A
             training field raises ``ValueError``.
@@ -471,14 +480,16 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     if retune_threshold:
-        threshold, sweep, validation_reasoning, validation_scores = _tune_on_validation(
+        threshold, sweep, validation_reasoning, validation_scores, bias_sweep = _tune_on_validation(
             model, processor, validation, config, metrics["seed"])
         save_pretrained_atomic(model, output_dir)
         metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,
+                       mask_logit_bias=model.config.mask_logit_bias, validation_mask_bias_sweep=bias_sweep,
                        validation_reasoning=validation_reasoning, validation=validation_scores)
         rule = {name: getattr(config, name) for name in PREDICTION_RULE_FIELDS}
         metrics.setdefault("model_config", {}).update(
-            confidence_threshold=threshold, answer_item_token_ids=model.config.answer_item_token_ids, **rule)
+            confidence_threshold=threshold, mask_logit_bias=model.config.mask_logit_bias,
+            answer_item_token_ids=model.config.answer_item_token_ids, **rule)
         metrics["threshold_retuned"] = {"validation_samples": config.num_validation, **rule}
     threshold = model.config.confidence_threshold
     metrics["test"], metrics["test_reasoning"] = evaluate_test_split(model, processor, test, config, metrics["seed"],
