@@ -1,6 +1,7 @@
 """The tiny end-to-end recipe (smoke mode) and the shipped default checkpoint."""
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -575,6 +576,46 @@ def test_anchored_reasoning_stage_trains_perception_and_holds_the_text_tokens_st
          "continued_from": {"earlier_other_stages": [{"stage": "reasoning_stage", "steps": 8, "anchor_weight": 1.0}]}})
     with pytest.raises(ValueError, match="reasoning_anchor_weight=-1 must be >= 0"):
         TinyRecipeConfig.smoke(reasoning_anchor_weight=-1)
+
+
+def test_position_probe_reads_absolute_cells_and_trains_the_vision_tower_in_the_reasoning_stage():
+    """PositionProbe's targets are each token's raster cell and each centroid's absolute bins; in the anchored
+    reasoning stage its loss reaches the vision tower and falls; without the anchor it is refused."""
+    from segcompass.recipes.tiny import build, data, reasoning
+
+    probe = data.PositionProbe(4, grid=2)
+    sample = data.Sample(None, "", "", np.zeros((0, 8, 8), dtype=bool), "spatial", "s", centres=[(7.0, 1.0, 0, 0, 0)])
+    torch.nn.init.zeros_(probe.head.weight)
+    with torch.no_grad():
+        probe.head.bias.zero_()
+        probe.head.bias[[1, 2, 4 + 3, 8 + 0]] = 50.0  # row 1, column 0, centroid x bin 3, y bin 0
+    features = [torch.zeros(4, 4)]
+    # every cell claims row 1 and column 0: half of each are wrong (CE 50); the centroid (x 7, y 1) is in bins 3 / 0
+    confident = probe.loss(features, [sample])
+    with torch.no_grad():
+        probe.head.bias.zero_()
+    assert probe.loss(features, [sample]).item() == pytest.approx(math.log(2) / 2 + math.log(4) / 2, rel=1e-5)
+    assert confident.item() == pytest.approx((50.0 + 50.0) / 2 / 4 * 2 / 2, rel=1e-3)
+    with pytest.raises(ValueError, match=r"PositionProbe\(grid=2\) reads 4 merged tokens per image, got 9"):
+        probe.loss([torch.zeros(9, 4)], [sample])
+
+    base = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=6, reasoning_samples=8,
+                                  reasoning_learning_rate=3e-3, hook_layer=1, reasoning_anchor_weight=1.0,
+                                  reasoning_position_probe_weight=1.0)
+    torch.manual_seed(0)
+    model, processor = build.build_tiny_model_and_processor(base)
+    model.config.slot_query_inputs = "concepts"
+    vision = [p.detach().clone() for p in model.backbone.model.visual.parameters()]
+    hooks = len(model.backbone.model.visual._forward_hooks)
+    result = reasoning.reasoning_stage(model, processor, base, torch.Generator().manual_seed(0))
+    assert result["position_probe_weight"] == 1.0 and result["final_position_probe"] > 0
+    assert any(not torch.equal(p, q) for p, q in zip(model.backbone.model.visual.parameters(), vision))
+    assert len(model.backbone.model.visual._forward_hooks) == hooks  # the capture hook is gone
+    with pytest.raises(ValueError, match="trains the vision tower, which this stage trains only with "
+                                         "reasoning_anchor_weight > 0"):
+        reasoning.reasoning_stage(model, processor, replace(base, reasoning_anchor_weight=0.0), None)
+    with pytest.raises(ValueError, match="reasoning_position_probe_weight=-1 must be >= 0"):
+        TinyRecipeConfig.smoke(reasoning_position_probe_weight=-1)
 
 
 def test_samples_carry_every_visible_shape():

@@ -254,6 +254,7 @@ class TinyRecipeConfig:
     reasoning_samples: int = 40000
     reasoning_learning_rate: float = 3e-4
     reasoning_anchor_weight: float = 0.0
+    reasoning_position_probe_weight: float = 0.0
     eval_batch_size: int = 32
     max_new_tokens: int = 100
     duplicate_iou: float | None = 0.5
@@ -300,7 +301,7 @@ class TinyRecipeConfig:
             raise ValueError(f"limit_instances_to_answer={self.limit_instances_to_answer!r} must be True or False.")
         check_concept_grouping(self.concept_grouping)
         for name in ("lambda_mask_bce", "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
-                     "reasoning_anchor_weight"):
+                     "reasoning_anchor_weight", "reasoning_position_probe_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (a loss weight; 0 turns it off).")
         if self.confidence_epochs > 0 and not self.mask_confidence_hidden_size:

@@ -408,7 +408,7 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
                                              "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
-                                             "reasoning_anchor_weight",
+                                             "reasoning_anchor_weight", "reasoning_position_probe_weight",
                                              "mask_confidence_hidden_size", "confidence_epochs",
                                              "confidence_learning_rate", "confidence_stage_targets")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,

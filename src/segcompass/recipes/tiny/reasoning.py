@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import TinyRecipeConfig
-from .data import LazySplit, Sample, backbone_kwargs
+from .data import LazySplit, PositionProbe, Sample, backbone_kwargs
 from .stages import next_token_steps
 
 __all__ = ["reasoning_stage"]
@@ -59,11 +59,24 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
         params = [p for p in model.backbone.parameters() if p.requires_grad]
         extra_loss = _hook_anchor(model, config.reasoning_anchor_weight, anchors) if anchored else None
+        probe_losses: list[float] = []
+        handle = None
+        if config.reasoning_position_probe_weight > 0:
+            if not anchored:
+                raise ValueError(f"reasoning_position_probe_weight={config.reasoning_position_probe_weight} trains "
+                                 "the vision tower, which this stage trains only with reasoning_anchor_weight > 0; "
+                                 "set both or neither.")
+            extra_loss, probe, handle = _position_probe(model, config, extra_loss, probe_losses)
+            params += list(probe.parameters())
         model.eval()
         (model.backbone if anchored else model.backbone.model.language_model).train()
-        losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
-                                  learning_rate=config.reasoning_learning_rate, desc="Reasoning stage",
-                                  extra_loss=extra_loss, hidden_states=anchored)
+        try:
+            losses = next_token_steps(model, processor, samples, config, generator, params, steps=steps,
+                                      learning_rate=config.reasoning_learning_rate, desc="Reasoning stage",
+                                      extra_loss=extra_loss, hidden_states=anchored)
+        finally:
+            if handle is not None:
+                handle.remove()
     model.eval()
     result = {"steps": steps, "samples": len(samples), "first_loss": float(np.mean(losses[:50])),
               "final_loss": float(np.mean(losses[-50:])), "learning_rate": config.reasoning_learning_rate,
@@ -71,7 +84,35 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
     if anchored:
         result |= {"anchor_weight": config.reasoning_anchor_weight, "first_anchor": float(np.mean(anchors[:50])),
                    "final_anchor": float(np.mean(anchors[-50:]))}
+    if probe_losses:
+        result |= {"position_probe_weight": config.reasoning_position_probe_weight,
+                   "first_position_probe": float(np.mean(probe_losses[:50])),
+                   "final_position_probe": float(np.mean(probe_losses[-50:]))}
     return result
+
+
+def _position_probe(model, config: TinyRecipeConfig, anchor_loss, record: list[float]):
+    """The anchor plus ``reasoning_position_probe_weight`` x a new :class:`PositionProbe`'s loss on the merged image
+    tokens of the same forward (captured with a hook on the vision tower). Returns ``(extra_loss, probe, hook
+    handle)``; the probe starts the same on every rank (seeded), and its steps are the backbone's."""
+    visual = model.backbone.model.visual
+    merge = visual.spatial_merge_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.data_seed)
+        probe = PositionProbe(model.config.get_text_config().hidden_size,
+                              config.backbone_image_side // (visual.patch_size * merge))
+    captured: list[torch.Tensor] = []
+    handle = visual.register_forward_hook(lambda module, inputs, output: captured.append(output.pooler_output))
+
+    def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
+        sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
+        features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
+        captured.clear()
+        loss = probe.loss(features, chunk)
+        record.append(loss.item())
+        return anchor_loss(batch, chunk, out) + config.reasoning_position_probe_weight * loss
+
+    return extra_loss, probe, handle
 
 
 def _hook_anchor(model, weight: float, record: list[float]):
