@@ -611,9 +611,11 @@ def test_position_probe_reads_absolute_cells_and_trains_the_vision_tower_in_the_
     assert result["position_probe_weight"] == 1.0 and result["final_position_probe"] > 0
     assert any(not torch.equal(p, q) for p, q in zip(model.backbone.model.visual.parameters(), vision))
     assert len(model.backbone.model.visual._forward_hooks) == hooks  # the capture hook is gone
-    with pytest.raises(ValueError, match="trains the vision tower, which this stage trains only with "
-                                         "reasoning_anchor_weight > 0"):
-        reasoning.reasoning_stage(model, processor, replace(base, reasoning_anchor_weight=0.0), None)
+    with pytest.raises(ValueError, match="trains the vision tower, which the reasoning stage trains only with "
+                                         "reasoning_anchor_weight > 0"):  # refused before any stage runs
+        replace(base, reasoning_anchor_weight=0.0)
+    no_shapes = data.Sample(None, "", "", np.zeros((0, 8, 8), dtype=bool), "spatial", "s", centres=[])
+    assert probe.loss(features, [no_shapes]).item() == pytest.approx(math.log(2), rel=1e-5)  # row and column only
     with pytest.raises(ValueError, match="reasoning_position_probe_weight=-1 must be >= 0"):
         TinyRecipeConfig.smoke(reasoning_position_probe_weight=-1)
 
@@ -728,6 +730,11 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
         torch.testing.assert_close(head.score(cache["confidence_logits"][:6], asked, cache["described"][:6]),
                                    first.confidence_logits)
     assert 0.0 <= cache["targets"].min() and cache["targets"].max() <= 1.0
+    model.config.mask_logit_bias = 50.0  # every pixel on: the targets are the IoUs of the masks users would get
+    flooded = cache_confidence_inputs(model, processor, train, config, pool)["targets"]
+    model.config.mask_logit_bias = 0.0
+    assert not torch.equal(flooded, cache["targets"])
+    assert torch.equal(flooded, flooded[:, :1].expand_as(flooded))  # every slot's mask is the whole frame
     assigned = cache_confidence_inputs(model, processor, train, replace(config, confidence_stage_targets="assigned_iou"),
                                        pool)["targets"]  # (8, 3): at most one slot per target keeps its IoU
     assert torch.all((assigned == 0) | (assigned == cache["targets"]))
@@ -755,9 +762,11 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
 
     plain_config = TinyRecipeConfig.smoke(mask_confidence_hidden_size=0, confidence_epochs=0)
     plain, _ = build.build_tiny_model_and_processor(plain_config)
+    plain.config.mask_logit_bias = 0.5  # a calibrated cut: the continued stages train the decoder's own
     plain.save_pretrained(tmp_path / "plain")
     grown = _load_for_continuation(tmp_path / "plain", config)
     assert grown.mask_confidence is not None and grown.mask_confidence.output.weight.abs().sum() == 0
+    assert grown.config.mask_logit_bias == 0.0
     model.save_pretrained(tmp_path / "head")
     with pytest.raises(ValueError, match="has a mask confidence head of width 4; continue it with "
                                          "mask_confidence_hidden_size=4"):

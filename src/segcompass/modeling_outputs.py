@@ -21,9 +21,12 @@ class SegCompassOutput(ModelOutput):
         heatmap_logits (`(B, K, m, m)`): the K-slot heatmaps H_k (logits).
         confidence_logits (`(B, K)`): slot confidences c_k (logits).
         mask_logits (`(B, K, m, m)`): the final mask logits: the decoder's, refined by the mask refiner when the
-            model has one (``config.mask_refiner_hidden_size``).
+            model has one (``config.mask_refiner_hidden_size``), plus ``config.mask_logit_bias``. Training losses read
+            these too: fine-tuning a model with a bias trains its decoder under that cut (set the bias to 0 to train
+            the decoder's own cut, and tune it again after).
         iou_scores (`(B, K)`): the SAM decoder's IoU predictions for its own masks, i.e. before the mask refiner
-            (they are not re-estimated for the refined masks; the prediction rule reads ``confidence_logits``).
+            and the bias (they are not re-estimated for the final masks; the prediction rule reads
+            ``confidence_logits``).
         concept_indices / concept_values / concept_mask (`(B, N)`): the kept SAE concepts (j, h_j), valid entries.
         slot_concept_attention (`(B, K, N)`): how much each slot drew on each concept (provenance).
         concept_token_activations (`(B, T, N)`): each kept concept's activation at every token.

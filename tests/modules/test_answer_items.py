@@ -137,6 +137,9 @@ def test_no_concepts_ablation_zeroes_the_grouped_concepts_too():
         full = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
         with ablate(model, "no_concepts"):
             ablated = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
+            with ablate(model, "no_concepts"):  # nested: the inner block leaves the outer one's ablation on
+                pass
+            assert model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels).concept_slots.abs().sum() == 0
         again = model(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
     assert ablated.concept_slots.abs().sum() == 0 and full.concept_slots.abs().sum() > 0
     assert not torch.allclose(ablated.heatmap_logits, full.heatmap_logits)

@@ -31,14 +31,17 @@ def _zero_concepts(model):
         slots, provenance = output  # (B, K, d_c), per-slot concept provenance
         return torch.zeros_like(slots), provenance
 
-    grouped = interface.forward_grouped
+    grouped, shadowed = interface.forward_grouped, vars(interface).get("forward_grouped")
     handle = interface.register_forward_hook(lambda module, inputs, output: zeroed(output))
     interface.forward_grouped = lambda *args, **kwargs: zeroed(grouped(*args, **kwargs))
     try:
         yield
     finally:
         handle.remove()
-        del interface.forward_grouped
+        if shadowed is None:
+            del interface.forward_grouped
+        else:  # an enclosing block's
+            interface.forward_grouped = shadowed
 
 
 @contextlib.contextmanager

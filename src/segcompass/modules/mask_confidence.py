@@ -121,7 +121,8 @@ class MaskConfidenceHead(nn.Module):
             concept_slots (`torch.FloatTensor` of shape `(B, K, d_c)`): r_k.
             concept_indices / concept_values / concept_mask (`(B, N)`, `(B, K·N)` with ``"answer_items"``): the
                 kept SAE concepts (j, h_j) and which entries are real.
-            mask_logits (`torch.FloatTensor` of shape `(B, K, H, W)`): the final mask logits (read detached).
+            mask_logits (`torch.FloatTensor` of shape `(B, K, H, W)`): the refined mask logits (read detached),
+                before ``SegCompassConfig.mask_logit_bias`` is added.
             image_embeddings (`torch.FloatTensor` of shape `(B, C, h, w)`): the SAM image embedding.
             pixel_values (`torch.FloatTensor` of shape `(B, 3, r·H, r·W)`): the SAM input pixels.
 

@@ -75,7 +75,8 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
                   **backbone_kwargs(batch))
-            targets = confidence_targets_for(config.confidence_stage_targets, captured["mask_logits"],
+            returned = captured["mask_logits"] + model.config.mask_logit_bias  # (b, K, m, m) the masks users get
+            targets = confidence_targets_for(config.confidence_stage_targets, returned,
                                              gt_on_grid(chunk, model.config.mask_size))  # (b, K)
             for name in _CACHED:
                 parts.setdefault(name, []).append(captured[name].detach().cpu())

@@ -304,6 +304,10 @@ class TinyRecipeConfig:
                                                  and math.isfinite(b) for b in self.mask_logit_biases):
             raise ValueError(f"mask_logit_biases={self.mask_logit_biases!r} must be one or more finite numbers (the "
                              "candidate SegCompassConfig.mask_logit_bias values; (0.0,) keeps the decoder's cut).")
+        if self.reasoning_position_probe_weight > 0 and not self.reasoning_anchor_weight > 0:
+            raise ValueError(f"reasoning_position_probe_weight={self.reasoning_position_probe_weight} trains the "
+                             "vision tower, which the reasoning stage trains only with reasoning_anchor_weight > 0; "
+                             "set both or neither.")
         if self.confidence_stage_targets not in CONFIDENCE_STAGE_TARGETS:
             raise ValueError(f"confidence_stage_targets={self.confidence_stage_targets!r} must be one of "
                              f"{CONFIDENCE_STAGE_TARGETS} (the confidence stage reads the masks, not a matching).")

@@ -239,7 +239,8 @@ class PositionProbe(torch.nn.Module):
         self.head = torch.nn.Linear(dim, 6 * grid)  # row (g), column (g), centroid x (2g), centroid y (2g)
 
     def loss(self, features: list[torch.Tensor], samples: list[Sample]) -> torch.Tensor:
-        """Mean of the four cross-entropies on B × (g*g, D) merged tokens (cells in raster order, as Qwen's)."""
+        """Mean of the cross-entropies on B × (g*g, D) merged tokens (cells in raster order, as Qwen's): row and
+        column, and centroid x and y when the samples have shapes."""
         g = self.grid
         for f in features:
             if f.shape[0] != g * g:
@@ -249,7 +250,7 @@ class PositionProbe(torch.nn.Module):
         cells = torch.arange(g * g, device=logits.device).repeat(len(features))  # (B*g*g,) raster index
         rows, columns = cells // g, cells % g
         cross_entropy = torch.nn.functional.cross_entropy
-        loss = cross_entropy(logits[:, :g], rows) + cross_entropy(logits[:, g:2 * g], columns)
+        terms = [cross_entropy(logits[:, :g], rows), cross_entropy(logits[:, g:2 * g], columns)]
         picked, xs, ys = [], [], []
         for b, sample in enumerate(samples):
             size = sample.masks.shape[-1]
@@ -259,9 +260,9 @@ class PositionProbe(torch.nn.Module):
                 ys.append(min(2 * g - 1, int(y * 2 * g / size)))
         if picked:
             centre = logits[torch.tensor(picked, device=logits.device)]  # (shapes, 6g)
-            loss = loss + cross_entropy(centre[:, 2 * g:4 * g], torch.tensor(xs, device=logits.device)) \
-                + cross_entropy(centre[:, 4 * g:], torch.tensor(ys, device=logits.device))
-        return loss / 4
+            terms += [cross_entropy(centre[:, 2 * g:4 * g], torch.tensor(xs, device=logits.device)),
+                      cross_entropy(centre[:, 4 * g:], torch.tensor(ys, device=logits.device))]
+        return sum(terms) / len(terms)
 
 
 def labels_on_grid(labels: np.ndarray, grid: int, frame: int) -> np.ndarray:

@@ -418,7 +418,8 @@ the generated-reasoning pool, evaluation): such a run takes them from today's de
 def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     """The finished run's checkpoint, with a new mask refiner / mask confidence head (each starting as the identity)
     when ``config`` asks for one and the checkpoint has none; a checkpoint whose head differs from the asked one raises
-    ``ValueError``."""
+    ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
+    did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
 
     model_config = AutoConfig.from_pretrained(continue_from)
@@ -431,6 +432,10 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
         if saved != wanted:
             logger.info("adding a new %s (width %d) to the checkpoint of %s", what, wanted, continue_from)
             setattr(model_config, name, wanted)
+    if model_config.mask_logit_bias:
+        logger.info("training %s under the decoder's own cut (mask_logit_bias %g -> 0; tuned again on validation)",
+                    continue_from, model_config.mask_logit_bias)
+        model_config.mask_logit_bias = 0.0
     return AutoModel.from_pretrained(continue_from, config=model_config)
 
 

@@ -61,11 +61,7 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         extra_loss = _hook_anchor(model, config.reasoning_anchor_weight, anchors) if anchored else None
         probe_losses: list[float] = []
         handle = None
-        if config.reasoning_position_probe_weight > 0:
-            if not anchored:
-                raise ValueError(f"reasoning_position_probe_weight={config.reasoning_position_probe_weight} trains "
-                                 "the vision tower, which this stage trains only with reasoning_anchor_weight > 0; "
-                                 "set both or neither.")
+        if config.reasoning_position_probe_weight > 0:  # TinyRecipeConfig checks that the anchor is on
             extra_loss, probe, handle = _position_probe(model, config, extra_loss, probe_losses)
             params += list(probe.parameters())
         model.eval()
