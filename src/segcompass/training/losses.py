@@ -49,7 +49,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .matching import SlotMatching, match_slots_batched
+from .matching import SlotMatching, hungarian_match, match_slots_batched
 
 __all__ = [
     "CONFIDENCE_TARGETS",
@@ -231,17 +231,13 @@ def _mask_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
 def _assigned_iou_targets(mask_logits: torch.Tensor, gts: Sequence[torch.Tensor],
                           weights: torch.Tensor | None) -> torch.Tensor:
     """One slot per instance: the one-to-one assignment of slots to instances with the largest total IoU of the
-    binarised masks (:func:`scipy.optimize.linear_sum_assignment`); an assigned slot's target is its IoU with its
-    instance, every other slot's (a second slot on an instance already taken, a slot on no instance) is 0.
+    binarised masks (:func:`~segcompass.training.matching.hungarian_match`); an assigned slot's target is its IoU with
+    its instance, every other slot's (a second slot on an instance already taken, a slot on no instance) is 0.
     (B, K, H, W), B × (G_b, H, W) -> (B, K)."""
-    from scipy.optimize import linear_sum_assignment
-
     targets = mask_logits.new_zeros(mask_logits.shape[:2], dtype=torch.float32)  # (B, K)
     for b, iou in enumerate(_hard_ious(mask_logits, gts, weights)):
-        if iou.shape[1]:
-            slots, instances = linear_sum_assignment(iou.cpu().double().numpy(), maximize=True)
-            slots, instances = torch.as_tensor(slots), torch.as_tensor(instances)
-            targets[b, slots] = iou[slots, instances]
+        slots, instances = hungarian_match(iou)  # empty when the sample has no instance
+        targets[b, slots.to(iou.device)] = iou[slots.to(iou.device), instances.to(iou.device)]
     return targets
 
 

@@ -50,7 +50,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
 
     def capture(module, args, kwargs):
         values = dict(zip(_HEAD_ARGS, args)) | kwargs
-        captured.update({name: values[name] for name in _HEAD_ARGS[:-2]})
+        captured.update({name: values[name] for name in ("confidence_logits",) + _ASK})
 
     describe = head.describe
 
@@ -72,11 +72,10 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
             chunk = [samples[i] for i, _ in chunk_rows]
             batch = batch_inputs(processor, chunk, completions=True, append_slots=True,
                                  generated=[text for _, text in chunk_rows])
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
-                  **backbone_kwargs(batch))
-            returned = captured["mask_logits"] + model.config.mask_logit_bias  # (b, K, m, m) the masks users get
-            targets = confidence_targets_for(config.confidence_stage_targets, returned,
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        sam_pixel_values=batch["sam_pixel_values"], reshaped_input_sizes=batch["reshaped_input_sizes"],
+                        **backbone_kwargs(batch))
+            targets = confidence_targets_for(config.confidence_stage_targets, out.mask_logits,  # the masks users get
                                              gt_on_grid(chunk, model.config.mask_size))  # (b, K)
             for name in _CACHED:
                 parts.setdefault(name, []).append(captured[name].detach().cpu())

@@ -17,7 +17,7 @@ from ...prediction import instance_limit, keep_and_union
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
 from .data import Sample, backbone_kwargs, batch_inputs, make_split
-from .stages import collect_activations
+from .stages import answer_item_token_ids, collect_activations
 
 logger = get_logger(__name__)
 
@@ -205,6 +205,30 @@ def tune_mask_bias(records: list, thresholds, biases, current: float = 0.0,
     best_score = {bias: sweep[str(threshold)] for bias, (threshold, sweep) in tuned.items()}
     bias = max(biases, key=lambda b: (best_score[b], -abs(b)))
     return float(bias), tuned[bias][0], tuned[bias][1], {str(b): v for b, v in best_score.items()}
+
+
+def tune_on_validation(model, processor, validation, config: TinyRecipeConfig,
+                        seed: int) -> tuple[float, dict, dict, dict, dict]:
+    """Set the model's prediction rule from ``config`` (``duplicate_iou``, ``limit_instances_to_answer``), tune its
+    mask logit bias and confidence threshold on the validation samples' generated reasoning (:func:`tune_mask_bias`
+    over ``mask_logit_biases`` and ``thresholds``) and set them. Returns ``(threshold, threshold sweep, reasoning
+    accuracy, scores, bias sweep)``, the scores (:func:`score_records`) those samples get with the chosen bias and
+    threshold: a larger sample than the test split's first ``num_test``, slightly optimistic since both were chosen
+    on it."""
+    model.config.duplicate_iou = config.duplicate_iou
+    model.config.limit_instances_to_answer = config.limit_instances_to_answer
+    if config.limit_instances_to_answer and model.config.answer_item_token_ids is None:
+        model.config.answer_item_token_ids = answer_item_token_ids(processor)
+    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation",
+                           logits=True)
+    records, current = val["records"]["generated/full"], model.config.mask_logit_bias
+    bias, threshold, sweep, bias_sweep = tune_mask_bias(records, config.thresholds, config.mask_logit_biases,
+                                                        current, config.duplicate_iou)
+    model.config.mask_logit_bias, model.config.confidence_threshold = bias, threshold
+    logger.info("mask logit bias %.2f, confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per bias: "
+                "%s; per threshold: %s)", bias, threshold, bias_sweep, sweep)
+    scores = score_records(cut_records(records, bias - current), threshold, config.duplicate_iou)
+    return threshold, sweep, val["reasoning"], scores, bias_sweep
 
 
 def evaluate_test_split(model, processor, samples: list[Sample], config: TinyRecipeConfig, seed: int,

@@ -23,18 +23,9 @@ from .confidence import confidence_stage
 from .config import TinyRecipeConfig
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
-from .evaluation import (
-    cut_records,
-    evaluate_samples,
-    evaluate_test_split,
-    evaluate_with_runner,
-    final_sae_fve,
-    score_records,
-    tune_mask_bias,
-)
+from .evaluation import evaluate_test_split, evaluate_with_runner, final_sae_fve, tune_on_validation
 from .reasoning import reasoning_stage
 from .stages import (
-    answer_item_token_ids,
     backbone_vit_pretrain,
     concept_stage,
     feature_dictionary_stage,
@@ -219,7 +210,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     grpo = grpo_stage(model, processor, train, config, output_dir, seed)
     t = lap("grpo", t)
 
-    threshold, sweep, validation_reasoning, validation_scores, bias_sweep = _tune_on_validation(
+    threshold, sweep, validation_reasoning, validation_scores, bias_sweep = tune_on_validation(
         model, processor, validation, config, seed)
     t = lap("validation", t)
     test_metrics, test_reasoning = evaluate_test_split(model, processor, test, config, seed, threshold)
@@ -277,30 +268,6 @@ def recorded_overrides(overrides: dict) -> dict:
     return _json_ready(dict(sorted(overrides.items())))
 
 
-def _tune_on_validation(model, processor, validation, config: TinyRecipeConfig,
-                        seed: int) -> tuple[float, dict, dict, dict, dict]:
-    """Set the model's prediction rule from ``config`` (``duplicate_iou``, ``limit_instances_to_answer``), tune its
-    mask logit bias and confidence threshold on the validation samples' generated reasoning (:func:`tune_mask_bias`
-    over ``mask_logit_biases`` and ``thresholds``) and set them. Returns ``(threshold, threshold sweep, reasoning
-    accuracy, scores, bias sweep)``, the scores (:func:`score_records`) those samples get with the chosen bias and
-    threshold: a larger sample than the test split's first ``num_test``, slightly optimistic since both were chosen
-    on it."""
-    model.config.duplicate_iou = config.duplicate_iou
-    model.config.limit_instances_to_answer = config.limit_instances_to_answer
-    if config.limit_instances_to_answer and model.config.answer_item_token_ids is None:
-        model.config.answer_item_token_ids = answer_item_token_ids(processor)
-    val = evaluate_samples(model, processor, validation, config, seed=seed, ablations=False, desc="validation",
-                           logits=True)
-    records, current = val["records"]["generated/full"], model.config.mask_logit_bias
-    bias, threshold, sweep, bias_sweep = tune_mask_bias(records, config.thresholds, config.mask_logit_biases,
-                                                        current, config.duplicate_iou)
-    model.config.mask_logit_bias, model.config.confidence_threshold = bias, threshold
-    logger.info("mask logit bias %.2f, confidence threshold %.2f (validation mean of cIoU, gIoU and N-acc per bias: "
-                "%s; per threshold: %s)", bias, threshold, bias_sweep, sweep)
-    scores = score_records(cut_records(records, bias - current), threshold, config.duplicate_iou)
-    return threshold, sweep, val["reasoning"], scores, bias_sweep
-
-
 def _finished_run(directory) -> dict:
     """The ``metrics.json`` of a finished :func:`train_tiny` run (raises ``ValueError`` naming what is missing)."""
     directory = Path(directory)
@@ -324,7 +291,8 @@ def _recipe_config(saved: dict) -> TinyRecipeConfig:
 
 
 PREDICTION_RULE_FIELDS = ("duplicate_iou", "limit_instances_to_answer")
-"""The ``TinyRecipeConfig`` fields that set the saved model's prediction rule (:func:`_tune_on_validation`)."""
+"""The ``TinyRecipeConfig`` fields that set the saved model's prediction rule
+(:func:`~segcompass.recipes.tiny.evaluation.tune_on_validation`)."""
 
 REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "mask_logit_biases", "eval_batch_size",
                        "max_new_tokens",
@@ -458,8 +426,8 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     Args:
         output_dir: the finished run.
         retune_threshold: tune the mask logit bias and the confidence threshold again on validation
-            (:func:`tune_mask_bias` over ``mask_logit_biases`` and ``thresholds``) and save them into the checkpoint's
-            config; otherwise the saved model's are kept.
+            (:func:`~segcompass.recipes.tiny.evaluation.tune_on_validation` over ``mask_logit_biases`` and
+            ``thresholds``) and save them into the checkpoint's config; otherwise the saved model's are kept.
         overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; the prediction rule's,
             :data:`PREDICTION_RULE_FIELDS`, only with ``retune_threshold``); they are recorded in ``metrics.json``. A
             training field raises ``ValueError``.
@@ -485,7 +453,7 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
     validation = make_split("validation", config.num_validation, config, "validation split")
     test = make_split("test", config.num_test, config, "test split")
     if retune_threshold:
-        threshold, sweep, validation_reasoning, validation_scores, bias_sweep = _tune_on_validation(
+        threshold, sweep, validation_reasoning, validation_scores, bias_sweep = tune_on_validation(
             model, processor, validation, config, metrics["seed"])
         save_pretrained_atomic(model, output_dir)
         metrics.update(confidence_threshold=threshold, validation_threshold_sweep=sweep,

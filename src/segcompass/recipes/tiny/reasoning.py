@@ -10,7 +10,7 @@ import torch
 
 from .config import TinyRecipeConfig
 from .data import LazySplit, PositionProbe, Sample, backbone_kwargs
-from .stages import next_token_steps
+from .stages import merged_image_tokens, next_token_steps
 
 __all__ = ["reasoning_stage"]
 
@@ -92,19 +92,14 @@ def _position_probe(model, config: TinyRecipeConfig, anchor_loss, record: list[f
     tokens of the same forward (captured with a hook on the vision tower). Returns ``(extra_loss, probe, hook
     handle)``; the probe starts the same on every rank (seeded), and its steps are the backbone's."""
     visual = model.backbone.model.visual
-    merge = visual.spatial_merge_size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.data_seed)
         probe = PositionProbe(model.config.get_text_config().hidden_size,
-                              config.backbone_image_side // (visual.patch_size * merge))
-    captured: list[torch.Tensor] = []
-    handle = visual.register_forward_hook(lambda module, inputs, output: captured.append(output.pooler_output))
+                              config.backbone_image_side // (visual.patch_size * visual.spatial_merge_size))
+    handle, take = merged_image_tokens(model)
 
     def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
-        sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
-        features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
-        captured.clear()
-        loss = probe.loss(features, chunk)
+        loss = probe.loss(take(batch), chunk)
         record.append(loss.item())
         return anchor_loss(batch, chunk, out) + config.reasoning_position_probe_weight * loss
 

@@ -31,25 +31,37 @@ def optimizer_step(optimizer, scheduler, loss: torch.Tensor, params: list, max_g
     scheduler.step()
 
 
+def merged_image_tokens(model):
+    """A forward hook on the backbone's vision tower that keeps the merged image tokens of its last forward. Returns
+    ``(handle, take)``: ``take(batch)`` gives them as B × (g*g, D), one tensor per image of ``batch`` (split by its
+    ``image_grid_thw``), and forgets them; ``handle.remove()`` ends the capture."""
+    visual = model.backbone.model.visual
+    merge = visual.spatial_merge_size
+    captured: list[torch.Tensor] = []
+    handle = visual.register_forward_hook(lambda module, inputs, output: captured.append(output.pooler_output))
+
+    def take(batch: dict) -> list[torch.Tensor]:
+        sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
+        features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
+        captured.clear()
+        return features
+
+    return handle, take
+
+
 def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
                token_probe: TokenProbe | None = None) -> dict:
     """Stage c: next-token loss on the reference completions (backbone only), plus ``probe_weight`` x the token
     probe's loss on the merged image tokens of the same forward (captured with a hook; no second ViT pass)."""
     steps = config.lm_warmup_steps
     params = [p for p in model.backbone.parameters() if p.requires_grad]
-    captured: list[torch.Tensor] = []
     handle, extra_loss = None, None
     if token_probe is not None and config.probe_weight > 0:
         params += list(token_probe.parameters())
-        handle = model.backbone.model.visual.register_forward_hook(
-            lambda module, inputs, output: captured.append(output.pooler_output))  # (B*g*g, D) merged tokens
+        handle, take = merged_image_tokens(model)  # no second ViT pass
 
         def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
-            merge = model.backbone.model.visual.spatial_merge_size
-            sizes = (batch["image_grid_thw"].prod(-1) // merge**2).tolist()  # merged tokens per image
-            features = list(torch.split(captured[-1], sizes))  # B × (g*g, D)
-            captured.clear()
-            return config.probe_weight * token_probe.loss(features, chunk)
+            return config.probe_weight * token_probe.loss(take(batch), chunk)
 
     learning_rate = config.learning_rate if config.lm_learning_rate is None else config.lm_learning_rate
     model.train()
