@@ -578,6 +578,37 @@ def test_anchored_reasoning_stage_trains_perception_and_holds_the_text_tokens_st
         TinyRecipeConfig.smoke(reasoning_anchor_weight=-1)
 
 
+def test_a_continued_run_gains_image_positions_that_only_the_anchored_reasoning_stage_trains(tmp_path):
+    """``image_position_frequencies`` on a continued run adds the module at zero to a checkpoint without it; the
+    anchored reasoning stage trains it with the backbone, the unanchored one keeps it frozen (it is below the hook
+    layer); a checkpoint with other frequencies is refused; the saved model records the option."""
+    from segcompass.recipes.tiny import build, reasoning
+    from segcompass.recipes.tiny.main import _load_for_continuation
+
+    plain_config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=4, reasoning_samples=8,
+                                          reasoning_learning_rate=3e-3, hook_layer=1)
+    plain, _ = build.build_tiny_model_and_processor(plain_config)
+    plain.config.slot_query_inputs = "concepts"
+    plain.save_pretrained(tmp_path / "plain")
+    config = replace(plain_config, image_position_frequencies=2)
+    for weight in (0.0, 1.0):
+        model = _load_for_continuation(tmp_path / "plain", config)
+        _, processor = build.build_tiny_model_and_processor(config)
+        assert model.config.image_position_frequencies == 2 and model.image_positions.proj.weight.abs().sum() == 0
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        reasoning.reasoning_stage(model, processor, replace(config, reasoning_anchor_weight=weight),
+                                  torch.Generator().manual_seed(0))
+        moved = model.image_positions.proj.weight.abs().sum() > 0
+        assert moved == (weight > 0), weight
+        assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    model.save_pretrained(tmp_path / "positions")
+    with pytest.raises(ValueError, match=r"has an image position embedding \(frequencies 2\); continue it with "
+                                         "image_position_frequencies=2"):
+        _load_for_continuation(tmp_path / "positions", replace(config, image_position_frequencies=4))
+    with pytest.raises(ValueError, match=r"image_position_frequencies=-1 must be an int >= 0"):
+        TinyRecipeConfig.smoke(image_position_frequencies=-1)
+
+
 def test_position_probe_reads_absolute_cells_and_trains_the_vision_tower_in_the_reasoning_stage():
     """PositionProbe's targets are each token's raster cell and each centroid's absolute bins; in the anchored
     reasoning stage its loss reaches the vision tower and falls; without the anchor it is refused."""
@@ -697,7 +728,7 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     grown = _load_for_continuation(tmp_path / "plain", config)
     assert grown.mask_refiner is not None and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
     model.save_pretrained(tmp_path / "refined")
-    with pytest.raises(ValueError, match="has a mask refiner of width 4; continue it with mask_refiner_hidden_size=4"):
+    with pytest.raises(ValueError, match=r"has a mask refiner \(width 4\); continue it with mask_refiner_hidden_size=4"):
         _load_for_continuation(tmp_path / "refined", plain_config)
 
 
@@ -768,7 +799,7 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     assert grown.mask_confidence is not None and grown.mask_confidence.output.weight.abs().sum() == 0
     assert grown.config.mask_logit_bias == 0.0
     model.save_pretrained(tmp_path / "head")
-    with pytest.raises(ValueError, match="has a mask confidence head of width 4; continue it with "
+    with pytest.raises(ValueError, match=r"has a mask confidence head \(width 4\); continue it with "
                                          "mask_confidence_hidden_size=4"):
         _load_for_continuation(tmp_path / "head", replace(config, mask_confidence_hidden_size=8))
 

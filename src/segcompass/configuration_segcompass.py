@@ -72,6 +72,14 @@ class SegCompassConfig(PreTrainedConfig):
         slot_mapper_positional_keys (`bool`): add SAM's dense positional embedding to the image keys before W^K
             (every preset), so a slot query can ask for a place ("at the bottom"), not only for an appearance. The
             paper's keys are the SAM image embedding alone (False, the class default).
+        image_position_frequencies (`int`): F > 0 adds an
+            [`~segcompass.modules.image_positions.ImagePositionEmbedding`] (``model.image_positions``): every merged
+            image token of the Qwen2.5-VL backbone gains a learned projection of 4 F Fourier features of its cell's
+            centre (zero at initialisation), so a text token reading an image token learns *where* it is, not only
+            what it shows. Qwen2.5-VL's ViT and M-RoPE put positions only into attention scores. It is a forward hook
+            on the backbone's vision tower that SegCompass installs, so the backbone saved or served alone (vLLM)
+            does not carry it. 0 (the class default, the paper and the backbone as released): no module. LLaVA's
+            CLIP tower has absolute position embeddings of its own, so the option is for Qwen2.5-VL only.
         confidence_threshold (`float`): slots with σ(c_k) >= this are kept as instances.
         duplicate_iou (`float`, *optional*): a kept slot whose mask overlaps a more confident kept slot's with IoU >=
             this is dropped as a copy of the same instance (:func:`segcompass.prediction.drop_duplicate_slots`; the
@@ -136,6 +144,7 @@ class SegCompassConfig(PreTrainedConfig):
     slot_mapper_heads: int = 4
     slot_mapper_head_dim: int = 64
     slot_mapper_positional_keys: bool = False
+    image_position_frequencies: int = 0
     confidence_threshold: float = 0.5
     duplicate_iou: float | None = None
     limit_instances_to_answer: bool = False
@@ -189,6 +198,16 @@ class SegCompassConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.slot_embedding_dropout < 1.0:
             raise ValueError(f"`slot_embedding_dropout` must be in [0, 1), got {self.slot_embedding_dropout}.")
+        if (isinstance(self.image_position_frequencies, bool) or not isinstance(self.image_position_frequencies, int)
+                or self.image_position_frequencies < 0):
+            raise ValueError(f"`image_position_frequencies` must be an int >= 0 (0: no image position embedding), got "
+                             f"{self.image_position_frequencies!r}.")
+        if self.image_position_frequencies and backbone_type != "qwen2_5_vl":
+            raise ValueError(
+                f"`image_position_frequencies={self.image_position_frequencies}` is for a Qwen2.5-VL backbone, whose "
+                f"vision tower has no absolute position embedding; this backbone is {backbone_type!r} (LLaVA's CLIP "
+                "tower has its own); set it to 0."
+            )
         if self.slot_query_inputs not in SLOT_QUERY_INPUTS:
             raise ValueError(
                 f"`slot_query_inputs` must be one of {list(SLOT_QUERY_INPUTS)}, got {self.slot_query_inputs!r}."

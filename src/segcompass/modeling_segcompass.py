@@ -31,6 +31,7 @@ from .modeling_outputs import (  # re-exported: the outputs' home is modeling_ou
 from .modules.answer_items import answer_item_counts
 from .modules.concept_interface import SparseConceptInterface
 from .modules.concept_path import concept_path
+from .modules.image_positions import ImagePositionEmbedding
 from .modules.mask_decoder import HeatmapMaskDecoder
 from .modules.mask_confidence import MaskConfidenceHead
 from .modules.mask_refiner import DEFAULT_DILATIONS, MaskRefiner
@@ -91,8 +92,10 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
     Components: ``backbone`` (transformers' own Qwen2.5-VL / LLaVA class), ``sae`` (frozen
     [`SparseAutoencoder`]), ``concept_interface`` (codebook + slot queries + encoder blocks), ``slot_mapper``,
     ``vision_encoder`` (transformers `SamVisionModel`) and ``mask_decoder`` (SAM prompt-encoder mask convolutions +
-    two-way mask decoder). ``save_pretrained`` / ``from_pretrained`` also carry ``sae.feature_dictionary``
-    (``feature_dictionary.json`` beside the checkpoint; :mod:`segcompass.sae.feature_dictionary`).
+    two-way mask decoder), and where the config asks for them ``image_positions`` (absolute positions added to the
+    backbone's image tokens by a hook on its vision tower), ``mask_refiner`` and ``mask_confidence``.
+    ``save_pretrained`` / ``from_pretrained`` also carry ``sae.feature_dictionary`` (``feature_dictionary.json`` beside
+    the checkpoint; :mod:`segcompass.sae.feature_dictionary`).
     """
 
     _feature_dictionary_sae = "sae"
@@ -100,6 +103,11 @@ class SegCompassForReasoningSegmentation(SegCompassInferenceMixin, FeatureDictio
     def __init__(self, config: SegCompassConfig):
         super().__init__(config)
         self.backbone = AutoModelForImageTextToText.from_config(config.backbone_config)
+        self.image_positions = None
+        if config.image_position_frequencies:
+            self.image_positions = ImagePositionEmbedding(config.get_text_config().hidden_size,
+                                                          config.image_position_frequencies)
+            self.backbone.model.visual.register_forward_hook(self.image_positions.vision_tower_hook, with_kwargs=True)
         self.sae = SparseAutoencoder(config.sae_config)
         self.sae.requires_grad_(False)
         self.concept_interface = SparseConceptInterface(

@@ -22,8 +22,8 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "restored_requires_grad",
-           "train_token_embedding_rows", "row_masked_parameters"]
+__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "policy_modules", "policy_parameters",
+           "restored_requires_grad", "train_token_embedding_rows", "row_masked_parameters"]
 
 _ROW_MASK = "_segcompass_trainable_rows"
 _HANDLE = "_segcompass_row_mask_hook"
@@ -50,9 +50,21 @@ def _vision_tower(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
+def policy_modules(model) -> list[nn.Module]:
+    """The modules whose weights make the backbone's (the policy's) forward: the backbone, and the model's
+    ``image_positions`` (added to the vision tower's output by a hook) where it has them."""
+    positions = getattr(model, "image_positions", None)
+    return [model.backbone] + ([positions] if positions is not None else [])
+
+
+def policy_parameters(model) -> list[nn.Parameter]:
+    """The trainable (``requires_grad``) parameters of :func:`policy_modules`."""
+    return [p for module in policy_modules(model) for p in module.parameters() if p.requires_grad]
+
+
 def freeze_backbone_through_hook_layer(model) -> int:
     """Freeze every backbone weight that computes ``hidden_states[hook_layer]``: the vision tower (and LLaVA's
-    projector), the token embeddings and decoder layers ``0 .. hook_layer - 1``. The layers above keep training.
+    projector, and the model's ``image_positions`` where it has them), the token embeddings and decoder layers ``0 .. hook_layer - 1``. The layers above keep training.
 
     With tied input/output embeddings (tiny models) the LM head is frozen with them. Use
     :func:`train_token_embedding_rows` afterwards to train the concentration tokens' rows.
@@ -68,6 +80,8 @@ def freeze_backbone_through_hook_layer(model) -> int:
     vision = _vision_tower(model.backbone)
     if vision is not None:
         modules.append(vision)
+    if getattr(model, "image_positions", None) is not None:  # added to the vision tower's output
+        modules.append(model.image_positions)
     frozen = 0
     for module in modules:
         for param in module.parameters():

@@ -32,7 +32,8 @@ def build_param_groups(
 ) -> list[dict]:
     """AdamW parameter groups of a SegCompass model: one pair (decay / no decay) per component, each with
     ``lr = learning_rate · multiplier``. The SAE is never trained; SAM's image encoder only with
-    ``train_vision_encoder`` (at the backbone's rate). A multiplier of 0 freezes the component.
+    ``train_vision_encoder`` (at the backbone's rate); ``image_positions`` (where the model has them) at the backbone's
+    rate. A multiplier of 0 freezes the component.
 
     Args:
         multipliers: ``{"backbone": 1.0, "concept_interface": 25.0, "slot_mapper": 80.0, "mask_decoder": 10.0}``
@@ -45,6 +46,9 @@ def build_param_groups(
     """
     model.sae.requires_grad_(False)
     components = list(TRAINABLE_COMPONENTS)
+    if getattr(model, "image_positions", None) is not None:  # part of the policy's image input: the backbone's rate
+        components.append("image_positions")
+        multipliers = {**multipliers, "image_positions": multipliers.get("backbone", 1.0)}
     if train_vision_encoder:
         components.append("vision_encoder")
         multipliers = {**multipliers, "vision_encoder": multipliers.get("backbone", 1.0)}

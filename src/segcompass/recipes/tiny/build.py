@@ -78,6 +78,7 @@ def build_tiny_model_and_processor(config: TinyRecipeConfig, seed: int = 0):
         slot_mapper_head_dim=16, slot_embedding_dropout=config.slot_embedding_dropout,
         concept_window=config.concept_window, mask_refiner_hidden_size=config.mask_refiner_hidden_size,
         mask_confidence_hidden_size=config.mask_confidence_hidden_size,
+        image_position_frequencies=config.image_position_frequencies,
     )
     model_config = config_for_processor(processor, **overrides)
     # Generation stops at <REF_POS> (the scoring pass cuts there anyway) or at <|im_end|>; kept in the saved config.

@@ -175,6 +175,12 @@ class TinyRecipeConfig:
             (the image tokens' hook states move); without it validation 0.645, test 0.740, right targets 0.68 -> 0.70
             (validation) and 0.695 -> 0.735 (test), FVE 0.932. Neither is shipped: on the 1200 validation samples
             that choose the model neither beats it, and the test split does not choose.
+        image_position_frequencies: the model's ``SegCompassConfig.image_position_frequencies`` (0: none): absolute
+            Fourier positions, through a zero-initialised projection, added to every merged image token, so the
+            language model reads where a shape is from the token's content (Qwen2.5-VL puts positions only into
+            attention scores). A continued run adds the module at zero; it trains with the backbone in the LM warm-up
+            and in an anchored reasoning stage (``reasoning_anchor_weight > 0``; the unanchored stage freezes
+            everything below the SAE's hook layer, this module included).
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation:
             :func:`~segcompass.recipes.tiny.evaluation.tune_threshold`; 1200 validation samples: 96 left the choice
@@ -266,6 +272,7 @@ class TinyRecipeConfig:
     reasoning_learning_rate: float = 3e-4
     reasoning_anchor_weight: float = 0.0
     reasoning_position_probe_weight: float = 0.0
+    image_position_frequencies: int = 0
     eval_batch_size: int = 32
     max_new_tokens: int = 100
     duplicate_iou: float | None = 0.5
@@ -308,6 +315,10 @@ class TinyRecipeConfig:
             raise ValueError(f"reasoning_position_probe_weight={self.reasoning_position_probe_weight} trains the "
                              "vision tower, which the reasoning stage trains only with reasoning_anchor_weight > 0; "
                              "set both or neither.")
+        if (isinstance(self.image_position_frequencies, bool) or not isinstance(self.image_position_frequencies, int)
+                or self.image_position_frequencies < 0):
+            raise ValueError(f"image_position_frequencies={self.image_position_frequencies!r} must be an int >= 0 "
+                             "(0: no image position embedding).")
         if self.confidence_stage_targets not in CONFIDENCE_STAGE_TARGETS:
             raise ValueError(f"confidence_stage_targets={self.confidence_stage_targets!r} must be one of "
                              f"{CONFIDENCE_STAGE_TARGETS} (the confidence stage reads the masks, not a matching).")

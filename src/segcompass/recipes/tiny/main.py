@@ -241,7 +241,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             "concept_selection", "concept_value_embedding", "slot_mapper_positional_keys", "slot_embedding_dropout",
             "slot_query_inputs", "concept_grouping", "answer_item_token_ids", "confidence_threshold",
             "duplicate_iou", "limit_instances_to_answer", "mask_refiner_hidden_size", "mask_confidence_hidden_size",
-            "mask_logit_bias")},
+            "mask_logit_bias", "image_position_frequencies")},
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
@@ -378,27 +378,29 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
                                              "reasoning_anchor_weight", "reasoning_position_probe_weight",
                                              "mask_confidence_hidden_size", "confidence_epochs",
+                                             "image_position_frequencies",
                                              "confidence_learning_rate", "confidence_stage_targets")
 """The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
 the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
 
 
 def _load_for_continuation(continue_from, config: TinyRecipeConfig):
-    """The finished run's checkpoint, with a new mask refiner / mask confidence head (each starting as the identity)
-    when ``config`` asks for one and the checkpoint has none; a checkpoint whose head differs from the asked one raises
-    ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
+    """The finished run's checkpoint, with a new mask refiner / mask confidence head / image position embedding (each
+    starting as the identity) when ``config`` asks for one and the checkpoint has none; a checkpoint whose module
+    differs from the asked one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
     did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
 
     model_config = AutoConfig.from_pretrained(continue_from)
-    for name, what in (("mask_refiner_hidden_size", "mask refiner"),
-                       ("mask_confidence_hidden_size", "mask confidence head")):
+    for name, what, size in (("mask_refiner_hidden_size", "a mask refiner", "width"),
+                             ("mask_confidence_hidden_size", "a mask confidence head", "width"),
+                             ("image_position_frequencies", "an image position embedding", "frequencies")):
         saved, wanted = getattr(model_config, name, 0), getattr(config, name)
         if saved and saved != wanted:
-            raise ValueError(f"The run in {continue_from} has a {what} of width {saved}; continue it with "
-                             f"{name}={saved} (got {wanted}): a trained {what} is not dropped or resized.")
+            raise ValueError(f"The run in {continue_from} has {what} ({size} {saved}); continue it with "
+                             f"{name}={saved} (got {wanted}): a trained module is not dropped or resized.")
         if saved != wanted:
-            logger.info("adding a new %s (width %d) to the checkpoint of %s", what, wanted, continue_from)
+            logger.info("adding %s (%s %d) to the checkpoint of %s", what, size, wanted, continue_from)
             setattr(model_config, name, wanted)
     if model_config.mask_logit_bias:
         logger.info("training %s under the decoder's own cut (mask_logit_bias %g -> 0; tuned again on validation)",

@@ -25,7 +25,8 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
     ``slot_query_inputs="concepts"`` (the slots read the reasoning only through them) neither does the mask path,
     and only which reasoning the model writes changes.
 
-    With ``reasoning_anchor_weight > 0`` the vision tower and every decoder layer train too (not the embeddings), and
+    With ``reasoning_anchor_weight > 0`` the vision tower (with the model's ``image_positions``, where it has them)
+    and every decoder layer train too (not the embeddings), and
     that weight times :func:`~segcompass.training.freezing.hook_state_anchor_loss` keeps ``hidden_states[L]`` of the
     text tokens (prompt and reasoning) where a frozen copy of the backbone at the start of the stage puts them: the
     image tokens' states are free, so perception can improve, while the concepts of a given reasoning text (and the
@@ -35,7 +36,8 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
             moves) and no concept stage follows to retrain the heads on the concepts alone.
     """
-    from ...training.freezing import freeze_backbone_through_hook_layer, restored_requires_grad
+    from ...training.freezing import (freeze_backbone_through_hook_layer, policy_modules, policy_parameters,
+                                      restored_requires_grad)
 
     steps = config.reasoning_steps
     if steps <= 0:
@@ -52,12 +54,13 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
     anchors: list[float] = []
     with restored_requires_grad(model):
         if anchored:
-            model.backbone.requires_grad_(True)
+            for module in policy_modules(model):  # the backbone and the image positions added to its image tokens
+                module.requires_grad_(True)
         else:
             freeze_backbone_through_hook_layer(model)
         embeddings = model.get_input_embeddings().weight
         embeddings.requires_grad_(False)  # the slot rows may be open; the LM head is tied to them
-        params = [p for p in model.backbone.parameters() if p.requires_grad]
+        params = policy_parameters(model)
         extra_loss = _hook_anchor(model, config.reasoning_anchor_weight, anchors) if anchored else None
         probe_losses: list[float] = []
         handle = None

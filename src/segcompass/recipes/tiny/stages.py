@@ -53,8 +53,10 @@ def lm_warmup(model, processor, train: list[Sample], config: TinyRecipeConfig, g
                token_probe: TokenProbe | None = None) -> dict:
     """Stage c: next-token loss on the reference completions (backbone only), plus ``probe_weight`` x the token
     probe's loss on the merged image tokens of the same forward (captured with a hook; no second ViT pass)."""
+    from ...training.freezing import policy_parameters
+
     steps = config.lm_warmup_steps
-    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    params = policy_parameters(model)
     handle, extra_loss = None, None
     if token_probe is not None and config.probe_weight > 0:
         params += list(token_probe.parameters())
@@ -194,7 +196,8 @@ def backbone_vit_pretrain(model, processor, train: list[Sample], config: TinyRec
         features = model.backbone.get_image_features(images["pixel_values"], images["image_grid_thw"]).pooler_output
         return probe.loss(features, chunk)  # features: B × (g*g, D)
 
-    params = list(model.backbone.model.visual.parameters()) + list(probe.parameters())
+    positions = [] if model.image_positions is None else list(model.image_positions.parameters())
+    params = list(model.backbone.model.visual.parameters()) + positions + list(probe.parameters())
     return probe_pretrain(params, loss_fn, train, config, generator, config.backbone_vision_pretrain_steps,
                            "Backbone ViT pretraining")
 
