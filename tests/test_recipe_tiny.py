@@ -609,6 +609,28 @@ def test_a_continued_run_gains_image_positions_that_only_the_anchored_reasoning_
         TinyRecipeConfig.smoke(image_position_frequencies=-1)
 
 
+def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(tmp_path):
+    """``text_layers`` / ``vision_depth`` above the checkpoint's add layers that start as the identity (the backbone
+    computes what it computed before); below it the continuation is refused."""
+    from segcompass.recipes.tiny import build, data
+    from segcompass.recipes.tiny.main import _load_for_continuation
+
+    config = TinyRecipeConfig.smoke()
+    plain, processor = build.build_tiny_model_and_processor(config)
+    plain.save_pretrained(tmp_path)
+    grown = _load_for_continuation(tmp_path, replace(config, text_layers=config.text_layers + 1,
+                                                     vision_depth=config.vision_depth + 2)).eval()
+    assert len(grown.backbone.model.language_model.layers) == config.text_layers + 1
+    assert len(grown.backbone.model.visual.blocks) == config.vision_depth + 2
+    batch = data.batch_inputs(processor, data.make_split("test", 2, config, "test"), completions=True,
+                              append_slots=False)
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **data.backbone_kwargs(batch))
+    with torch.no_grad():
+        torch.testing.assert_close(grown.backbone(**kwargs).logits, plain.eval().backbone(**kwargs).logits)
+    with pytest.raises(ValueError, match=rf"has vision_depth={config.vision_depth}; continue it with vision_depth >= "):
+        _load_for_continuation(tmp_path, replace(config, vision_depth=config.vision_depth - 1))
+
+
 def test_position_probe_reads_absolute_cells_and_trains_the_vision_tower_in_the_reasoning_stage():
     """PositionProbe's targets are each token's raster cell and each centroid's absolute bins; in the anchored
     reasoning stage its loss reaches the vision tower and falls; without the anchor it is refused."""

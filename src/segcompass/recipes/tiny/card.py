@@ -102,6 +102,22 @@ def _runner_section(runner: dict, reasoning: dict, limit_rule: str = "", validat
     return text
 
 
+def _step_section(steps: dict | None) -> str:
+    """The card's table of teacher-forced step accuracy per family (:mod:`.diagnostics`); empty for a run evaluated
+    before the diagnostic existed."""
+    if not steps:
+        return ""
+    rows = "\n".join(f"| {family} | {m['n']} | " + " | ".join(format_metric(m[part]) for part in
+                                                           ("facts", "decision", "target", "all")) + " |"
+                     for family, m in steps.items())
+    return ("\nWhere the reasoning goes wrong (teacher-forced on the reference reasoning, "
+            "`segcompass.recipes.tiny.diagnostics`): each reference splits at its last `:` before `target`, into the "
+            "facts (the candidates, counts or the anchor's place), the decision (the last fact, given the right facts) "
+            "and the `target : …` line (given everything before it); a part is right when the model's top-1 token is "
+            "the reference's at each of its positions.\n\n"
+            "| family | samples | facts | decision | target line | all |\n|---|---|---|---|---|---|\n" + rows + "\n")
+
+
 def _limitations(metrics: dict) -> str:
     runner, reasoning, test = metrics.get("evaluate_command") or {}, metrics["test_reasoning"], metrics["test"]
     full = runner.get("none") or test.get("generated/full", {})
@@ -432,6 +448,7 @@ def render_model_card(metrics: dict) -> str:
         family_rows="\n".join(
             f"| {name} | {m['num_samples']} | " + " | ".join(format_metric(m.get(k)) for k in ("ciou", "giou", "n_acc", "t_acc"))
             + " |" for name, m in test.get("generated/full", {}).get("per_family", {}).items()),
+        step_section=_step_section(reasoning.get("steps")),
         limitations=_limitations(metrics),
         concept_summary=_concept_summary(metrics), slot_query_description=_slot_query_description(metrics),
         mask_refiner=_refiner_description(metrics), refiner_summary=_refiner_summary(metrics),

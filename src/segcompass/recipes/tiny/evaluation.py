@@ -17,6 +17,7 @@ from ...prediction import instance_limit, keep_and_union
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
 from .data import Sample, backbone_kwargs, batch_inputs, make_split
+from .diagnostics import reasoning_step_rows, summarize_steps
 from .stages import answer_item_token_ids, collect_activations
 
 logger = get_logger(__name__)
@@ -69,11 +70,13 @@ def _clean(metrics: dict) -> dict:
 def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipeConfig, *, seed: int,
               ablations: bool, desc: str, logits: bool = False) -> dict:
     """Generated-reasoning and teacher-forced predictions for every sample (and the ablations); ``logits``: records
-    hold float16 mask logits instead of masks (:func:`slot_predictions`)."""
+    hold float16 mask logits instead of masks (:func:`slot_predictions`). ``reasoning["steps"]``: the teacher-forced
+    accuracy of each part of the reference reasoning per family (:mod:`~segcompass.recipes.tiny.diagnostics`)."""
     model.eval()
     variants = ["full", "no_concepts", "random_sae"] if ablations else ["full"]
     records: dict[str, list] = {f"{mode}/{v}": [] for mode in ("generated", "teacher_forced") for v in variants}
     exact, target_ok, malformed = 0, 0, 0
+    steps: list[dict] = []
     described: list[tuple[str, tuple[tuple[str, str, str, str], ...]]] = []
     tokenizer = processor.tokenizer
     for start in tqdm(range(0, len(samples), config.eval_batch_size), desc=desc, unit="batch"):
@@ -111,12 +114,16 @@ def evaluate_samples(model, processor, samples: list[Sample], config: TinyRecipe
                 tf_out = model(input_ids=teacher["input_ids"], attention_mask=teacher["attention_mask"],
                                image_embeddings=image_embeddings, sam_pixel_values=teacher["sam_pixel_values"],
                                reshaped_input_sizes=teacher["reshaped_input_sizes"],
-                               **backbone_kwargs(teacher))
+                               logits_to_keep=0 if variant == "full" else 1, **backbone_kwargs(teacher))
+            if variant == "full":  # the reference reasoning's parts, from the same teacher-forced pass
+                steps.extend(reasoning_step_rows(tf_out.logits, teacher["labels"], [s.family for s in chunk],
+                                                 tokenizer))
             for mode, out in (("generated", gen_out), ("teacher_forced", tf_out)):
                 masks, confs, limits = slot_predictions(out, chunk, prompts, model, processor, logits)
                 records[f"{mode}/{variant}"].extend(zip(masks, confs, chunk, limits))
     reasoning = {"exact_match": exact / len(samples), "target_match": target_ok / len(samples),
-                 "malformed": malformed / len(samples), "descriptions": description_accuracy(described)}
+                 "malformed": malformed / len(samples), "descriptions": description_accuracy(described),
+                 "steps": summarize_steps(steps)}
     return {"records": records, "reasoning": reasoning}
 
 

@@ -387,9 +387,13 @@ the generated-reasoning pool, evaluation): such a run takes them from today's de
 def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     """The finished run's checkpoint, with a new mask refiner / mask confidence head / image position embedding (each
     starting as the identity) when ``config`` asks for one and the checkpoint has none; a checkpoint whose module
-    differs from the asked one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
+    differs from the asked one raises ``ValueError``. A ``text_layers`` / ``vision_depth`` above the checkpoint's adds
+    decoder layers / vision blocks on top that start as the identity (:mod:`segcompass.training.growth`); below it
+    raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
     did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
+
+    from ...training.growth import add_identity_decoder_layers, add_identity_vision_blocks
 
     model_config = AutoConfig.from_pretrained(continue_from)
     for name, what, size in (("mask_refiner_hidden_size", "a mask refiner", "width"),
@@ -406,7 +410,19 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
         logger.info("training %s under the decoder's own cut (mask_logit_bias %g -> 0; tuned again on validation)",
                     continue_from, model_config.mask_logit_bias)
         model_config.mask_logit_bias = 0.0
-    return AutoModel.from_pretrained(continue_from, config=model_config)
+    backbone = model_config.backbone_config
+    depths = {"text_layers": backbone.get_text_config().num_hidden_layers,
+              "vision_depth": backbone.vision_config.depth}  # what the checkpoint has
+    for name, saved in depths.items():
+        if getattr(config, name) < saved:
+            raise ValueError(f"The run in {continue_from} has {name}={saved}; continue it with {name} >= {saved} (got "
+                             f"{getattr(config, name)}): trained layers are not dropped.")
+    model = AutoModel.from_pretrained(continue_from, config=model_config)
+    if config.text_layers > depths["text_layers"]:  # more reasoning depth above the SAE's hook
+        add_identity_decoder_layers(model, config.text_layers - depths["text_layers"])
+    if config.vision_depth > depths["vision_depth"]:
+        add_identity_vision_blocks(model, config.vision_depth - depths["vision_depth"])
+    return model
 
 
 def _continuation_config(previous: dict, restart_at: str = "concept") -> TinyRecipeConfig:
