@@ -145,3 +145,15 @@ def make_tiny_checkpoint(directory, backbone_type: str = "qwen2_5_vl", num_slots
     from .from_scratch import save_random_checkpoint
 
     return save_random_checkpoint(directory, backbone_type, num_slots, seed, **config_overrides)
+
+
+def tiny_backbone_image_inputs(processor, seed: int = 0) -> dict:
+    """Backbone inputs (ids, mask, ``pixel_values``, ``image_grid_thw``, ...) for two random images of different
+    sizes with short instructions, from a SegCompass ``processor``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)]
+    enc = processor(images=images, instructions=["the red circle", "every blue square"], return_tensors="pt")
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+            if k in enc}

@@ -4,13 +4,13 @@ tower), zero at initialisation, saved with the model, frozen with the vision tow
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
 from segcompass import SegCompassConfig
 from segcompass.modules.image_positions import ImagePositionEmbedding, cell_centres
+from segcompass.testing import tiny_backbone_image_inputs
 from segcompass.training.freezing import freeze_backbone_through_hook_layer, policy_parameters
 from segcompass.training.optim import build_param_groups
 
@@ -41,14 +41,6 @@ def test_embedding_adds_a_projection_of_fourier_features():
         ImagePositionEmbedding(hidden_size=5, num_frequencies=0)
 
 
-def _image_inputs(processor):
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)]
-    enc = processor(images=images, instructions=["the red circle", "every blue square"], return_tensors="pt")
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-            if k in enc}
-
-
 def test_a_model_with_image_positions_starts_as_the_backbone_and_learns_where_tokens_are(
         tiny_checkpoint, tiny_processor, tmp_path):
     plain = AutoModel.from_pretrained(tiny_checkpoint).eval()
@@ -56,7 +48,7 @@ def test_a_model_with_image_positions_starts_as_the_backbone_and_learns_where_to
     grown.eval()
     assert set(info["missing_keys"]) == {"image_positions.proj.weight"}
     assert torch.equal(grown.image_positions.proj.weight, torch.zeros(grown.config.get_text_config().hidden_size, 12))
-    inputs = _image_inputs(tiny_processor)
+    inputs = tiny_backbone_image_inputs(tiny_processor)
     with torch.no_grad():
         before = plain.backbone(**inputs).logits
         torch.testing.assert_close(grown.backbone(**inputs).logits, before, rtol=0, atol=0)

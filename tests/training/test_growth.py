@@ -1,19 +1,11 @@
 """add_identity_decoder_layers: deeper reasoning that starts as the identity and leaves the SAE's input alone."""
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
+from segcompass.testing import tiny_backbone_image_inputs
 from segcompass.training.growth import add_identity_decoder_layers
-
-
-def _inputs(processor):
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)]
-    enc = processor(images=images, instructions=["the red circle", "every blue square"], return_tensors="pt")
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-            if k in enc}
 
 
 @pytest.mark.parametrize("backbone_type", ["qwen2_5_vl", "llava"])
@@ -23,7 +15,7 @@ def test_added_layers_start_as_the_identity_and_round_trip(backbone_type, tiny_c
     directory = tiny_checkpoint_factory(backbone_type)
     model = AutoModel.from_pretrained(directory).eval()
     processor = SegCompassProcessor.from_pretrained(directory)
-    inputs = _inputs(processor)
+    inputs = tiny_backbone_image_inputs(processor)
     hook = model.config.sae_config.hook_layer
     layers = model.config.get_text_config().num_hidden_layers
     with torch.no_grad():
@@ -62,7 +54,7 @@ def test_added_vision_blocks_start_as_the_identity(tiny_checkpoint, tiny_process
     from segcompass.training.growth import add_identity_vision_blocks
 
     model = AutoModel.from_pretrained(tiny_checkpoint).eval()
-    inputs = _inputs(tiny_processor)
+    inputs = tiny_backbone_image_inputs(tiny_processor)
     visual = model.backbone.model.visual
     depth, full = visual.config.depth, list(visual.config.fullatt_block_indexes)
     with torch.no_grad():

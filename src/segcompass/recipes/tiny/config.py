@@ -35,7 +35,9 @@ class TinyRecipeConfig:
         num_slots: K concentration tokens / heatmaps / masks per sample.
         text_hidden_size, text_layers, text_heads, text_kv_heads, text_intermediate_size: the Qwen2 text model.
         vision_hidden_size, vision_depth: the Qwen2.5-VL ViT; ``backbone_image_side`` is the side the backbone
-            image processor resizes to (``(side / 28) ** 2`` image tokens).
+            image processor resizes to (``(side / 28) ** 2`` image tokens). A run continued from a checkpoint with
+            fewer ``text_layers`` / ``vision_depth`` grows it by layers on top that start as the identity
+            (:mod:`segcompass.training.growth`); the new layers train in an anchored reasoning stage.
         sam_hidden_size, sam_layers, sam_patch_size, sam_mlp_dim: the SAM ViT (``image_size / sam_patch_size``
             grid, masks on a 4x finer grid); the mask decoder has the same width.
         sae_expansion: d_sae = sae_expansion * text_hidden_size; hook_layer: L (index into hidden_states).
@@ -180,7 +182,11 @@ class TinyRecipeConfig:
             language model reads where a shape is from the token's content (Qwen2.5-VL puts positions only into
             attention scores). A continued run adds the module at zero; it trains with the backbone in the LM warm-up
             and in an anchored reasoning stage (``reasoning_anchor_weight > 0``; the unanchored stage freezes
-            everything below the SAE's hook layer, this module included).
+            everything below the SAE's hook layer, this module included). Measured by continuing the shipped model
+            (1500 anchored steps, first 1000 validation samples, no confidence retraining): cIoU 0.622 -> 0.628,
+            right targets 0.673 -> 0.674; with ``text_layers=6 vision_depth=4`` as well 0.633 / 0.694, and that run
+            in full (3000 steps, confidence head retrained) gave validation cIoU 0.648 against 0.645 without the three
+            (test 0.703 against 0.740): not shipped (0 is the default).
     Evaluation:
         eval_batch_size, max_new_tokens, thresholds (candidates tuned on validation:
             :func:`~segcompass.recipes.tiny.evaluation.tune_threshold`; 1200 validation samples: 96 left the choice
