@@ -64,7 +64,8 @@ def policy_parameters(model) -> list[nn.Parameter]:
 
 def freeze_backbone_through_hook_layer(model) -> int:
     """Freeze every backbone weight that computes ``hidden_states[hook_layer]``: the vision tower (and LLaVA's
-    projector, and the model's ``image_positions`` where it has them), the token embeddings and decoder layers ``0 .. hook_layer - 1``. The layers above keep training.
+    projector, and the model's ``image_positions`` where it has them), the token embeddings and decoder layers
+    ``0 .. hook_layer - 1``. The layers above keep training.
 
     With tied input/output embeddings (tiny models) the LM head is frozen with them. Use
     :func:`train_token_embedding_rows` afterwards to train the concentration tokens' rows.

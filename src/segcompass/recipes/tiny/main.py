@@ -389,8 +389,8 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     starting as the identity) when ``config`` asks for one and the checkpoint has none; a checkpoint whose module
     differs from the asked one raises ``ValueError``. A ``text_layers`` / ``vision_depth`` above the checkpoint's adds
     decoder layers / vision blocks on top that start as the identity (:mod:`segcompass.training.growth`); below it
-    raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the earlier run's
-    did) and the validation stage tunes the bias again."""
+    raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the
+    earlier run's did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
 
     from ...training.growth import add_identity_decoder_layers, add_identity_vision_blocks
