@@ -22,8 +22,8 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "policy_modules", "policy_parameters",
-           "restored_requires_grad", "train_token_embedding_rows", "row_masked_parameters"]
+__all__ = ["freeze_backbone_through_hook_layer", "hook_state_anchor_loss", "image_position_modules", "policy_modules",
+           "policy_parameters", "restored_requires_grad", "train_token_embedding_rows", "row_masked_parameters"]
 
 _ROW_MASK = "_segcompass_trainable_rows"
 _HANDLE = "_segcompass_row_mask_hook"
@@ -50,11 +50,17 @@ def _vision_tower(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
-def policy_modules(model) -> list[nn.Module]:
-    """The modules whose weights make the backbone's (the policy's) forward: the backbone, and the model's
-    ``image_positions`` (added to the vision tower's output by a hook) where it has them."""
+def image_position_modules(model) -> list[nn.Module]:
+    """``[model.image_positions]`` where the model has them (added to the vision tower's output by a hook, so they
+    train and freeze with it), else ``[]``."""
     positions = getattr(model, "image_positions", None)
-    return [model.backbone] + ([positions] if positions is not None else [])
+    return [] if positions is None else [positions]
+
+
+def policy_modules(model) -> list[nn.Module]:
+    """The modules whose weights make the backbone's (the policy's) forward: the backbone and
+    :func:`image_position_modules`."""
+    return [model.backbone, *image_position_modules(model)]
 
 
 def policy_parameters(model) -> list[nn.Parameter]:
@@ -81,8 +87,7 @@ def freeze_backbone_through_hook_layer(model) -> int:
     vision = _vision_tower(model.backbone)
     if vision is not None:
         modules.append(vision)
-    if getattr(model, "image_positions", None) is not None:  # added to the vision tower's output
-        modules.append(model.image_positions)
+    modules += image_position_modules(model)  # added to the vision tower's output
     frozen = 0
     for module in modules:
         for param in module.parameters():

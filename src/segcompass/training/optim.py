@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .freezing import row_masked_parameters
+from .freezing import image_position_modules, row_masked_parameters
 
 if TYPE_CHECKING:
     from ..modeling_segcompass import SegCompassForReasoningSegmentation
@@ -46,7 +46,7 @@ def build_param_groups(
     """
     model.sae.requires_grad_(False)
     components = list(TRAINABLE_COMPONENTS)
-    if getattr(model, "image_positions", None) is not None:  # part of the policy's image input: the backbone's rate
+    if image_position_modules(model):  # part of the policy's image input: the backbone's rate
         components.append("image_positions")
         multipliers = {**multipliers, "image_positions": multipliers.get("backbone", 1.0)}
     if train_vision_encoder:

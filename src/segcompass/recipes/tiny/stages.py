@@ -187,6 +187,8 @@ def sam_encoder_pretrain(model, processor, train: list[Sample], config: TinyReci
 def backbone_vit_pretrain(model, processor, train: list[Sample], config: TinyRecipeConfig, generator,
                               probe: TokenProbe) -> dict:
     """Stage b'': multi-label probe of the backbone ViT's merged image tokens (what is in each token's cell)."""
+    from ...training.freezing import image_position_modules
+
     if config.backbone_vision_pretrain_steps <= 0:
         return {"steps": 0}
     model.backbone.train()
@@ -196,8 +198,8 @@ def backbone_vit_pretrain(model, processor, train: list[Sample], config: TinyRec
         features = model.backbone.get_image_features(images["pixel_values"], images["image_grid_thw"]).pooler_output
         return probe.loss(features, chunk)  # features: B × (g*g, D)
 
-    positions = [] if model.image_positions is None else list(model.image_positions.parameters())
-    params = list(model.backbone.model.visual.parameters()) + positions + list(probe.parameters())
+    vision = (model.backbone.model.visual, *image_position_modules(model))
+    params = [p for module in vision for p in module.parameters()] + list(probe.parameters())
     return probe_pretrain(params, loss_fn, train, config, generator, config.backbone_vision_pretrain_steps,
                            "Backbone ViT pretraining")
 
