@@ -348,3 +348,55 @@ def test_load_synthetic_caches(tmp_path):
     assert second.features == SEGMENTATION_FEATURES and second[0]["width"] == 64
     in_memory = load_synthetic(None, "validation", 4, image_size=64)
     assert in_memory["masks"] == first["masks"]
+
+
+# ------------------------------------------------------------------------------------------- misdescriptions
+
+
+def test_neighbouring_descriptions_are_one_step_off():
+    from segcompass.data.synthetic.scene import DESCRIPTION_PATTERN, neighbouring_descriptions
+
+    assert neighbouring_descriptions("small red circle at top left") == [
+        "medium red circle at top left", "small red circle at left", "small red circle at top"]
+    assert sorted(neighbouring_descriptions("medium blue star at centre")) == sorted([
+        "small blue star at centre", "large blue star at centre", "medium blue star at top",
+        "medium blue star at bottom", "medium blue star at left", "medium blue star at right"])
+    assert DESCRIPTION_PATTERN.findall("a large red circle at top left , small red circle at top .") == [
+        ("large", "red", "circle", "top left"), ("small", "red", "circle", "top")]  # the longer region wins
+    for bad in ("huge red circle at top", "small red circle at top left ,", ""):
+        with pytest.raises(ValueError, match="is not a shape description"):
+            neighbouring_descriptions(bad)
+
+
+def test_misdescribe_one_target_renames_one_target_everywhere_by_an_unambiguous_near_miss(examples):
+    from segcompass.data.synthetic import misdescribe_one_target
+    from segcompass.data.synthetic.scene import DESCRIPTION_PATTERN
+
+    rng = np.random.default_rng(0)
+    changed = 0
+    for ex in examples:
+        shapes = [(s.size, s.colour, s.kind, s.region) for s in ex.scene.shapes if s.area > 0]
+        slipped = misdescribe_one_target(ex.task.reasoning, shapes, rng)
+        if slipped is None:
+            continue
+        changed += 1
+        old = [m.group(0) for m in DESCRIPTION_PATTERN.finditer(ex.task.reasoning)]
+        new = [m.group(0) for m in DESCRIPTION_PATTERN.finditer(slipped)]
+        assert len(old) == len(new)
+        renamed = {(a, b) for a, b in zip(old, new) if a != b}
+        assert len(renamed) == 1, renamed  # one shape, renamed the same way wherever it is named
+        (target, near), = renamed
+        assert target in ex.task.reasoning.split("target :")[-1]
+        words, own = DESCRIPTION_PATTERN.fullmatch(near).groups(), DESCRIPTION_PATTERN.fullmatch(target).groups()
+        assert sum(a == b for a, b in zip(words, own)) == 3
+        assert all(sum(a == b for a, b in zip(words, shape)) < 3 for shape in shapes if shape != own)
+    assert changed > len(examples) // 2
+    no_target = "there is no red star . target : none ."
+    assert misdescribe_one_target(no_target, [("small", "red", "circle", "top")], rng) is None
+    assert misdescribe_one_target("no target sentence .", [], rng) is None
+    crowded = "reds : small red circle at top . target : small red circle at top ."
+    neighbours = [("medium", "red", "circle", "top"), ("small", "red", "circle", "top left"),
+                  ("small", "red", "circle", "top right"), ("small", "red", "circle", "centre")]
+    assert misdescribe_one_target(crowded, [("small", "red", "circle", "top"), *neighbours], rng) is None
+    assert misdescribe_one_target(crowded, [("small", "red", "circle", "top"), *neighbours[1:]], rng) == (
+        "reds : medium red circle at top . target : medium red circle at top .")

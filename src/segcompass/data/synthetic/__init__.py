@@ -47,7 +47,7 @@ from .generator import (
     reference_completion,
 )
 from .scene import COLOURS, KINDS, SIZES, Scene, Shape, generate_scene, make_scene
-from .tasks import VOCABULARY, Task, get_vocabulary
+from .tasks import VOCABULARY, Task, get_vocabulary, misdescribe_one_target
 
 __all__ = [
     "COLOURS",
@@ -71,6 +71,7 @@ __all__ = [
     "get_vocabulary",
     "load_synthetic",
     "make_scene",
+    "misdescribe_one_target",
     "reference_completion",
     "sample_seed",
 ]

@@ -21,6 +21,7 @@ All geometry (centroid, area, box, region) is measured on the visible mask.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,34 @@ REGION_WORDS: dict[tuple[str, str], str] = {
     ("bottom", "right"): "bottom right",
 }
 """Nine image regions (a 3 x 3 grid over the visible centroid) and their words."""
+
+DESCRIPTION_PATTERN = re.compile(
+    r"\b({}) ({}) ({}) at ({})\b".format(
+        "|".join(SIZES), "|".join(COLOURS), "|".join(KINDS),
+        "|".join(sorted(REGION_WORDS.values(), key=len, reverse=True)),  # "top left" before "top"
+    )
+)
+"""A shape's description ``"{size} {colour} {kind} at {region}"`` in token-spaced text; groups: the four words."""
+
+
+def neighbouring_descriptions(description: str) -> list[str]:
+    """The descriptions one step from ``description``: its size class one up or down, or its region one grid step
+    along a row or a column (``"top left"`` -> ``"top"``, ``"left"``); colour and kind kept. The near misses a
+    model that misjudges a shape's size or position writes. Raises ``ValueError`` for text that is not exactly one
+    description."""
+    match = DESCRIPTION_PATTERN.fullmatch(description)
+    if match is None:
+        raise ValueError(f"{description!r} is not a shape description '{{size}} {{colour}} {{kind}} at {{region}}' "
+                         f"(sizes {SIZES}, colours {tuple(COLOURS)}, kinds {KINDS}).")
+    size, colour, kind, region = match.groups()
+    cells = {word: (("top", "middle", "bottom").index(row), ("left", "centre", "right").index(column))
+             for (row, column), word in REGION_WORDS.items()}  # word -> (grid row, grid column)
+    words = {cell: word for word, cell in cells.items()}
+    r, c = cells[region]
+    sizes = [SIZES[i] for i in (SIZES.index(size) - 1, SIZES.index(size) + 1) if 0 <= i < len(SIZES)]
+    regions = [words[cell] for cell in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if cell in words]
+    return ([f"{s} {colour} {kind} at {region}" for s in sizes]
+            + [f"{size} {colour} {kind} at {w}" for w in regions])
 
 _PLACEMENT_TRIES = 60
 _SCENE_TRIES = 50

@@ -27,7 +27,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .scene import COLOURS, KINDS, REGION_WORDS, SIZES, Scene, Shape
+from .scene import (
+    COLOURS,
+    DESCRIPTION_PATTERN,
+    KINDS,
+    REGION_WORDS,
+    SIZES,
+    Scene,
+    Shape,
+    neighbouring_descriptions,
+)
 
 EDGE_MARGIN = 0.08
 RELATION_MARGIN = 0.08
@@ -148,6 +157,33 @@ def _finish(family: str, template: str, instruction: str, facts: Sequence[str], 
         reasoning=" ".join(f"{s} ." for s in sentences),
         targets=tuple(s.index for s in ordered),
     )
+
+
+def misdescribe_one_target(reasoning: str, scene_shapes: Sequence[tuple[str, str, str, str]],
+                           rng: np.random.Generator) -> str | None:
+    """``reasoning`` with one of the shapes of its final ``target : ...`` sentence renamed, everywhere the reasoning
+    names it, by a near miss (:func:`~segcompass.data.synthetic.scene.neighbouring_descriptions`: one size class or
+    one region step off), the kind of slip a model that misjudges a size or a position makes. The near miss must
+    still name that shape best: no other shape of ``scene_shapes`` (``(size, colour, kind, region)`` of every
+    visible shape) shares three of its four words. The pair (target, near miss) is drawn uniformly from those
+    allowed; ``None`` when there is none (no target, or every near miss is ambiguous). The targets stay the same
+    shapes, so a mask path trained on the result learns to find the shape a reasoning describes approximately."""
+    start = reasoning.rfind("target :")
+    if start < 0:
+        return None
+    targets = list(dict.fromkeys(match.group(0) for match in DESCRIPTION_PATTERN.finditer(reasoning, start)))
+    shapes = [tuple(shape) for shape in scene_shapes]
+    allowed = []
+    for target in targets:
+        own = DESCRIPTION_PATTERN.fullmatch(target).groups()
+        for near in neighbouring_descriptions(target):
+            words = DESCRIPTION_PATTERN.fullmatch(near).groups()
+            if all(sum(a == b for a, b in zip(words, shape)) < 3 for shape in shapes if shape != own):
+                allowed.append((target, near))
+    if not allowed:
+        return None
+    target, near = allowed[int(rng.integers(len(allowed)))]
+    return DESCRIPTION_PATTERN.sub(lambda match: near if match.group(0) == target else match.group(0), reasoning)
 
 
 def _missing(family: str, template: str, instruction: str, absent: Selector) -> Task:

@@ -142,16 +142,12 @@ def description_accuracy(described: list[tuple[str, tuple[tuple[str, str, str, s
     """
     import re
 
-    from ...data.synthetic import COLOURS, KINDS, SIZES
-    from ...data.synthetic.scene import REGION_WORDS
+    from ...data.synthetic.scene import DESCRIPTION_PATTERN
 
-    regions = sorted(REGION_WORDS.values(), key=len, reverse=True)  # "top left" before "top"
-    words = [f"({'|'.join(choices)})" for choices in (SIZES, COLOURS, KINDS, regions)]
-    pattern = re.compile(rf"\b{words[0]} {words[1]} {words[2]} at {words[3]}\b")
     attributes = ("size", "colour", "kind", "region")
     count, exact, wrong = 0, 0, dict.fromkeys(attributes, 0)
     for text, shapes in described:
-        for match in pattern.finditer(re.sub(r"\s*([.,:])", r" \1", text)):
+        for match in DESCRIPTION_PATTERN.finditer(re.sub(r"\s*([.,:])", r" \1", text)):
             count += 1
             said = match.groups()
             if not shapes:
