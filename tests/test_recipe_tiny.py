@@ -932,3 +932,61 @@ def test_card_describes_the_grpo_stage_it_ran():
         "steps in 250 s; mean reward of the first / last fifth of the logged steps 0.550 / 0.850; last logged: reward "
         "0.900")
     assert "fifth" not in _grpo_summary(done | {"reward_curve": curve[:4]}, config)  # too few points for a trend
+
+
+def test_misdescription_share_feeds_near_miss_reasoning_to_the_head_stages_and_the_confidence_cache(monkeypatch):
+    """``slip_seeds`` draws nothing at share 0 (runs without it keep their streams) and the same seeds from the same
+    generator; ``joint_training`` feeds each reference sample with a slip seed its misdescribed reasoning (no LM
+    labels: it goes in as ``generated``); the confidence stage caches one more row per misdescribed sample."""
+    from segcompass.data.synthetic.scene import DESCRIPTION_PATTERN
+    from segcompass.recipes.tiny import build, data, stages
+    from segcompass.recipes.tiny.confidence import confidence_stage
+
+    coin = torch.Generator().manual_seed(3)
+    state = coin.get_state()
+    assert data.slip_seeds(coin, 5, 0.0) == [None] * 5 and torch.equal(coin.get_state(), state)
+    every = data.slip_seeds(torch.Generator().manual_seed(3), 5, 1.0)
+    assert None not in every and every == data.slip_seeds(torch.Generator().manual_seed(3), 5, 1.0)
+    some = data.slip_seeds(torch.Generator().manual_seed(3), 400, 0.3)
+    assert 0.2 < np.mean([s is not None for s in some]) < 0.4
+    with pytest.raises(ValueError, match=r"misdescription_share=1.5 must be in \[0, 1\]"):
+        TinyRecipeConfig(misdescription_share=1.5)
+
+    config = TinyRecipeConfig.smoke(num_train=8, batch_size=8, eval_batch_size=8, confidence_epochs=1,
+                                    generated_share=0.0, misdescription_share=1.0)
+    model, processor = build.build_tiny_model_and_processor(config)
+    train = data.make_split("train", config.num_train, config, "train")
+    slipped = [data.misdescribed(sample, seed) for seed, sample in enumerate(train)]
+    assert any(slipped)
+    for sample, text in zip(train, slipped):
+        if text is not None:  # one described target renamed, the rest of the completion as it was
+            old = DESCRIPTION_PATTERN.findall(sample.completion)
+            new = DESCRIPTION_PATTERN.findall(text)
+            assert len(old) == len(new) and 1 <= sum(a != b for a, b in zip(old, new))
+            assert DESCRIPTION_PATTERN.sub("X", text) == DESCRIPTION_PATTERN.sub("X", sample.completion)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def spy(processor, chunk, **kwargs):
+        seen.append((chunk, kwargs.get("generated")))
+        raise Stop
+
+    monkeypatch.setattr(stages, "batch_inputs", spy)
+    with pytest.raises(Stop):
+        stages.joint_training(model, processor, train, config, torch.Generator().manual_seed(0))
+    chunk, generated = seen[0]
+    assert len(generated) == len(chunk) == 8
+    fed = [(s, g) for s, g in zip(chunk, generated) if g is not None]
+    assert fed and all(g != s.completion and DESCRIPTION_PATTERN.sub("X", g) == DESCRIPTION_PATTERN.sub("X", s.completion)
+                       for s, g in fed)
+    monkeypatch.undo()
+
+    result = confidence_stage(model, processor, train, config, torch.Generator().manual_seed(0), {})
+    assert 0 < result["misdescribed_slot_sets"] <= 8
+    assert result["cached_slot_sets"] == 8 + result["misdescribed_slot_sets"]
+    plain = confidence_stage(model, processor, train, replace(config, misdescription_share=0.0),
+                             torch.Generator().manual_seed(0), {})
+    assert plain["misdescribed_slot_sets"] == 0 and plain["cached_slot_sets"] == 8

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
-from .data import Sample, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches
+from .data import (Sample, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches, misdescribed,
+                   slip_seeds)
 from .distributed import quiet_rank, rank_and_world
 
 logger = get_logger(__name__)
@@ -35,9 +36,11 @@ _HEAD_ARGS = ("confidence_logits",) + _ASK + ("mask_logits", "image_embeddings",
 
 @torch.no_grad()
 def cache_confidence_inputs(model, processor, samples: list[Sample], config: TinyRecipeConfig,
-                            pool: dict[int, str] | None = None) -> dict[str, torch.Tensor]:
-    """The mask confidence head's inputs and targets for every sample (reference reasoning) and every pooled sample
-    (generated reasoning): ``confidence_logits`` (M, K), r_k ``concept_slots`` (M, K, d_c), the support set
+                            pool: dict[int, str] | None = None,
+                            misdescriptions: dict[int, str] | None = None) -> dict[str, torch.Tensor]:
+    """The mask confidence head's inputs and targets for every sample (reference reasoning), every pooled sample
+    (generated reasoning) and every sample in ``misdescriptions`` (its reference with one target misdescribed):
+    ``confidence_logits`` (M, K), r_k ``concept_slots`` (M, K, d_c), the support set
     ``concept_indices`` / ``concept_values`` / ``concept_mask`` (M, N), ``described`` (M, K, C + 9) and ``targets``
     (M, K), :func:`~segcompass.training.losses.confidence_targets_for` of ``config.confidence_stage_targets`` (each
     slot's mask IoU with its nearest target, or with ``"assigned_iou"`` only one slot's per target). Each rank
@@ -60,6 +63,7 @@ def cache_confidence_inputs(model, processor, samples: list[Sample], config: Tin
 
     rank, world = rank_and_world()
     rows = [(i, None) for i in range(len(samples))] + [(i, text) for i, text in sorted((pool or {}).items())]
+    rows += sorted((misdescriptions or {}).items())
     mine = rows[rank::world]
     parts: dict[str, list[torch.Tensor]] = {}
     model.eval()
@@ -108,7 +112,10 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
     if head is None:
         raise ValueError(f"confidence_epochs={config.confidence_epochs} but the model has no mask confidence head; "
                          "build it with mask_confidence_hidden_size > 0.")
-    cache = cache_confidence_inputs(model, processor, train, config, pool)
+    slips = slip_seeds(generator, len(train), config.misdescription_share)  # the same on every rank
+    misdescriptions = {i: text for i, seed in enumerate(slips)
+                       if seed is not None and (text := misdescribed(train[i], seed)) is not None}
+    cache = cache_confidence_inputs(model, processor, train, config, pool, misdescriptions)
     count = len(cache["targets"])
     per_epoch = math.ceil(count / CONFIDENCE_BATCH)
     steps = config.confidence_epochs * per_epoch
@@ -133,7 +140,8 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
     head.eval()
     result = {"steps": steps, "epochs": config.confidence_epochs, "targets": config.confidence_stage_targets,
               "cached_slot_sets": count,
-              "generated_slot_sets": len(pool or {}), "first_epoch_bce": float(np.mean(losses[:per_epoch])),
+              "generated_slot_sets": len(pool or {}), "misdescribed_slot_sets": len(misdescriptions),
+              "first_epoch_bce": float(np.mean(losses[:per_epoch])),
               "final_epoch_bce": float(np.mean(losses[-per_epoch:]))}
     logger.info("confidence stage: %s", result)
     return result

@@ -299,6 +299,26 @@ def batch_inputs(processor, samples: list[Sample], *, completions: bool, append_
     return batch
 
 
+def slip_seeds(coin: torch.Generator, count: int, share: float) -> list[int | None]:
+    """Per sample, with probability ``share``, a seed for :func:`misdescribed` (else ``None``), drawn from ``coin``
+    (the same on every rank when ``coin`` is). With ``share == 0`` nothing is drawn, so a run without
+    misdescriptions keeps its random streams."""
+    if share <= 0:
+        return [None] * count
+    hits = (torch.rand(count, generator=coin) < share).tolist()
+    seeds = torch.randint(0, 2**31, (count,), generator=coin).tolist()
+    return [seed if hit else None for hit, seed in zip(hits, seeds)]
+
+
+def misdescribed(sample: Sample, seed: int) -> str | None:
+    """``sample``'s reference completion with one target misdescribed
+    (:func:`~segcompass.data.synthetic.misdescribe_one_target`, drawn with ``seed``); ``None`` when it has no target
+    with an unambiguous near miss."""
+    from ...data.synthetic import misdescribe_one_target
+
+    return misdescribe_one_target(sample.completion, sample.shape_attributes, np.random.default_rng(seed))
+
+
 def backbone_kwargs(batch: dict) -> dict:
     return {k: batch[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in batch}
 

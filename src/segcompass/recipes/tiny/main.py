@@ -372,7 +372,7 @@ def _continuation_record(continue_from, previous: dict, this_run_s: float, resta
 CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
                                              "concept_grouping", "grpo_steps", "grpo_learning_rate", "grpo_prompts",
                                              "grpo_num_generations", "grpo_temperature", "grpo_scale_rewards",
-                                             "grpo_head_lr_multiplier", "generated_pool",
+                                             "grpo_head_lr_multiplier", "generated_pool", "misdescription_share",
                                              "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
                                              "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ...utils.logging import get_logger
 from .config import TinyRecipeConfig
 from .data import (Sample, TokenProbe, backbone_kwargs, batch_inputs, cosine_schedule, gt_on_grid, index_batches,
-                   make_split)
+                   make_split, misdescribed, slip_seeds)
 from .distributed import average_gradients, quiet_rank, rank_and_world, shard
 
 logger = get_logger(__name__)
@@ -237,7 +237,9 @@ def joint_training(model, processor, train: list[Sample], config: TinyRecipeConf
            pool: dict[int, str] | None = None, desc: str = "Joint training", train_only=None) -> dict:
     """Stage e: segmentation + confidence losses on teacher-forced completions + slots, plus the LM loss (and the
     dense probe loss on the SAM embedding when ``probe`` is given). Samples in ``pool`` are fed, with probability
-    ``generated_share``, with the model's own reasoning instead (mask path only). ``train_only`` (a submodule): the
+    ``generated_share``, with the model's own reasoning instead (mask path only); the others, with probability
+    ``misdescription_share``, with one target misdescribed (:func:`~.data.misdescribed`, mask path only, the true
+    masks as targets). ``train_only`` (a submodule): the
     rest of the model stays in eval mode (no running statistics move)."""
     from ...training.freezing import restored_requires_grad
 
@@ -279,8 +281,11 @@ def _joint_steps(model, processor, train: list[Sample], config: TinyRecipeConfig
     for step, indices in enumerate(bar):
         draws = torch.rand(len(indices), generator=coin).tolist()  # same draws on every rank
         generated = [pool.get(i) if u < config.generated_share else None for i, u in zip(indices, draws)]
-        generated, indices = shard(generated), shard(indices)
+        slips = slip_seeds(coin, len(indices), config.misdescription_share)  # same draws on every rank
+        generated, indices, slips = shard(generated), shard(indices), shard(slips)
         chunk = [train[i] for i in indices]
+        generated = [misdescribed(sample, seed) if text is None and seed is not None else text
+                     for sample, text, seed in zip(chunk, generated, slips)]
         batch = batch_inputs(processor, chunk, completions=True, append_slots=True, generated=generated)
         labels = batch["labels"] if config.lm_loss_weight > 0 else None  # no vocabulary logits without an LM loss
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
