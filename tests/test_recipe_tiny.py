@@ -990,3 +990,34 @@ def test_misdescription_share_feeds_near_miss_reasoning_to_the_head_stages_and_t
     plain = confidence_stage(model, processor, train, replace(config, misdescription_share=0.0),
                              torch.Generator().manual_seed(0), {})
     assert plain["misdescribed_slot_sets"] == 0 and plain["cached_slot_sets"] == 8
+
+
+def test_oracle_selection_keeps_exactly_the_slots_on_a_target_and_the_card_reports_it():
+    """A slot counts when its mask has IoU > 0.5 with some target; the model's confidences and instance limit are
+    ignored; a no-target sample keeps nothing. The card states both oracle cIoUs when the metrics have them."""
+    from segcompass.recipes.tiny import data
+    from segcompass.recipes.tiny.card import _limitations
+    from segcompass.recipes.tiny.evaluation import oracle_selection, score_records
+
+    target = np.zeros((1, 8, 8), dtype=bool)
+    target[0, :4, :4] = True  # 16 px
+    slots = np.zeros((3, 8, 8), dtype=bool)
+    slots[0, :4, :3] = True  # IoU 12/16: on the target
+    slots[1, 4:, 4:] = True  # elsewhere
+    slots[2, :4, :2] = True  # IoU 8/16 = 0.5: not above
+    sample = data.Sample(None, "", "", target, "spatial", "s")
+    empty = data.Sample(None, "", "", np.zeros((0, 8, 8), dtype=bool), "spatial", "e")
+    confidences = np.array([0.05, 0.99, 0.99], dtype=np.float32)  # the model would keep the wrong slots
+    chosen = oracle_selection([(slots, confidences, sample, 1), (slots, confidences, empty, 1)])
+    assert chosen[0][1].tolist() == [1.0, 0.0, 0.0] and chosen[0][3] is None
+    assert chosen[1][1].tolist() == [0.0, 0.0, 0.0]
+    assert score_records(chosen[:1], 0.5)["ciou"] == pytest.approx(12 / 16)
+    assert score_records([(slots, confidences, sample, 1)], 0.5)["ciou"] == 0.0
+
+    metrics = {"evaluate_command": {}, "test_reasoning": {"target_match": 0.7},
+               "test": {"generated/full": {"ciou": 0.7, "n_acc": 0.95}, "teacher_forced/full": {"ciou": 0.78},
+                        "generated/oracle_selection": {"ciou": 0.8}, "teacher_forced/oracle_selection": {"ciou": 0.83}}}
+    text = _limitations(metrics)
+    assert "would give cIoU 0.800 with the generated reasoning and 0.830 with the reference reasoning" in text
+    del metrics["test"]["generated/oracle_selection"]
+    assert "an oracle" not in _limitations(metrics)

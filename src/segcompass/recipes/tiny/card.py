@@ -143,6 +143,15 @@ def _limitations(metrics: dict) -> str:
         f"{format_metric(full.get('ciou'))}. Expect wrong answers on a good share of scenes; the model is a working "
         "end-to-end example, not a solved task."
     )
+    oracle = {mode: test.get(f"{mode}/oracle_selection", {}).get("ciou") for mode in ("generated", "teacher_forced")}
+    if None not in oracle.values():
+        lines.append(
+            "The masks are better than the answers: keeping exactly the slots whose mask matches a target (IoU > 0.5, "
+            f"an oracle's choice) would give cIoU {format_metric(oracle['generated'])} with the generated reasoning and "
+            f"{format_metric(oracle['teacher_forced'])} with the reference reasoning (with the generated reasoning "
+            "the oracle also rescues some answers that name the wrong shapes, when a slot landed on a target anyway). "
+            "That gap is which slots the confidences keep."
+        )
     described = reasoning.get("descriptions") or {}
     if described.get("count"):
         wrong = ", ".join(f"{name} {share:.0%}" for name, share in sorted(
