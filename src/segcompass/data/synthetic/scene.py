@@ -75,6 +75,11 @@ DESCRIPTION_PATTERN = re.compile(
 )
 """A shape's description ``"{size} {colour} {kind} at {region}"`` in token-spaced text; groups: the four words."""
 
+_REGION_CELLS = {word: (("top", "middle", "bottom").index(row), ("left", "centre", "right").index(column))
+                 for (row, column), word in REGION_WORDS.items()}
+"""Region word -> (grid row, grid column) of the 3 x 3 grid."""
+_CELL_REGIONS = {cell: word for word, cell in _REGION_CELLS.items()}
+
 
 def neighbouring_descriptions(description: str) -> list[str]:
     """The descriptions one step from ``description``: its size class one up or down, or its region one grid step
@@ -86,12 +91,10 @@ def neighbouring_descriptions(description: str) -> list[str]:
         raise ValueError(f"{description!r} is not a shape description '{{size}} {{colour}} {{kind}} at {{region}}' "
                          f"(sizes {SIZES}, colours {tuple(COLOURS)}, kinds {KINDS}).")
     size, colour, kind, region = match.groups()
-    cells = {word: (("top", "middle", "bottom").index(row), ("left", "centre", "right").index(column))
-             for (row, column), word in REGION_WORDS.items()}  # word -> (grid row, grid column)
-    words = {cell: word for word, cell in cells.items()}
-    r, c = cells[region]
+    r, c = _REGION_CELLS[region]
     sizes = [SIZES[i] for i in (SIZES.index(size) - 1, SIZES.index(size) + 1) if 0 <= i < len(SIZES)]
-    regions = [words[cell] for cell in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if cell in words]
+    steps = ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))  # one grid step along a column or a row
+    regions = [_CELL_REGIONS[cell] for cell in steps if cell in _CELL_REGIONS]
     return ([f"{s} {colour} {kind} at {region}" for s in sizes]
             + [f"{size} {colour} {kind} at {w}" for w in regions])
 

@@ -27,16 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .scene import (
-    COLOURS,
-    DESCRIPTION_PATTERN,
-    KINDS,
-    REGION_WORDS,
-    SIZES,
-    Scene,
-    Shape,
-    neighbouring_descriptions,
-)
+from .scene import COLOURS, DESCRIPTION_PATTERN, KINDS, REGION_WORDS, SIZES, Scene, Shape, neighbouring_descriptions
+
+TARGET_SENTENCE = "target :"
+"""How the last sentence of every reasoning trace starts: ``target : {list} .``."""
 
 EDGE_MARGIN = 0.08
 RELATION_MARGIN = 0.08
@@ -149,7 +143,7 @@ def _listing(shapes: Sequence[Shape]) -> str:
 def _finish(family: str, template: str, instruction: str, facts: Sequence[str], targets: Sequence[Shape]) -> Task:
     """Assemble a task: reasoning = facts + ``target : {list}``, each sentence ending with `` .``."""
     ordered = _order(targets)
-    sentences = [*facts, f"target : {_listing(ordered)}"]
+    sentences = [*facts, f"{TARGET_SENTENCE} {_listing(ordered)}"]
     return Task(
         family=family,
         template=template,
@@ -168,14 +162,13 @@ def misdescribe_one_target(reasoning: str, scene_shapes: Sequence[tuple[str, str
     visible shape) shares three of its four words. The pair (target, near miss) is drawn uniformly from those
     allowed; ``None`` when there is none (no target, or every near miss is ambiguous). The targets stay the same
     shapes, so a mask path trained on the result learns to find the shape a reasoning describes approximately."""
-    start = reasoning.rfind("target :")
+    start = reasoning.rfind(TARGET_SENTENCE)
     if start < 0:
         return None
-    targets = list(dict.fromkeys(match.group(0) for match in DESCRIPTION_PATTERN.finditer(reasoning, start)))
+    targets = {match.group(0): match.groups() for match in DESCRIPTION_PATTERN.finditer(reasoning, start)}
     shapes = [tuple(shape) for shape in scene_shapes]
     allowed = []
-    for target in targets:
-        own = DESCRIPTION_PATTERN.fullmatch(target).groups()
+    for target, own in targets.items():
         for near in neighbouring_descriptions(target):
             words = DESCRIPTION_PATTERN.fullmatch(near).groups()
             if all(sum(a == b for a, b in zip(words, shape)) < 3 for shape in shapes if shape != own):

@@ -162,8 +162,10 @@ def description_accuracy(described: list[tuple[str, tuple[tuple[str, str, str, s
 
 def target_part(tokenizer, ids: list[int]) -> str:
     """The ``target : ... .`` sentence of a completion (what the mask path must find)."""
+    from ...data.synthetic.tasks import TARGET_SENTENCE
+
     text = tokenizer.decode(ids, skip_special_tokens=False)
-    index = text.rfind("target :")
+    index = text.rfind(TARGET_SENTENCE)
     return text[index:].split(THINK_CLOSE)[0].strip() if index >= 0 else ""
 
 
