@@ -631,6 +631,38 @@ def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(
         _load_for_continuation(tmp_path, replace(config, vision_depth=config.vision_depth - 1))
 
 
+def test_a_trained_model_shown_larger_backbone_images_computes_what_one_built_at_that_side_does(tmp_path):
+    """``set_backbone_image_side`` on a model built at 56 px gives the processor inputs and the backbone logits of a
+    model built at 84 px with the same weights; the processor keeps the side through save / load; a side that is not
+    a multiple of 28 is refused."""
+    from segcompass.recipes.tiny import build, data
+
+    config = TinyRecipeConfig.smoke()
+    wider = replace(config, backbone_image_side=config.backbone_image_side + 28)
+    model, processor = build.build_tiny_model_and_processor(config)
+    reference, reference_processor = build.build_tiny_model_and_processor(wider, seed=1)
+    reference.load_state_dict(model.state_dict())
+    build.set_backbone_image_side(model, processor, wider.backbone_image_side)
+    processor.save_pretrained(tmp_path)
+    from transformers import AutoProcessor
+
+    samples = data.make_split("test", 2, config, "test")
+    batches = [data.batch_inputs(p, samples, completions=True, append_slots=False)
+               for p in (processor, reference_processor, AutoProcessor.from_pretrained(tmp_path))]
+    side = wider.backbone_image_side // 14
+    assert batches[0]["image_grid_thw"].tolist() == [[1, side, side]] * 2
+    for batch in batches[1:]:
+        for key in ("input_ids", "pixel_values", "image_grid_thw"):
+            torch.testing.assert_close(batch[key], batches[0][key])
+    assert model.backbone.model.visual.window_size == wider.backbone_image_side
+    kwargs = dict(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"],
+                  **data.backbone_kwargs(batches[0]))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().backbone(**kwargs).logits, reference.eval().backbone(**kwargs).logits)
+    with pytest.raises(ValueError, match="backbone_image_side=70 must be a positive multiple of 28"):
+        build.set_backbone_image_side(model, processor, 70)
+
+
 def test_position_probe_reads_absolute_cells_and_trains_the_vision_tower_in_the_reasoning_stage():
     """PositionProbe's targets are each token's raster cell and each centroid's absolute bins; in the anchored
     reasoning stage its loss reaches the vision tower and falls; without the anchor it is refused."""
@@ -759,7 +791,7 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     moves and the masks stay exactly as they were; a checkpoint without a head is continued with a new one that starts
     as the identity, and one with a head of another width is refused."""
     from segcompass.recipes.tiny import build, data
-    from segcompass.recipes.tiny.confidence import cache_confidence_inputs, confidence_stage
+    from segcompass.recipes.tiny.confidence import CONFIDENCE_BATCH, cache_confidence_inputs, confidence_stage
     from segcompass.recipes.tiny.main import _load_for_continuation
 
     config = TinyRecipeConfig.smoke(num_train=6, batch_size=4, eval_batch_size=4, confidence_epochs=3)
@@ -798,7 +830,7 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = confidence_stage(model, processor, train, config, torch.Generator().manual_seed(0), pool)
     assert result["steps"] == 3 and result["cached_slot_sets"] == 8 and result["generated_slot_sets"] == 2
-    assert result["targets"] == "mask_iou"
+    assert result["targets"] == "mask_iou" and result["batch"] == CONFIDENCE_BATCH
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("mask_confidence.") for k in changed), sorted(changed)[:5]
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
@@ -888,6 +920,16 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
         "steps": 1500, "matching_source": "heatmap", "confidence_targets": "matched"}}
     assert "two runs" in _continuation({"continued_from": old}) and "two concept stages" in _continuation(
         {"continued_from": old, "concept_stage": {"steps": 10}})
+
+
+def test_card_gives_the_confidence_stage_batch_the_run_recorded():
+    from segcompass.recipes.tiny.card import _confidence_summary
+
+    stage = {"steps": 1392, "epochs": 16, "generated_slot_sets": 6144, "first_epoch_bce": 0.3, "final_epoch_bce": 0.2}
+    metrics = {"config": {"num_train": 16000, "confidence_learning_rate": 0.002}}
+    recorded = _confidence_summary(metrics | {"confidence_stage": stage | {"batch": 128}})
+    assert "16 epochs (1392 steps × batch 128, learning rate 0.002)" in recorded
+    assert "16 epochs (1392 steps, learning rate 0.002)" in _confidence_summary(metrics | {"confidence_stage": stage})
 
 
 def test_card_says_where_the_mask_refiner_was_trained():

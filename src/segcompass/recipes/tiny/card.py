@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...modules.mask_refiner import DEFAULT_DILATIONS
-from .confidence import CONFIDENCE_BATCH
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
@@ -300,10 +299,11 @@ def _confidence_summary(metrics: dict) -> str:
         if not metrics.get("model_config", {}).get("mask_confidence_hidden_size"):
             return "not run (`confidence_epochs=0`, no mask confidence head)."
         return "not run in this run (`confidence_epochs=0`): the head was trained by an earlier run of the chain."
+    batch = f" × batch {stage['batch']}" if "batch" in stage else ""  # absent in runs that predate its record
     return (f"only the mask confidence head trains, everything else frozen: its inputs are computed once for each of "
             f"the {c['num_train']} training samples with the reference reasoning and the {stage['generated_slot_sets']} "
-            f"pooled ones with the generated reasoning, then {stage['epochs']} epochs ({stage['steps']} steps × batch "
-            f"{CONFIDENCE_BATCH}, learning rate {c['confidence_learning_rate']:g}) of BCE toward "
+            f"pooled ones with the generated reasoning, then {stage['epochs']} epochs ({stage['steps']} steps{batch}, "
+            f"learning rate {c['confidence_learning_rate']:g}) of BCE toward "
             f"{_CONFIDENCE_TARGETS[stage.get('targets', 'mask_iou')]} (`segcompass.recipes.tiny.confidence`). BCE "
             f"{format_metric(stage.get('first_epoch_bce'))} in the first epoch, "
             f"{format_metric(stage.get('final_epoch_bce'))} in the last.")

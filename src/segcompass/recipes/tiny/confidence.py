@@ -138,7 +138,7 @@ def confidence_stage(model, processor, train: list[Sample], config: TinyRecipeCo
         bar.set_postfix(bce=f"{np.mean(losses[-20:]):.4f}")
     bar.close()
     head.eval()
-    result = {"steps": steps, "epochs": config.confidence_epochs, "targets": config.confidence_stage_targets,
+    result = {"steps": steps, "epochs": config.confidence_epochs, "batch": CONFIDENCE_BATCH, "targets": config.confidence_stage_targets,
               "cached_slot_sets": count,
               "generated_slot_sets": len(pool or {}), "misdescribed_slot_sets": len(misdescriptions),
               "first_epoch_bce": float(np.mean(losses[:per_epoch])),

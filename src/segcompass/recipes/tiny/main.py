@@ -17,7 +17,7 @@ import torch
 from ...training.freezing import freeze_backbone_through_hook_layer, train_token_embedding_rows
 from ...utils.io import save_pretrained_atomic, write_json_atomic, write_text_atomic
 from ...utils.logging import get_logger
-from .build import build_tiny_model_and_processor
+from .build import build_tiny_model_and_processor, set_backbone_image_side
 from .card import earlier_concept_stages, render_model_card
 from .confidence import confidence_stage
 from .config import TinyRecipeConfig
@@ -173,6 +173,10 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
 
         model = _load_for_continuation(continue_from, config)
         processor = AutoProcessor.from_pretrained(continue_from)
+        earlier_side = previous["config"].get("backbone_image_side", config.backbone_image_side)
+        if config.backbone_image_side != earlier_side:
+            logger.info("showing the backbone %d px images instead of %d px", config.backbone_image_side, earlier_side)
+            set_backbone_image_side(model, processor, config.backbone_image_side)
         num_params = sum(p.numel() for p in model.parameters())
         vision, backbone_vision, lm, sae, joint = (previous[k] for k in (
             "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"))
