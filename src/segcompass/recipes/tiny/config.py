@@ -37,7 +37,10 @@ class TinyRecipeConfig:
         vision_hidden_size, vision_depth: the Qwen2.5-VL ViT; ``backbone_image_side`` is the side the backbone
             image processor resizes to (``(side / 28) ** 2`` image tokens). A run continued from a checkpoint with
             fewer ``text_layers`` / ``vision_depth`` grows it by layers on top that start as the identity
-            (:mod:`segcompass.training.growth`); the new layers train in an anchored reasoning stage.
+            (:mod:`segcompass.training.growth`); the new layers train in an anchored reasoning stage. A continued run
+            with another ``backbone_image_side`` shows the backbone images of that side
+            (:func:`~segcompass.recipes.tiny.build.set_backbone_image_side`; no weight is tied to the token grid),
+            which the anchored reasoning stage must then teach it to see.
         sam_hidden_size, sam_layers, sam_patch_size, sam_mlp_dim: the SAM ViT (``image_size / sam_patch_size``
             grid, masks on a 4x finer grid); the mask decoder has the same width.
         sae_expansion: d_sae = sae_expansion * text_hidden_size; hook_layer: L (index into hidden_states).
