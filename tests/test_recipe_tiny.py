@@ -24,6 +24,8 @@ def test_config_rejects_bad_sizes():
         TinyRecipeConfig(image_size=100)
     with pytest.raises(ValueError, match="multiple of 28"):
         TinyRecipeConfig(backbone_image_side=100)
+    with pytest.raises(ValueError, match="backbone_image_side=0 must be a positive multiple of 28"):
+        TinyRecipeConfig(backbone_image_side=0)
     with pytest.raises(ValueError, match="hook_layer"):
         TinyRecipeConfig(hook_layer=9)
     with pytest.raises(ValueError, match=r"`duplicate_iou` must be None .* got 1\.5"):

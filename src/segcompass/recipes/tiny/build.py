@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import THINK_TOKENS, TinyRecipeConfig
+from .config import THINK_TOKENS, TinyRecipeConfig, check_backbone_image_side
 
 
 def build_tiny_tokenizer(num_slots: int):
@@ -97,15 +97,12 @@ def set_backbone_image_side(model, processor, side: int) -> None:
     they are; what the model learned to see at the old side needs training again (the anchored reasoning stage:
     the shipped model, trained at 168 px, names exactly the right targets in 16 % of 320 validation samples when
     shown 252 px images as they are, against 69 % at 168 px)."""
-    if side < 28 or side % 28:
-        raise ValueError(f"backbone_image_side={side} must be a positive multiple of 28 (Qwen2.5-VL patch 14 x merge "
-                         "2).")
+    check_backbone_image_side(side)
     vision_config = getattr(model.config.backbone_config, "vision_config", None)
     if vision_config is None or not hasattr(vision_config, "window_size"):
         raise ValueError("set_backbone_image_side needs a Qwen2.5-VL backbone (its vision config has a window_size); "
                          f"got {type(model.config.backbone_config).__name__}.")
     pixels = side * side
     processor.image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}  # min / max pixels
-    for config in {id(c): c for c in (vision_config, model.backbone.config.vision_config)}.values():
-        config.window_size = side
+    vision_config.window_size = side  # the backbone's and the ViT's config are this object
     model.backbone.model.visual.window_size = side  # the ViT copies it at construction

@@ -26,6 +26,15 @@ CONFIDENCE_STAGE_TARGETS = ("mask_iou", "assigned_iou")
 the confidence stage can compute from the cached masks alone."""
 
 
+def check_backbone_image_side(side: int) -> int:
+    """``side`` if it is a positive multiple of 28 (Qwen2.5-VL patch 14 x merge 2), else a ValueError naming it: the one
+    check of ``TinyRecipeConfig.backbone_image_side`` and :func:`~segcompass.recipes.tiny.build.set_backbone_image_side`."""
+    if side < 28 or side % 28:
+        raise ValueError(f"backbone_image_side={side} must be a positive multiple of 28 (Qwen2.5-VL patch 14 x merge "
+                         "2); e.g. 112.")
+    return side
+
+
 @dataclass
 class TinyRecipeConfig:
     """Sizes, data and schedule of the tiny recipe (defaults: the shipped ``segcompass-tiny-synthetic`` model).
@@ -308,11 +317,7 @@ class TinyRecipeConfig:
                 f"image_size={self.image_size} must be a multiple of sam_patch_size={self.sam_patch_size} "
                 "(the SAM grid must be whole); e.g. image_size=96 with sam_patch_size=8."
             )
-        if self.backbone_image_side % 28:
-            raise ValueError(
-                f"backbone_image_side={self.backbone_image_side} must be a multiple of 28 (Qwen2.5-VL patch 14 x "
-                "merge 2); e.g. 112."
-            )
+        check_backbone_image_side(self.backbone_image_side)
         if (self.text_hidden_size // self.text_heads) % 4:
             raise ValueError(
                 f"text head dim {self.text_hidden_size // self.text_heads} must be a multiple of 4 for M-RoPE; "
