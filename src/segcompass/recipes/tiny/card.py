@@ -147,9 +147,10 @@ def _limitations(metrics: dict) -> str:
         lines.append(
             "The masks are better than the answers: keeping exactly the slots whose mask matches a target (IoU > 0.5, "
             f"an oracle's choice) would give cIoU {format_metric(oracle['generated'])} with the generated reasoning and "
-            f"{format_metric(oracle['teacher_forced'])} with the reference reasoning (with the generated reasoning "
-            "the oracle also rescues some answers that name the wrong shapes, when a slot landed on a target anyway). "
-            "That gap is which slots the confidences keep."
+            f"{format_metric(oracle['teacher_forced'])} with the reference reasoning. With the reference reasoning "
+            "the gap is which slots the confidences keep; with the generated reasoning the oracle also keeps shapes "
+            "the answer did not name, when a slot landed on a target anyway, which no choice faithful to the answer "
+            "can do."
         )
     described = reasoning.get("descriptions") or {}
     if described.get("count"):
