@@ -633,6 +633,28 @@ def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(
         _load_for_continuation(tmp_path, replace(config, vision_depth=config.vision_depth - 1))
 
 
+def test_a_continued_run_with_smaller_sam_patches_refines_the_grid(tmp_path):
+    """A smaller ``sam_patch_size`` dividing the checkpoint's: the SAM grid refined (refine_sam_grid), the refiner
+    started again as the identity at the asked width, the backbone untouched; larger or non-dividing ones refused."""
+    from segcompass.recipes.tiny import build
+    from segcompass.recipes.tiny.main import _load_for_continuation
+
+    config = TinyRecipeConfig.smoke()
+    plain, _ = build.build_tiny_model_and_processor(config)
+    plain.save_pretrained(tmp_path)
+    finer = _load_for_continuation(tmp_path, replace(config, sam_patch_size=config.sam_patch_size // 2))
+    assert finer.config.image_embedding_size == 2 * plain.config.image_embedding_size
+    assert finer.config.mask_size == config.image_size and finer.mask_refiner.pixel_scale == 1
+    assert finer.mask_refiner.layers[-1].weight.abs().sum() == 0
+    assert finer.mask_refiner.layers[0].weight.shape[0] == config.mask_refiner_hidden_size
+    for name, tensor in plain.backbone.state_dict().items():
+        assert torch.equal(finer.backbone.state_dict()[name], tensor), name
+    for bad in (2 * config.sam_patch_size, 4 * config.sam_patch_size):
+        with pytest.raises(ValueError, match=rf"has sam_patch_size={config.sam_patch_size}; a continued run can only "
+                                             rf"cut .* got sam_patch_size={bad}"):
+            _load_for_continuation(tmp_path, replace(config, sam_patch_size=bad))
+
+
 def test_a_trained_model_shown_larger_backbone_images_computes_what_one_built_at_that_side_does(tmp_path):
     """``set_backbone_image_side`` on a model built at 56 px gives the processor inputs and the backbone logits of a
     model built at 84 px with the same weights; the processor keeps the side through save / load; a side that is not

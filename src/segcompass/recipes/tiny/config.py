@@ -51,7 +51,10 @@ class TinyRecipeConfig:
             (:func:`~segcompass.recipes.tiny.build.set_backbone_image_side`; no weight is tied to the token grid),
             which the anchored reasoning stage must then teach it to see.
         sam_hidden_size, sam_layers, sam_patch_size, sam_mlp_dim: the SAM ViT (``image_size / sam_patch_size``
-            grid, masks on a 4x finer grid); the mask decoder has the same width.
+            grid, masks on a 4x finer grid); the mask decoder has the same width. A run continued with a smaller
+            ``sam_patch_size`` that divides the earlier one cuts the same input into finer patches
+            (:func:`~segcompass.training.sam_grid.refine_sam_grid`: every weight carried over, the refiner started
+            again), which the concept stage must then train.
         sae_expansion: d_sae = sae_expansion * text_hidden_size; hook_layer: L (index into hidden_states).
         codebook_dim, max_concepts, concept_layers: concept interface width, N and encoder depth.
         slot_embedding_dropout, concept_window: ``SegCompassConfig`` options of the concept path.

@@ -393,16 +393,27 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     starting as the identity) when ``config`` asks for one and the checkpoint has none; a checkpoint whose module
     differs from the asked one raises ``ValueError``. A ``text_layers`` / ``vision_depth`` above the checkpoint's adds
     decoder layers / vision blocks on top that start as the identity (:mod:`segcompass.training.growth`); below it
-    raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the
+    raises ``ValueError``. A smaller ``sam_patch_size`` that divides the checkpoint's refines the SAM grid
+    (:func:`segcompass.training.sam_grid.refine_sam_grid`; the refiner starts again at ``mask_refiner_hidden_size``);
+    a larger or non-dividing one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the
     earlier run's did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
 
     from ...training.growth import add_identity_decoder_layers, add_identity_vision_blocks
+    from ...training.sam_grid import refine_sam_grid
 
     model_config = AutoConfig.from_pretrained(continue_from)
+    saved_patch = model_config.sam_config.vision_config.patch_size
+    refine_grid = config.sam_patch_size != saved_patch
+    if refine_grid and (config.sam_patch_size > saved_patch or saved_patch % config.sam_patch_size):
+        raise ValueError(f"The run in {continue_from} has sam_patch_size={saved_patch}; a continued run can only cut "
+                         f"the SAM input into smaller patches that divide it (e.g. {saved_patch // 2}), got "
+                         f"sam_patch_size={config.sam_patch_size}.")
     for name, what, size in (("mask_refiner_hidden_size", "a mask refiner", "width"),
                              ("mask_confidence_hidden_size", "a mask confidence head", "width"),
                              ("image_position_frequencies", "an image position embedding", "frequencies")):
+        if refine_grid and name == "mask_refiner_hidden_size":
+            continue  # a finer grid starts the refiner again (refine_sam_grid below), at the asked width
         saved, wanted = getattr(model_config, name, 0), getattr(config, name)
         if saved and saved != wanted:
             raise ValueError(f"The run in {continue_from} has {what} ({size} {saved}); continue it with "
@@ -426,6 +437,9 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
         add_identity_decoder_layers(model, config.text_layers - depths["text_layers"])
     if config.vision_depth > depths["vision_depth"]:
         add_identity_vision_blocks(model, config.vision_depth - depths["vision_depth"])
+    if refine_grid:  # the same SAM input in smaller patches: a finer embedding and mask grid
+        model = refine_sam_grid(model, config.sam_patch_size,
+                                mask_refiner_hidden_size=config.mask_refiner_hidden_size)
     return model
 
 
