@@ -13,7 +13,8 @@ from transformers import AutoModel, pipeline
 
 import segcompass  # noqa: F401  (registers the Auto classes and the pipeline task)
 from segcompass.data.synthetic import COLOURS
-from segcompass.interpret.features import UNLABELLED, build_feature_dictionary, colour_name, label_feature
+from segcompass.interpret.features import (UNLABELLED, build_feature_dictionary, colour_name, label_feature,
+                                          label_word)
 from segcompass.interpret.tokens import image_token_grid
 from segcompass.sae import SparseAutoencoder, SparseAutoencoderConfig
 from segcompass.sae.feature_dictionary import (
@@ -126,6 +127,12 @@ def test_label_rule():
     assert label_feature(Counter({"red": 5}), 5, purple) == "red"  # ties go to the words
     assert label_feature(Counter({"the": 4, ",": 2}), 0) == UNLABELLED
     assert label_feature(Counter(), 0, fired=False) is None
+    # with the tokens seen, firing rates decide: 30 of 100 words beat 100 of 1000 image tokens, not 30 of 1000
+    assert label_feature(Counter({"red": 30}), 100, purple, word_tokens=100, image_tokens=1000) == "red"
+    assert label_feature(Counter({"red": 30}), 100, purple, word_tokens=1000, image_tokens=1000) == "image: purple"
+    assert label_feature(Counter({"red": 10}), 100, purple, word_tokens=100, image_tokens=1000) == "red"  # tie: words
+    assert label_feature(Counter({"red": 30}), 100, purple, word_tokens=0, image_tokens=1000) == "image: purple"
+    assert label_word(" Left") == "left" and label_word("the") is None and label_word(",") is None
 
 
 # ------------------------------------------------------------------------------------------------ the builder

@@ -13,9 +13,10 @@ The label rule (:data:`LABEL_RULE`, :func:`label_feature`):
 
 1. a feature that never fired has no label (``None``);
 2. its *words* are the instruction / reasoning tokens it fired on, lower-cased, without punctuation and
-   :data:`STOP_WORDS`. When it fired on words at least as often as on image tokens, the label is the most frequent
-   word, or ``"<first> / <runner-up>"`` when the runner-up fired at least half as often (``"purple"``,
-   ``"left / right"``);
+   :data:`STOP_WORDS`. When it fired on at least as large a share of the word tokens as of the image tokens (rates,
+   not counts: a larger image has more image tokens, and counts would then move every label to the image), the
+   label is the most frequent word, or ``"<first> / <runner-up>"`` when the runner-up fired at least half as often
+   (``"purple"``, ``"left / right"``);
 3. else, when it fired on image tokens, ``"image: <colour>"``: the dominant colour of its top image cells
    (:func:`colour_name`);
 4. else ``"(unlabelled)"`` (it fires only on the prompt template or on special tokens).
@@ -46,12 +47,14 @@ from .tokens import _sequence_text, check_qwen, image_token_grid, patch_index_ma
 
 logger = get_logger(__name__)
 
-__all__ = ["LABEL_RULE", "STOP_WORDS", "UNLABELLED", "build_feature_dictionary", "colour_name", "label_feature"]
+__all__ = ["LABEL_RULE", "STOP_WORDS", "UNLABELLED", "build_feature_dictionary", "colour_name", "label_feature",
+           "label_word"]
 
 UNLABELLED = "(unlabelled)"
 LABEL_RULE = ("most frequent instruction/reasoning word it fires on (stop-words and punctuation dropped; 'a / b' "
-              "with the runner-up when that fires at least half as often), if it fires on words at least as often as "
-              "on image tokens; else 'image: <dominant colour of its top image cells>'; else '(unlabelled)'")
+              "with the runner-up when that fires at least half as often), if it fires on at least as large a share "
+              "of the word tokens as of the image tokens; else 'image: <dominant colour of its top image cells>'; "
+              "else '(unlabelled)'")
 STOP_WORDS = frozenset({
     "a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "as", "and", "or", "but", "is", "are",
     "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "there", "here", "which", "who",
@@ -87,7 +90,15 @@ def colour_name(pixels) -> str:
     return Counter(names).most_common(1)[0][0]
 
 
-def label_feature(word_counts: Counter, image_fires: int, cell_pixels=None, fired: bool = True) -> str | None:
+def label_word(token: str) -> str | None:
+    """The word a decoded text token counts as for the label (lower-cased), or None for punctuation, stop-words and
+    empty tokens."""
+    word = token.strip().lower()
+    return word if word and word not in STOP_WORDS and any(ch.isalnum() for ch in word) else None
+
+
+def label_feature(word_counts: Counter, image_fires: int, cell_pixels=None, fired: bool = True, *,
+                  word_tokens: int | None = None, image_tokens: int | None = None) -> str | None:
     """The label rule of the module docstring.
 
     Args:
@@ -96,16 +107,22 @@ def label_feature(word_counts: Counter, image_fires: int, cell_pixels=None, fire
         image_fires: how often it fired on image tokens.
         cell_pixels: ``(..., 3)`` uint8 pixels of its top image cells (for the colour), or None.
         fired: whether it fired at all.
+        word_tokens, image_tokens: how many word tokens (:func:`label_word` not None) and image tokens were seen,
+            fired or not. With both, words win when their firing rate is at least the image tokens' rate; without
+            them (or with a zero), when the counts are (the two agree when both kinds are equally many).
     """
     if not fired:
         return None
     words = Counter()
     for token, count in word_counts.items():
-        word = token.strip().lower()
-        if word and word not in STOP_WORDS and any(ch.isalnum() for ch in word):
+        word = label_word(token)
+        if word is not None:
             words[word] += count
     ranked = sorted(words.items(), key=lambda item: (-item[1], item[0]))  # ties: alphabetical, deterministic
-    if ranked and sum(words.values()) >= image_fires:
+    on_words, on_image = sum(words.values()), image_fires
+    if word_tokens and image_tokens:  # rates: fires per word token against fires per image token
+        on_words, on_image = on_words * image_tokens, on_image * word_tokens
+    if ranked and on_words >= on_image:
         (first, top), *rest = ranked
         return f"{first} / {rest[0][0]}" if rest and 2 * rest[0][1] >= top else first
     if image_fires > 0 and cell_pixels is not None and np.asarray(cell_pixels).size:
@@ -247,6 +264,8 @@ def build_feature_dictionary(model, processor, dataset, *, num_samples: int | No
     best = _TopCells(d_sae, top_cells)
     text_keys, text_counts = [], []  # per batch: unique feature * V + token id, and counts
     grids, sample_ids, num_tokens = {}, {}, 0
+    text_token_counts = torch.zeros(vocab, dtype=torch.long)  # (V,) instruction / reasoning tokens seen, fired or not
+    image_tokens = 0
     first_row = dataset[0]
     with EvalMode(model), tqdm(total=total, desc="Labelling SAE features", unit="sample") as bar:
         for start in range(0, total, batch_size):
@@ -265,6 +284,9 @@ def build_feature_dictionary(model, processor, dataset, *, num_samples: int | No
             rows_of = torch.repeat_interleave(torch.arange(hidden.shape[0]), sparse.offsets.diff().cpu())  # (nnz,)
             feature, value = sparse.indices.cpu(), sparse.values.float().cpu()  # (nnz,)
             num_tokens += hidden.shape[0]
+            text_token_counts += torch.bincount(token_ids[(kind == _INSTRUCTION) | (kind == _REASONING)],
+                                                minlength=vocab)[:vocab]
+            image_tokens += int((kind == _IMAGE).sum())
             fires += torch.bincount(feature, minlength=d_sae)
             activation_sum.index_add_(0, feature, value.double())
             text = (kind[rows_of] == _INSTRUCTION) | (kind[rows_of] == _REASONING)
@@ -288,18 +310,24 @@ def build_feature_dictionary(model, processor, dataset, *, num_samples: int | No
             crops[crop_of[(s, c)]] = _crop(image, grids[s], c, crop_size)
 
     # text counts per feature, decoded
+    decoded: dict[int, str] = {}
+
+    def decode(token: int) -> str:  # the unknown token is text of its span, but unreadable: left out
+        if token not in decoded:
+            unknown = token == processor.tokenizer.unk_token_id
+            decoded[token] = "" if unknown else processor.tokenizer.decode([token]).strip()
+        return decoded[token]
+
     words_of: list[Counter] = [Counter() for _ in range(d_sae)]
     if text_keys:
         keys, inverse = torch.unique(torch.cat(text_keys), return_inverse=True)
         counts = torch.zeros(keys.numel(), dtype=torch.long).index_add_(0, inverse, torch.cat(text_counts))
-        decoded: dict[int, str] = {}
         for key, count in zip(keys.tolist(), counts.tolist()):
             j, token = divmod(key, vocab)
-            if token not in decoded:  # the unknown token is text of its span, but unreadable: left out
-                unknown = token == processor.tokenizer.unk_token_id
-                decoded[token] = "" if unknown else processor.tokenizer.decode([token]).strip()
-            if decoded[token]:
-                words_of[j][decoded[token]] += count
+            if decode(token):
+                words_of[j][decode(token)] += count
+    seen = text_token_counts.nonzero().flatten().tolist()
+    word_tokens = sum(int(text_token_counts[t]) for t in seen if decode(t) and label_word(decode(t)) is not None)
 
     features = []
     for j in range(d_sae):
@@ -312,7 +340,8 @@ def build_feature_dictionary(model, processor, dataset, *, num_samples: int | No
         pixels = crops[[c["crop"] for c in cells_j]] if cells_j else None
         ranked = sorted(words_of[j].items(), key=lambda item: (-item[1], item[0]))[:top_tokens]
         features.append(FeatureEntry(
-            label=label_feature(words_of[j], int(image_fires[j]), pixels, fired=n > 0),
+            label=label_feature(words_of[j], int(image_fires[j]), pixels, fired=n > 0, word_tokens=word_tokens,
+                                image_tokens=image_tokens),
             frequency=float(f"{n / max(num_tokens, 1):.6g}"),
             mean_activation=round(float(activation_sum[j]) / n, 4) if n else 0.0,
             top_text_tokens=[(token, int(count)) for token, count in ranked], top_image_cells=cells_j,
