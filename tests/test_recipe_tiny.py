@@ -15,7 +15,8 @@ from segcompass.training.freezing import freeze_backbone_through_hook_layer, tra
 SHIPPED_TEST_SUBSET = 24
 # Measured on the first 24 test samples (data seed 0) with the shipped checkpoint and generated reasoning; the floor
 # is the measured value minus 0.1 (see model_cards/segcompass-tiny-synthetic.md).
-SHIPPED_CIOU_MEASURED = 0.774  # gIoU 0.790; the whole 200-sample test split: cIoU 0.715 (model card)
+SHIPPED_CIOU_MEASURED = 0.645  # the whole 200-sample test split: cIoU 0.705 (model card)
+SHIPPED_GIOU_MEASURED = 0.739  # the whole 200-sample test split: gIoU 0.796
 SHIPPED_CIOU_FLOOR = SHIPPED_CIOU_MEASURED - 0.1  # a random model of this size scores ~0.04
 
 
@@ -167,7 +168,7 @@ def test_shipped_default_model_quality():
     metrics = evaluate_tiny(model, processor, split="test", num_samples=SHIPPED_TEST_SUBSET)
     assert metrics["num_samples"] == SHIPPED_TEST_SUBSET
     assert metrics["ciou"] >= SHIPPED_CIOU_FLOOR, metrics
-    assert metrics["giou"] >= 0.782 - 0.1, metrics
+    assert metrics["giou"] >= SHIPPED_GIOU_MEASURED - 0.1, metrics
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped default model")

@@ -2,8 +2,9 @@
 
 SAM's image encoder cuts its ``S x S`` input into ``p x p`` patches, so the image embedding is an ``h x h`` grid
 (``h = S / p``) and the decoder's masks and the slot heatmaps live on ``4h x 4h``. Small objects suffer on a coarse
-grid: on the embedded model (96 px input, 8 px patches, 12 x 12 embeddings), with the reference reasoning, 22 % of
-the targets of 120-250 px get no slot with IoU > 0.5, against 9 % of those of 250-600 px.
+grid: on the embedded model before its grid was refined (96 px input, 8 px patches, 12 x 12 embeddings), with the
+reference reasoning, 22 % of the targets of 120-250 px got no slot with IoU > 0.5, against 9 % of those of 250-600 px.
+The embedded model now has 4 px patches (24 x 24 embeddings, 96 x 96 masks).
 
 :func:`refine_sam_grid` returns a copy of a model whose SAM encoder takes ``p / f`` px patches of the same input
 (``f`` times the grid, ``f`` times the mask grid), every weight carried over:
