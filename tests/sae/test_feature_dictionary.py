@@ -158,13 +158,18 @@ def planted_model(model, processor):
         states[..., 1] = 5.0 * (input_ids == template)
         is_image = input_ids == image
         states[..., 2] = torch.where(is_image, 2.0 + is_image.cumsum(1) - 1, 0.0)  # 1 + cell index after the bias
+        # f4: the word and 5 of the 18 image tokens (cells 0-1 of rows 0-1, cell 0 of row 2; batches of 2 rows)
+        first = is_image & (is_image.cumsum(1) <= 2)
+        if input_ids.shape[0] == 1:  # the last batch: row 2
+            first = is_image & (is_image.cumsum(1) <= 1)
+        states[..., 4] = 5.0 * ((input_ids == word) | first)
         return states
 
     with torch.no_grad():
         model.sae.W_enc.zero_()
         model.sae.b_enc.fill_(-1.0)
         model.sae.b_dec.zero_()
-        for j in range(3):
+        for j in (0, 1, 2, 4):
             model.sae.W_enc[j, j] = 1.0
     model.get_hook_states = hook_states
     return model
@@ -202,6 +207,13 @@ def test_builder_on_planted_features(tiny_model, tiny_processor):
     assert crops.shape == (3, 4, 4, 3) and crops.dtype == torch.uint8
     assert torch.equal(crops, torch.tensor(PURPLE, dtype=torch.uint8).expand(3, 4, 4, 3))
     assert dead.label is None and dead.frequency == 0.0 and dictionary.label(100) is None
+    # f4 fires on the word 4 times (of 14 word tokens) and on 5 of the 18 image tokens: more often on the image, but
+    # at a lower rate, so the word labels it (the count rule would say image)
+    both = dictionary[4]
+    assert both.top_text_tokens == [(WORD, 4)] and len(both.top_image_cells) == 3
+    assert both.frequency == pytest.approx(9 / dictionary.num_tokens, rel=1e-5)
+    assert both.label == WORD
+    assert label_feature(Counter({WORD: 4}), 5, dictionary.crops_of(4).numpy()) == "image: purple"
     assert (dictionary.dataset, dictionary.split, dictionary.hook_layer) == ("planted", "train", 1)
 
 
