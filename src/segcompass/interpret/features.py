@@ -327,7 +327,7 @@ def build_feature_dictionary(model, processor, dataset, *, num_samples: int | No
             if decode(token):
                 words_of[j][decode(token)] += count
     seen = text_token_counts.nonzero().flatten().tolist()
-    word_tokens = sum(int(text_token_counts[t]) for t in seen if decode(t) and label_word(decode(t)) is not None)
+    word_tokens = sum(int(text_token_counts[t]) for t in seen if label_word(decode(t)) is not None)
 
     features = []
     for j in range(d_sae):

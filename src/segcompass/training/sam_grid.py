@@ -34,7 +34,7 @@ from ..utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["refine_sam_grid", "resample_relative_positions"]
+__all__ = ["refine_sam_grid", "refinement_factor", "resample_relative_positions"]
 
 _ENCODER = "vision_encoder.vision_encoder."  # SegCompass's SamVisionModel -> its SamVisionEncoder
 
@@ -49,6 +49,16 @@ def resample_relative_positions(table: torch.Tensor, factor: int, length: int) -
     high = (low + 1).clamp(max=table.shape[0] - 1)
     weight = (position - low).to(table.dtype)[:, None]  # (length, 1)
     return table[low] * (1 - weight) + table[high] * weight  # (length, d)
+
+
+def refinement_factor(old: int, patch_size) -> int:
+    """``old / patch_size`` when ``patch_size`` is an int smaller than the current SAM patch side ``old`` that divides
+    it (the one check of a grid refinement), else a ValueError naming it."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size >= old \
+            or old % patch_size:
+        raise ValueError(f"`patch_size` must be an int that divides the current SAM patch side {old} and is smaller "
+                         f"(e.g. {old // 2} for twice the grid), got {patch_size!r}.")
+    return old // patch_size
 
 
 def refine_sam_grid(model, patch_size: int, *, mask_refiner_hidden_size: int | None = None):
@@ -74,11 +84,7 @@ def refine_sam_grid(model, patch_size: int, *, mask_refiner_hidden_size: int | N
                          f"{type(model).__name__}.")
     vision = sam_config.vision_config
     old = vision.patch_size
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size >= old \
-            or old % patch_size:
-        raise ValueError(f"`patch_size` must be an int that divides the current SAM patch side {old} and is smaller "
-                         f"(e.g. {old // 2} for twice the grid), got {patch_size!r}.")
-    factor = old // patch_size
+    factor = refinement_factor(old, patch_size)
     config = copy.deepcopy(model.config)
     new_vision, prompt = config.sam_config.vision_config, config.sam_config.prompt_encoder_config
     new_vision.patch_size = patch_size
@@ -95,8 +101,8 @@ def refine_sam_grid(model, patch_size: int, *, mask_refiner_hidden_size: int | N
             continue  # its input width depends on the pixel block per mask cell: it starts again
         if name == _ENCODER + "patch_embed.projection.weight":
             channels, inputs = tensor.shape[:2]
-            q = patch_size
-            tensor = tensor.reshape(channels, inputs, q, factor, q, factor).sum((3, 5))  # (C, 3, q, q)
+            blocks = (channels, inputs, patch_size, factor, patch_size, factor)
+            tensor = tensor.reshape(blocks).sum((3, 5))  # (C, 3, q, q)
         elif name == _ENCODER + "pos_embed":
             grid = vision.image_size // patch_size
             tensor = F.interpolate(tensor.permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic",

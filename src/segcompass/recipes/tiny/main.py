@@ -395,20 +395,23 @@ def _load_for_continuation(continue_from, config: TinyRecipeConfig):
     decoder layers / vision blocks on top that start as the identity (:mod:`segcompass.training.growth`); below it
     raises ``ValueError``. A smaller ``sam_patch_size`` that divides the checkpoint's refines the SAM grid
     (:func:`segcompass.training.sam_grid.refine_sam_grid`; the refiner starts again at ``mask_refiner_hidden_size``);
-    a larger or non-dividing one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the decoder's own cut (as the
-    earlier run's did) and the validation stage tunes the bias again."""
+    a larger or non-dividing one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the
+    decoder's own cut (as the earlier run's did) and the validation stage tunes the bias again."""
     from transformers import AutoConfig, AutoModel
 
     from ...training.growth import add_identity_decoder_layers, add_identity_vision_blocks
-    from ...training.sam_grid import refine_sam_grid
+    from ...training.sam_grid import refine_sam_grid, refinement_factor
 
     model_config = AutoConfig.from_pretrained(continue_from)
     saved_patch = model_config.sam_config.vision_config.patch_size
     refine_grid = config.sam_patch_size != saved_patch
-    if refine_grid and (config.sam_patch_size > saved_patch or saved_patch % config.sam_patch_size):
-        raise ValueError(f"The run in {continue_from} has sam_patch_size={saved_patch}; a continued run can only cut "
-                         f"the SAM input into smaller patches that divide it (e.g. {saved_patch // 2}), got "
-                         f"sam_patch_size={config.sam_patch_size}.")
+    if refine_grid:
+        try:
+            refinement_factor(saved_patch, config.sam_patch_size)
+        except ValueError as err:
+            raise ValueError(f"The run in {continue_from} has sam_patch_size={saved_patch}; a continued run can only "
+                             f"cut the SAM input into smaller patches, got sam_patch_size={config.sam_patch_size}: "
+                             f"{err}") from err
     for name, what, size in (("mask_refiner_hidden_size", "a mask refiner", "width"),
                              ("mask_confidence_hidden_size", "a mask confidence head", "width"),
                              ("image_position_frequencies", "an image position embedding", "frequencies")):
