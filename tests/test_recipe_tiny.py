@@ -457,18 +457,18 @@ def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
     run again (a smoke run: the smoke defaults), so metrics.json describes what ran."""
     from dataclasses import asdict
 
-    from segcompass.recipes.tiny.main import CONTINUATION_FIELDS, _continuation_config
+    from segcompass.recipes.tiny.continuation import CONTINUATION_FIELDS, continuation_config
 
     earlier = asdict(TinyRecipeConfig()) | {"joint_steps": 123, "lm_warmup_steps": 45, "num_validation": 96,
                                             "thresholds": [0.3, 0.5], "concept_steps": 99, "grpo_steps": 3}
-    config = _continuation_config({"config": earlier, "smoke": smoke})
+    config = continuation_config({"config": earlier, "smoke": smoke})
     defaults = TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig()
     assert (config.joint_steps, config.lm_warmup_steps) == (123, 45)
     for name in CONTINUATION_FIELDS:
         assert getattr(config, name) == getattr(defaults, name), name
     assert {"num_validation", "thresholds", "concept_steps", "grpo_steps"} <= set(CONTINUATION_FIELDS)
     # restarted at the LM warm-up: only the architecture and the vision pretraining are the earlier run's
-    restart = _continuation_config({"config": earlier | {"vision_pretrain_steps": 7, "image_size": 64},
+    restart = continuation_config({"config": earlier | {"vision_pretrain_steps": 7, "image_size": 64},
                                     "smoke": smoke}, "lm_warmup")
     assert (restart.vision_pretrain_steps, restart.image_size) == (7, 64)
     assert (restart.joint_steps, restart.lm_warmup_steps, restart.concept_steps) == (
@@ -586,7 +586,7 @@ def test_a_continued_run_gains_image_positions_that_only_the_anchored_reasoning_
     anchored reasoning stage trains it with the backbone, the unanchored one keeps it frozen (it is below the hook
     layer); a checkpoint with other frequencies is refused; the saved model records the option."""
     from segcompass.recipes.tiny import build, reasoning
-    from segcompass.recipes.tiny.main import _load_for_continuation
+    from segcompass.recipes.tiny.continuation import load_for_continuation
 
     plain_config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=4, reasoning_samples=8,
                                           reasoning_learning_rate=3e-3, hook_layer=1)
@@ -595,7 +595,7 @@ def test_a_continued_run_gains_image_positions_that_only_the_anchored_reasoning_
     plain.save_pretrained(tmp_path / "plain")
     config = replace(plain_config, image_position_frequencies=2)
     for weight in (0.0, 1.0):
-        model = _load_for_continuation(tmp_path / "plain", config)
+        model = load_for_continuation(tmp_path / "plain", config)
         _, processor = build.build_tiny_model_and_processor(config)
         assert model.config.image_position_frequencies == 2 and model.image_positions.proj.weight.abs().sum() == 0
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -607,7 +607,7 @@ def test_a_continued_run_gains_image_positions_that_only_the_anchored_reasoning_
     model.save_pretrained(tmp_path / "positions")
     with pytest.raises(ValueError, match=r"has an image position embedding \(frequencies 2\); continue it with "
                                          "image_position_frequencies=2"):
-        _load_for_continuation(tmp_path / "positions", replace(config, image_position_frequencies=4))
+        load_for_continuation(tmp_path / "positions", replace(config, image_position_frequencies=4))
     with pytest.raises(ValueError, match=r"image_position_frequencies=-1 must be an int >= 0"):
         TinyRecipeConfig.smoke(image_position_frequencies=-1)
 
@@ -616,12 +616,12 @@ def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(
     """``text_layers`` / ``vision_depth`` above the checkpoint's add layers that start as the identity (the backbone
     computes what it computed before); below it the continuation is refused."""
     from segcompass.recipes.tiny import build, data
-    from segcompass.recipes.tiny.main import _load_for_continuation
+    from segcompass.recipes.tiny.continuation import load_for_continuation
 
     config = TinyRecipeConfig.smoke()
     plain, processor = build.build_tiny_model_and_processor(config)
     plain.save_pretrained(tmp_path)
-    grown = _load_for_continuation(tmp_path, replace(config, text_layers=config.text_layers + 1,
+    grown = load_for_continuation(tmp_path, replace(config, text_layers=config.text_layers + 1,
                                                      vision_depth=config.vision_depth + 2)).eval()
     assert len(grown.backbone.model.language_model.layers) == config.text_layers + 1
     assert len(grown.backbone.model.visual.blocks) == config.vision_depth + 2
@@ -631,19 +631,19 @@ def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(
     with torch.no_grad():
         torch.testing.assert_close(grown.backbone(**kwargs).logits, plain.eval().backbone(**kwargs).logits)
     with pytest.raises(ValueError, match=rf"has vision_depth={config.vision_depth}; continue it with vision_depth >= "):
-        _load_for_continuation(tmp_path, replace(config, vision_depth=config.vision_depth - 1))
+        load_for_continuation(tmp_path, replace(config, vision_depth=config.vision_depth - 1))
 
 
 def test_a_continued_run_with_smaller_sam_patches_refines_the_grid(tmp_path):
     """A smaller ``sam_patch_size`` dividing the checkpoint's: the SAM grid refined (refine_sam_grid), the refiner
     started again as the identity at the asked width, the backbone untouched; larger or non-dividing ones refused."""
     from segcompass.recipes.tiny import build
-    from segcompass.recipes.tiny.main import _load_for_continuation
+    from segcompass.recipes.tiny.continuation import load_for_continuation
 
     config = TinyRecipeConfig.smoke()
     plain, _ = build.build_tiny_model_and_processor(config)
     plain.save_pretrained(tmp_path)
-    finer = _load_for_continuation(tmp_path, replace(config, sam_patch_size=config.sam_patch_size // 2))
+    finer = load_for_continuation(tmp_path, replace(config, sam_patch_size=config.sam_patch_size // 2))
     assert finer.config.image_embedding_size == 2 * plain.config.image_embedding_size
     assert finer.config.mask_size == config.image_size and finer.mask_refiner.pixel_scale == 1
     assert finer.mask_refiner.layers[-1].weight.abs().sum() == 0
@@ -653,7 +653,7 @@ def test_a_continued_run_with_smaller_sam_patches_refines_the_grid(tmp_path):
     for bad in (2 * config.sam_patch_size, 4 * config.sam_patch_size):
         with pytest.raises(ValueError, match=rf"has sam_patch_size={config.sam_patch_size}; a continued run can only "
                                              rf"cut .* got sam_patch_size={bad}"):
-            _load_for_continuation(tmp_path, replace(config, sam_patch_size=bad))
+            load_for_continuation(tmp_path, replace(config, sam_patch_size=bad))
 
 
 def test_a_trained_model_shown_larger_backbone_images_computes_what_one_built_at_that_side_does(tmp_path):
@@ -784,7 +784,7 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     from transformers import AutoModel
 
     from segcompass.recipes.tiny import build, data, stages
-    from segcompass.recipes.tiny.main import _load_for_continuation
+    from segcompass.recipes.tiny.continuation import load_for_continuation
 
     config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, refiner_steps=3)
     model, processor = build.build_tiny_model_and_processor(config)
@@ -804,11 +804,11 @@ def test_refiner_stage_trains_the_refiner_alone(tmp_path):
     plain_config = TinyRecipeConfig.smoke(mask_refiner_hidden_size=0, refiner_steps=0)
     plain, _ = build.build_tiny_model_and_processor(plain_config)
     plain.save_pretrained(tmp_path / "plain")
-    grown = _load_for_continuation(tmp_path / "plain", config)
+    grown = load_for_continuation(tmp_path / "plain", config)
     assert grown.mask_refiner is not None and grown.mask_refiner.layers[-1].weight.abs().sum() == 0
     model.save_pretrained(tmp_path / "refined")
     with pytest.raises(ValueError, match=r"has a mask refiner \(width 4\); continue it with mask_refiner_hidden_size=4"):
-        _load_for_continuation(tmp_path / "refined", plain_config)
+        load_for_continuation(tmp_path / "refined", plain_config)
 
 
 def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
@@ -817,7 +817,7 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     as the identity, and one with a head of another width is refused."""
     from segcompass.recipes.tiny import build, data
     from segcompass.recipes.tiny.confidence import CONFIDENCE_BATCH, cache_confidence_inputs, confidence_stage
-    from segcompass.recipes.tiny.main import _load_for_continuation
+    from segcompass.recipes.tiny.continuation import load_for_continuation
 
     config = TinyRecipeConfig.smoke(num_train=6, batch_size=4, eval_batch_size=4, confidence_epochs=3)
     model, processor = build.build_tiny_model_and_processor(config)
@@ -874,13 +874,13 @@ def test_confidence_stage_trains_the_confidence_head_alone(tmp_path):
     plain, _ = build.build_tiny_model_and_processor(plain_config)
     plain.config.mask_logit_bias = 0.5  # a calibrated cut: the continued stages train the decoder's own
     plain.save_pretrained(tmp_path / "plain")
-    grown = _load_for_continuation(tmp_path / "plain", config)
+    grown = load_for_continuation(tmp_path / "plain", config)
     assert grown.mask_confidence is not None and grown.mask_confidence.output.weight.abs().sum() == 0
     assert grown.config.mask_logit_bias == 0.0
     model.save_pretrained(tmp_path / "head")
     with pytest.raises(ValueError, match=r"has a mask confidence head \(width 4\); continue it with "
                                          "mask_confidence_hidden_size=4"):
-        _load_for_continuation(tmp_path / "head", replace(config, mask_confidence_hidden_size=8))
+        load_for_continuation(tmp_path / "head", replace(config, mask_confidence_hidden_size=8))
 
 
 def test_concept_stage_switches_to_the_configured_grouping(tmp_path):
@@ -912,7 +912,7 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     """A run continued from a continued run: three runs, every earlier concept stage in order, the wall time of all
     three, and a card that says so."""
     from segcompass.recipes.tiny.card import _continuation
-    from segcompass.recipes.tiny.main import _continuation_record
+    from segcompass.recipes.tiny.continuation import continuation_record
 
     first = {"config": {"concept_matching_source": "heatmap", "concept_confidence_targets": "matched"},
              "concept_stage": {"steps": 1500}, "timings_s": {"joint": 100.0, "total": 5000.0}}
@@ -920,9 +920,9 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
                          "concept_grouping": "answer"},
               "concept_stage": {"steps": 4000}, "timings_s": {"total": 6000.0},
               "reasoning_stage": {"steps": 5000}, "refiner_stage": {"steps": 0},
-              "continued_from": _continuation_record("first", first, 1000.0)}
+              "continued_from": continuation_record("first", first, 1000.0)}
     assert second["continued_from"]["runs"] == 2
-    record = _continuation_record("second", second, 1500.0)
+    record = continuation_record("second", second, 1500.0)
     assert record["runs"] == 3 and record["path"] == "second"
     assert [stage["steps"] for stage in record["earlier_concept_stages"]] == [1500, 4000]
     assert record["earlier_concept_stage"]["concept_grouping"] == "answer"
@@ -935,7 +935,7 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     assert "1500 steps, matching on the heatmaps" in text and "4000 steps, matching on the decoder masks" in text
     assert record["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 5000}]
     assert "Earlier runs of the chain also ran: a reasoning stage (4a) of 5000 steps" in text
-    anchored = _continuation_record("second", second | {"reasoning_stage": {"steps": 6, "anchor_weight": 1.0}}, 1.0)
+    anchored = continuation_record("second", second | {"reasoning_stage": {"steps": 6, "anchor_weight": 1.0}}, 1.0)
     assert anchored["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 6, "anchor_weight": 1.0}]
     settings = _continuation({"continued_from": record, "overrides": {"concept_steps": 0, "thresholds": [0.2, 0.3]}})
     assert "--continue-from EARLIER_RUN --set concept_steps=0 --set thresholds=0.2,0.3`" in settings

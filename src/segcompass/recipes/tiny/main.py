@@ -18,9 +18,23 @@ from ...training.freezing import freeze_backbone_through_hook_layer, train_token
 from ...utils.io import save_pretrained_atomic, write_json_atomic, write_text_atomic
 from ...utils.logging import get_logger
 from .build import build_tiny_model_and_processor, set_backbone_image_side
-from .card import earlier_concept_stages, render_model_card
+from .card import render_model_card
 from .confidence import confidence_stage
 from .config import TinyRecipeConfig
+from .continuation import (
+    PREDICTION_RULE_FIELDS,
+    REEVALUATION_FIELDS,
+    RESTART_STAGES,
+    carry_backbone_and_vision,
+    continuation_config,
+    continuation_record,
+    finished_run,
+    json_ready,
+    load_for_continuation,
+    recorded_overrides,
+    saved_recipe_config,
+    total_lm_steps,
+)
 from .data import SceneProbe, TokenProbe, make_split
 from .distributed import broadcast_from_rank0, rank_and_world
 from .evaluation import evaluate_test_split, evaluate_with_runner, final_sae_fve, tune_on_validation
@@ -76,27 +90,29 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             ``metrics.json``, as are the fields of its recipe config that those stages used, unless ``config`` is
             given) and the run goes on from the reasoning stage (which does nothing with ``reasoning_steps=0``) and the
             concept stage; the stages that run again take today's defaults
-            (:data:`CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless ``overrides`` set them. Used to add a
-            stage to a finished run without repeating the hour before it. The saved model is the earlier run's last
-            one: when that run had a concept stage of its own, the new one trains on top of it, and
-            ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so; a continued run may be
-            continued again (``"runs"`` and ``"earlier_concept_stages"`` then cover the whole chain).
+            (:data:`~segcompass.recipes.tiny.continuation.CONTINUATION_FIELDS`; a smoke run's smoke defaults) unless
+            ``overrides`` set them. Used to add a stage to a finished run without repeating the hour before it. The
+            saved model is the earlier run's last one: when that run had a concept stage of its own, the new one
+            trains on top of it, and ``metrics["continued_from"]["earlier_concept_stage"]`` (and the card) say so; a
+            continued run may be continued again (``"runs"`` and ``"earlier_concept_stages"`` then cover the whole
+            chain).
         restart_at: with ``continue_from``, the stage the run restarts at. ``"concept"`` (default): as above.
             ``"lm_warmup"``: only the vision pretraining (stage 0) is carried over; the earlier run's backbone (ViT and
             language model) and SAM image encoder start this run's LM warm-up, which trains ``lm_warmup_steps`` more
             steps, and every later stage runs again on new heads (a new SAE, joint training, the concept stage ...),
-            with today's settings for all of them (:data:`LM_RESTART_CARRIED_FIELDS` come from the earlier run).
+            with today's settings for all of them
+            (:data:`~segcompass.recipes.tiny.continuation.LM_RESTART_CARRIED_FIELDS` come from the earlier run).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
     """
     if restart_at not in RESTART_STAGES:
         raise ValueError(f"restart_at={restart_at!r}: a continued run restarts at one of {list(RESTART_STAGES)}.")
-    previous = _finished_run(continue_from) if continue_from is not None else None
+    previous = finished_run(continue_from) if continue_from is not None else None
     if previous is None and restart_at != "concept":
         raise ValueError(f"restart_at={restart_at!r} needs continue_from: the finished run to restart from.")
     if config is None and previous is not None:
-        config = _continuation_config(previous, restart_at)
+        config = continuation_config(previous, restart_at)
     base = config or (TinyRecipeConfig.smoke() if smoke else TinyRecipeConfig())
     known = {f.name for f in fields(TinyRecipeConfig)}
     unknown = sorted(set(overrides) - known)
@@ -152,12 +168,12 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
             backbone_vision = backbone_vit_pretrain(model, processor, train, config, generator, token_probe)
             t = lap("backbone_vit_pretrain", t)
         else:
-            vision, backbone_vision = _carry_backbone_and_vision(model, continue_from, previous, timings)
+            vision, backbone_vision = carry_backbone_and_vision(model, continue_from, previous, timings)
             logger.info("restarting from the LM warm-up of the finished run in %s", continue_from)
             t = lap("load", t)
         lm = lm_warmup(model, processor, train, config, generator, token_probe)
         if previous is not None:
-            lm["earlier_steps"] = _total_lm_steps(previous)
+            lm["earlier_steps"] = total_lm_steps(previous)
         t = lap("lm_warmup", t)
         sae = train_sae(model, processor, train, config, output_dir, seed)
         broadcast_from_rank0(model, token_probe, probe)  # every rank ran the SAE stage; keep rank 0's
@@ -171,7 +187,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     else:
         from transformers import AutoProcessor
 
-        model = _load_for_continuation(continue_from, config)
+        model = load_for_continuation(continue_from, config)
         processor = AutoProcessor.from_pretrained(continue_from)
         earlier_side = previous["config"].get("backbone_image_side", config.backbone_image_side)
         if config.backbone_image_side != earlier_side:
@@ -230,7 +246,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     metrics = {
         "recipe": "segcompass.recipes.tiny.train_tiny", "smoke": smoke, "seed": seed,
         "overrides": recorded_overrides(overrides),
-        "config": _json_ready(asdict(config)),
+        "config": json_ready(asdict(config)),
         "num_parameters": num_params, "sam_pretrain": vision, "backbone_vit_pretrain": backbone_vision,
         "lm_warmup": lm, "sae": sae | {"fve_after_joint": sae_fve_final},
         "joint": joint, "reasoning_stage": reasoning, "concept_stage": concept, "refiner_stage": refiner,
@@ -249,7 +265,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
         "timings_s": timings | {"total": round(time.perf_counter() - start, 1)},
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
-        metrics["continued_from"] = _continuation_record(continue_from, previous, metrics["timings_s"]["total"],
+        metrics["continued_from"] = continuation_record(continue_from, previous, metrics["timings_s"]["total"],
                                                          restart_at)
         earlier_chain = previous.get("continued_from")
         earlier = (previous["timings_s"]["total"] if earlier_chain  # already counts the runs before it
@@ -260,201 +276,6 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     logger.info("wrote the checkpoint, metrics.json and README.md to %s in %.1f s", output_dir,
                 time.perf_counter() - start)
     return metrics
-
-
-def _json_ready(fields: dict) -> dict:
-    """Recipe-config fields as ``metrics.json`` holds them: tuples (``thresholds``) as lists."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
-
-
-def recorded_overrides(overrides: dict) -> dict:
-    """``metrics["overrides"]``: the fields a run set on top of its base config (``--set``), JSON-ready, sorted."""
-    return _json_ready(dict(sorted(overrides.items())))
-
-
-def _finished_run(directory) -> dict:
-    """The ``metrics.json`` of a finished :func:`train_tiny` run (raises ``ValueError`` naming what is missing)."""
-    directory = Path(directory)
-    metrics_path = directory / "metrics.json"
-    for name in ("metrics.json", "config.json"):
-        if not (directory / name).is_file():
-            raise ValueError(f"{directory} holds no {name}: it is not a finished train-tiny run; pass the output "
-                             "directory of `segcompass train-tiny`.")
-    metrics = json.loads(metrics_path.read_text())
-    missing = [k for k in ("config", "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint",
-                           "timings_s") if k not in metrics]
-    if missing:
-        raise ValueError(f"{metrics_path} lacks {missing}; it was not written by train_tiny.")
-    return metrics
-
-
-def _recipe_config(saved: dict) -> TinyRecipeConfig:
-    """A :class:`TinyRecipeConfig` from the ``config`` of a ``metrics.json`` (fields it lacks keep their defaults)."""
-    known = {f.name for f in fields(TinyRecipeConfig)}
-    return TinyRecipeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known})
-
-
-PREDICTION_RULE_FIELDS = ("duplicate_iou", "limit_instances_to_answer")
-"""The ``TinyRecipeConfig`` fields that set the saved model's prediction rule
-(:func:`~segcompass.recipes.tiny.evaluation.tune_on_validation`)."""
-
-REEVALUATION_FIELDS = ("num_validation", "num_test", "thresholds", "mask_logit_biases", "eval_batch_size",
-                       "max_new_tokens",
-                       *PREDICTION_RULE_FIELDS)
-"""The ``TinyRecipeConfig`` fields :func:`reevaluate` may change: evaluation settings, never training ones."""
-
-
-RESTART_STAGES = ("concept", "lm_warmup")
-"""Where a run continued from a finished one (``train_tiny(continue_from=...)``) restarts."""
-
-LM_RESTART_CARRIED_FIELDS = (
-    "image_size", "num_slots", "text_hidden_size", "text_layers", "text_heads", "text_kv_heads",
-    "text_intermediate_size", "vision_hidden_size", "vision_depth", "backbone_image_side", "sam_hidden_size",
-    "sam_layers", "sam_patch_size", "sam_mlp_dim", "data_seed", "vision_pretrain_steps",
-    "backbone_vision_pretrain_steps", "probe_kind_weight", "probe_pos_weight", "scene_probe_kind_weight",
-)
-"""The ``TinyRecipeConfig`` fields a run restarted at the LM warm-up takes from the earlier run (the architecture of
-the weights it carries, and the vision pretraining that made them); every other field is today's default."""
-
-
-def _total_lm_steps(previous: dict) -> int:
-    """LM warm-up steps behind a finished run's backbone, through earlier LM restarts."""
-    lm = previous["lm_warmup"]
-    return int(lm.get("steps", 0)) + int(lm.get("earlier_steps", 0))
-
-
-def _carry_backbone_and_vision(model, continue_from, previous: dict, timings: dict) -> tuple[dict, dict]:
-    """Load the earlier run's backbone (ViT + language model) and SAM image encoder into ``model`` (new heads and no
-    SAE stay as built); return its stage-0 metrics and record their timings. Raises ``ValueError`` when the
-    architectures differ."""
-    from transformers import AutoModel
-
-    earlier = AutoModel.from_pretrained(continue_from)
-    for name in ("backbone", "vision_encoder"):
-        try:
-            getattr(model, name).load_state_dict(getattr(earlier, name).state_dict())
-        except RuntimeError as err:
-            raise ValueError(f"{continue_from}: its {name} does not fit this run's architecture ({err}); restart with "
-                             "the earlier run's sizes.") from None
-    timings.update({k: v for k, v in previous["timings_s"].items() if k in ("sam_pretrain", "backbone_vit_pretrain")})
-    return previous["sam_pretrain"], previous["backbone_vit_pretrain"]
-
-
-def _continuation_record(continue_from, previous: dict, this_run_s: float, restart_at: str = "concept") -> dict:
-    """``metrics["continued_from"]``: the earlier run, how many runs made the checkpoint, and every concept stage its
-    heads went through before this run's (earliest first), through a chain of continued runs. A run restarted at the
-    LM warm-up carries stage 0 and the backbone, not the heads: no earlier concept stage."""
-    chain = previous.get("continued_from") or {}
-    runs = chain.get("runs", 2 if chain else 1) + 1
-    if restart_at == "lm_warmup":
-        return {"path": str(continue_from), "restart_at": restart_at,
-                "stages_carried_over": ["sam_pretrain", "backbone_vit_pretrain"],
-                "earlier_lm_warmup_steps": _total_lm_steps(previous),
-                "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s,
-                "earlier_concept_stages": [], "runs": runs}
-    record = {"path": str(continue_from), "stages_carried_over": [
-        "sam_pretrain", "backbone_vit_pretrain", "lm_warmup", "sae", "joint"],
-        "earlier_run_total_s": previous["timings_s"].get("total"), "this_run_s": this_run_s}
-    stages = earlier_concept_stages(chain)
-    earlier_concept = previous.get("concept_stage") or {}
-    if earlier_concept.get("steps"):  # the earlier checkpoint had its own concept stage: this one came on top
-        earlier_config = previous["config"]
-        record["earlier_concept_stage"] = earlier_concept | {
-            "matching_source": earlier_config.get("concept_matching_source", "heatmap"),
-            "confidence_targets": earlier_config.get("concept_confidence_targets", "matched"),
-            "concept_grouping": earlier_config.get("concept_grouping", "sequence")}
-        stages.append(record["earlier_concept_stage"])
-    record["earlier_concept_stages"] = stages
-    record["earlier_other_stages"] = list(chain.get("earlier_other_stages", [])) + [
-        {"stage": name, "steps": previous[name]["steps"]}
-        | ({"anchor_weight": previous[name]["anchor_weight"]} if previous[name].get("anchor_weight") else {})
-        for name in ("reasoning_stage", "refiner_stage", "confidence_stage") if (previous.get(name) or {}).get("steps")]
-    record["runs"] = runs
-    return record
-
-
-CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_source", "concept_confidence_targets",
-                                             "concept_grouping", "grpo_steps", "grpo_learning_rate", "grpo_prompts",
-                                             "grpo_num_generations", "grpo_temperature", "grpo_scale_rewards",
-                                             "grpo_head_lr_multiplier", "generated_pool", "misdescription_share",
-                                             "mask_refiner_hidden_size", "refiner_steps", "lambda_mask_bce",
-                                             "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
-                                             "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
-                                             "reasoning_anchor_weight", "reasoning_position_probe_weight",
-                                             "mask_confidence_hidden_size", "confidence_epochs",
-                                             "image_position_frequencies",
-                                             "confidence_learning_rate", "confidence_stage_targets")
-"""The ``TinyRecipeConfig`` fields that only the stages a ``continue_from`` run repeats read (concept stage, GRPO,
-the generated-reasoning pool, evaluation): such a run takes them from today's defaults, not from the earlier run."""
-
-
-def _load_for_continuation(continue_from, config: TinyRecipeConfig):
-    """The finished run's checkpoint, with a new mask refiner / mask confidence head / image position embedding (each
-    starting as the identity) when ``config`` asks for one and the checkpoint has none; a checkpoint whose module
-    differs from the asked one raises ``ValueError``. A ``text_layers`` / ``vision_depth`` above the checkpoint's adds
-    decoder layers / vision blocks on top that start as the identity (:mod:`segcompass.training.growth`); below it
-    raises ``ValueError``. A smaller ``sam_patch_size`` that divides the checkpoint's refines the SAM grid
-    (:func:`segcompass.training.sam_grid.refine_sam_grid`; the refiner starts again at ``mask_refiner_hidden_size``);
-    a larger or non-dividing one raises ``ValueError``. Its ``mask_logit_bias`` is set to 0: the stages train the
-    decoder's own cut (as the earlier run's did) and the validation stage tunes the bias again."""
-    from transformers import AutoConfig, AutoModel
-
-    from ...training.growth import add_identity_decoder_layers, add_identity_vision_blocks
-    from ...training.sam_grid import refine_sam_grid, refinement_factor
-
-    model_config = AutoConfig.from_pretrained(continue_from)
-    saved_patch = model_config.sam_config.vision_config.patch_size
-    refine_grid = config.sam_patch_size != saved_patch
-    if refine_grid:
-        try:
-            refinement_factor(saved_patch, config.sam_patch_size)
-        except ValueError as err:
-            raise ValueError(f"The run in {continue_from} has sam_patch_size={saved_patch}; a continued run can only "
-                             f"cut the SAM input into smaller patches, got sam_patch_size={config.sam_patch_size}: "
-                             f"{err}") from err
-    for name, what, size in (("mask_refiner_hidden_size", "a mask refiner", "width"),
-                             ("mask_confidence_hidden_size", "a mask confidence head", "width"),
-                             ("image_position_frequencies", "an image position embedding", "frequencies")):
-        if refine_grid and name == "mask_refiner_hidden_size":
-            continue  # a finer grid starts the refiner again (refine_sam_grid below), at the asked width
-        saved, wanted = getattr(model_config, name, 0), getattr(config, name)
-        if saved and saved != wanted:
-            raise ValueError(f"The run in {continue_from} has {what} ({size} {saved}); continue it with "
-                             f"{name}={saved} (got {wanted}): a trained module is not dropped or resized.")
-        if saved != wanted:
-            logger.info("adding %s (%s %d) to the checkpoint of %s", what, size, wanted, continue_from)
-            setattr(model_config, name, wanted)
-    if model_config.mask_logit_bias:
-        logger.info("training %s under the decoder's own cut (mask_logit_bias %g -> 0; tuned again on validation)",
-                    continue_from, model_config.mask_logit_bias)
-        model_config.mask_logit_bias = 0.0
-    backbone = model_config.backbone_config
-    depths = {"text_layers": backbone.get_text_config().num_hidden_layers,
-              "vision_depth": backbone.vision_config.depth}  # what the checkpoint has
-    for name, saved in depths.items():
-        if getattr(config, name) < saved:
-            raise ValueError(f"The run in {continue_from} has {name}={saved}; continue it with {name} >= {saved} (got "
-                             f"{getattr(config, name)}): trained layers are not dropped.")
-    model = AutoModel.from_pretrained(continue_from, config=model_config)
-    if config.text_layers > depths["text_layers"]:  # more reasoning depth above the SAE's hook
-        add_identity_decoder_layers(model, config.text_layers - depths["text_layers"])
-    if config.vision_depth > depths["vision_depth"]:
-        add_identity_vision_blocks(model, config.vision_depth - depths["vision_depth"])
-    if refine_grid:  # the same SAM input in smaller patches: a finer embedding and mask grid
-        model = refine_sam_grid(model, config.sam_patch_size,
-                                mask_refiner_hidden_size=config.mask_refiner_hidden_size)
-    return model
-
-
-def _continuation_config(previous: dict, restart_at: str = "concept") -> TinyRecipeConfig:
-    """The recipe config of a run continued from ``previous`` (its ``metrics.json``): the earlier run's values for the
-    stages carried over, the defaults (smoke defaults for a smoke run) for :data:`CONTINUATION_FIELDS` (restarting at
-    the concept stage) or for everything but :data:`LM_RESTART_CARRIED_FIELDS` (restarting at the LM warm-up)."""
-    carried = _recipe_config(previous["config"])
-    defaults = TinyRecipeConfig.smoke() if previous.get("smoke") else TinyRecipeConfig()
-    if restart_at == "lm_warmup":
-        return replace(defaults, **{name: getattr(carried, name) for name in LM_RESTART_CARRIED_FIELDS})
-    return replace(carried, **{name: getattr(defaults, name) for name in CONTINUATION_FIELDS})
 
 
 def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> dict:
@@ -476,15 +297,15 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
 
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
-    metrics = _finished_run(output_dir)
+    metrics = finished_run(output_dir)
     allowed = set(REEVALUATION_FIELDS) if retune_threshold else set(REEVALUATION_FIELDS) - set(PREDICTION_RULE_FIELDS)
     refused = sorted(set(overrides) - allowed)
     if refused:
         raise ValueError(f"Re-evaluation can change only {sorted(allowed)} ({' and '.join(PREDICTION_RULE_FIELDS)} "
                          f"with retune_threshold, which saves them into the checkpoint), got {refused}; training "
                          "settings need a new run.")
-    config = replace(_recipe_config(metrics["config"]), **overrides)
-    metrics["config"] = _json_ready(asdict(config))
+    config = replace(saved_recipe_config(metrics["config"]), **overrides)
+    metrics["config"] = json_ready(asdict(config))
     if overrides:
         metrics["overrides"] = {**metrics.get("overrides", {}), **recorded_overrides(overrides)}
     model = AutoModel.from_pretrained(output_dir).eval()
