@@ -79,3 +79,52 @@ def test_card_prints_the_step_table_only_when_the_run_measured_it():
                           "spatial": {"n": 2, "facts": 1.0, "decision": 0.5, "target": 1.0, "all": 0.5}})
     assert "| family | samples | facts | decision | target line | all |" in text
     assert "| spatial | 2 | 1.000 | 0.500 | 1.000 | 0.500 |" in text and "| all | 3 | 0.667 | 0.500 |" in text
+
+
+def test_decision_positions_are_the_tokens_after_the_facts(batch):
+    """`decision_positions` marks, per row, the label positions from the token after the last `:` before `target`
+    to the end of the reasoning: the same split `reasoning_step_rows` scores as decision + target line."""
+    from segcompass.recipes.tiny.diagnostics import decision_positions
+
+    tokenizer, samples, enc = batch
+    labels = enc["labels"]
+    chosen = decision_positions(labels, tokenizer)
+    assert chosen.shape == labels.shape and chosen.dtype == torch.bool
+    target_id, colon_id = tokenizer.convert_tokens_to_ids(["target", ":"])
+    for b, sample in enumerate(samples):
+        ids = labels[b].tolist()
+        last = max(i for i, t in enumerate(ids) if t != -100)
+        target_at = max(i for i, t in enumerate(ids) if t == target_id)
+        colon_at = max(i for i in range(target_at) if ids[i] == colon_id)
+        assert chosen[b].nonzero().flatten().tolist() == list(range(colon_at + 1, last + 1))
+        decided = tokenizer.decode(labels[b][chosen[b]].tolist())
+        assert "target" in decided and ":" not in decided.split("target")[0]
+    no_target = labels.clone()
+    no_target[0][no_target[0] == target_id] = -100
+    assert not decision_positions(no_target, tokenizer)[0].any()
+    assert torch.equal(decision_positions(no_target, tokenizer)[1:], chosen[1:])
+
+
+def test_reasoning_decision_loss_is_the_cross_entropy_of_the_decision_tokens(batch):
+    """The reasoning stage's decision loss against a per-token loop: the mean next-token cross-entropy over the
+    decision and target-line tokens only, times its weight, added to the inner extra loss."""
+    from types import SimpleNamespace
+
+    from segcompass.recipes.tiny.diagnostics import decision_positions
+    from segcompass.recipes.tiny.reasoning import _decision_loss
+
+    tokenizer, samples, enc = batch
+    labels = enc["labels"]
+    torch.manual_seed(0)
+    out = SimpleNamespace(logits=torch.randn(*labels.shape, len(tokenizer)))
+    record: list[float] = []
+    loss = _decision_loss(tokenizer, 2.0, lambda batch, chunk, out: torch.tensor(5.0), record)(enc, samples, out)
+    chosen = decision_positions(labels, tokenizer)
+    terms = [torch.nn.functional.cross_entropy(out.logits[b, t - 1], labels[b, t])
+             for b in range(labels.shape[0]) for t in range(1, labels.shape[1]) if chosen[b, t]]
+    reference = torch.stack(terms).mean()
+    assert len(terms) > 3 * len(samples)
+    assert record == [pytest.approx(reference.item(), rel=1e-5)]
+    assert loss.item() == pytest.approx(5.0 + 2.0 * reference.item(), rel=1e-5)
+    everything = labels[labels != -100].numel()
+    assert len(terms) < everything  # the facts are left out

@@ -518,10 +518,51 @@ def test_reasoning_stage_changes_only_what_the_model_writes():
     text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": result,
                                "model_config": {"slot_query_inputs": "concepts"}})
     assert text.startswith("next-token loss only, 3 steps × batch 4 on 8 training samples the heads never saw")
+    assert "decision and target line" not in text
     assert "above hidden_states[1]" in text and "and the mask path (the slots read" in text
     assert "mask path" not in _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1},
                                                   "reasoning_stage": result})
     assert _reasoning_summary({"config": {}}).startswith("not run")
+
+
+def test_reasoning_stage_decision_weight_adds_the_decision_loss_and_keeps_the_hook_states():
+    """`reasoning_decision_weight` adds the decision tokens' own next-token loss to the reasoning stage: the same
+    steps on the same samples leave those tokens' loss lower than without it, the hook states stay bit-identical (same
+    trained weights), the stage records it and the card says so; a negative weight is refused."""
+    from segcompass.recipes.tiny import build, data, reasoning
+    from segcompass.recipes.tiny.card import _reasoning_summary
+
+    config = TinyRecipeConfig.smoke(num_train=8, batch_size=4, reasoning_steps=30, reasoning_samples=4,
+                                    reasoning_learning_rate=3e-3, concept_steps=0)
+    seen = data.LazySplit("train", 4, config, start=config.num_train, dense=False)  # the stage's samples
+    batch = data.batch_inputs(build.build_tiny_model_and_processor(config)[1], list(seen),
+                              completions=True, append_slots=False)
+    decision, hook, results = {}, {}, {}
+    for weight in (0.0, 4.0):
+        torch.manual_seed(0)
+        model, processor = build.build_tiny_model_and_processor(config)
+        model.config.slot_query_inputs = "concepts"
+        with torch.no_grad():
+            before = model.get_hook_states(batch["input_ids"], batch["attention_mask"], **data.backbone_kwargs(batch))
+        results[weight] = reasoning.reasoning_stage(model, processor, replace(config, reasoning_decision_weight=weight),
+                                                    torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 **data.backbone_kwargs(batch))
+            hook[weight] = model.get_hook_states(batch["input_ids"], batch["attention_mask"],
+                                                 **data.backbone_kwargs(batch))
+        torch.testing.assert_close(hook[weight], before, rtol=0, atol=0)
+        record: list[float] = []
+        reasoning._decision_loss(processor.tokenizer, 1.0, None, record)(batch, list(seen), out)
+        decision[weight] = record[0]
+    assert decision[4.0] < decision[0.0] - 0.05  # 3.65 against 3.77 when written
+    assert "decision_weight" not in results[0.0] and results[4.0]["decision_weight"] == 4.0
+    assert results[4.0]["final_decision_loss"] > 0  # the mean of the last 50 steps (all 30 here)
+    text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": results[4.0],
+                               "model_config": {"slot_query_inputs": "concepts"}})
+    assert "plus 4 × the next-token loss of each reasoning's decision and target line alone" in text
+    with pytest.raises(ValueError, match="reasoning_decision_weight=-1 must be >= 0"):
+        TinyRecipeConfig.smoke(reasoning_decision_weight=-1)
 
 
 def test_anchored_reasoning_stage_trains_perception_and_holds_the_text_tokens_states():

@@ -221,6 +221,10 @@ def _reasoning_summary(metrics: dict) -> str:
     head = (f"{stage['steps']} steps × batch {metrics['config']['batch_size']} on {stage['samples']} training samples "
             f"the heads never saw, learning rate {stage['learning_rate']:g}")
     losses = f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}"
+    if stage.get("decision_weight"):  # reasoning_decision_weight: a second loss on the decision tokens alone
+        losses += (f"; plus {stage['decision_weight']:g} × the next-token loss of each reasoning's decision and target "
+                   f"line alone, {format_metric(stage.get('first_decision_loss'))} -> "
+                   f"{format_metric(stage.get('final_decision_loss'))}")
     if stage.get("anchor_weight"):
         return (f"next-token loss plus {stage['anchor_weight']:g} × the hook-state anchor (`hook_state_anchor_loss`), "
                 f"{head}, training the vision tower and every decoder layer ({stage['trained_parameters']:,} weights; "

@@ -204,6 +204,10 @@ class TinyRecipeConfig:
             (the image tokens' hook states move); without it validation 0.645, test 0.740, right targets 0.68 -> 0.70
             (validation) and 0.695 -> 0.735 (test), FVE 0.932. Neither is shipped: on the 1200 validation samples
             that choose the model neither beats it, and the test split does not choose.
+        reasoning_decision_weight: the weight of a second next-token loss in the reasoning stage, over the tokens of
+            each reference reasoning's decision and target line only (after the last ``:`` before ``target``,
+            :func:`~segcompass.recipes.tiny.diagnostics.decision_positions`): the facts are most of the tokens and
+            most of them are easy, so the stage's mean loss says little about which shape wins (0: off).
         image_position_frequencies: the model's ``SegCompassConfig.image_position_frequencies`` (0: none): absolute
             Fourier positions, through a zero-initialised projection, added to every merged image token, so the
             language model reads where a shape is from the token's content (Qwen2.5-VL puts positions only into
@@ -306,6 +310,7 @@ class TinyRecipeConfig:
     reasoning_learning_rate: float = 3e-4
     reasoning_anchor_weight: float = 0.0
     reasoning_position_probe_weight: float = 0.0
+    reasoning_decision_weight: float = 0.0
     image_position_frequencies: int = 0
     eval_batch_size: int = 32
     max_new_tokens: int = 100
@@ -357,7 +362,7 @@ class TinyRecipeConfig:
             raise ValueError(f"limit_instances_to_answer={self.limit_instances_to_answer!r} must be True or False.")
         check_concept_grouping(self.concept_grouping)
         for name in ("lambda_mask_bce", "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
-                     "reasoning_anchor_weight", "reasoning_position_probe_weight"):
+                     "reasoning_anchor_weight", "reasoning_position_probe_weight", "reasoning_decision_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (a loss weight; 0 turns it off).")
         if self.confidence_epochs > 0 and not self.mask_confidence_hidden_size:

@@ -136,6 +136,7 @@ CONTINUATION_FIELDS = REEVALUATION_FIELDS + ("concept_steps", "concept_matching_
                                              "refiner_lambda_mask_bce", "lambda_snap", "refiner_lambda_snap",
                                              "reasoning_steps", "reasoning_samples", "reasoning_learning_rate",
                                              "reasoning_anchor_weight", "reasoning_position_probe_weight",
+                                             "reasoning_decision_weight",
                                              "mask_confidence_hidden_size", "confidence_epochs",
                                              "image_position_frequencies",
                                              "confidence_learning_rate", "confidence_stage_targets")

@@ -21,9 +21,40 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["STEP_PARTS", "reasoning_step_rows", "summarize_steps"]
+__all__ = ["STEP_PARTS", "decision_positions", "reasoning_part_bounds", "reasoning_step_rows", "summarize_steps"]
 
 STEP_PARTS = ("facts", "decision", "target")
+
+
+def reasoning_part_bounds(tokens: list[int], target_id: int, colon_id: int) -> tuple[int, int] | None:
+    """Where a reasoning's parts start: ``(facts_end, split)`` over its completion tokens, so that ``tokens[:facts_end]``
+    are the facts, ``tokens[facts_end:split]`` the decision and ``tokens[split:]`` the target line (from the last
+    ``target``; the decision starts after the last ``:`` before it, at 0 when there is none). ``None`` for a reasoning
+    without ``target``."""
+    targets = [i for i, token in enumerate(tokens) if token == target_id]
+    if not targets:
+        return None
+    split = targets[-1]
+    colons = [i for i in range(split) if tokens[i] == colon_id]
+    return (colons[-1] + 1 if colons else 0), split
+
+
+def decision_positions(labels: torch.Tensor, tokenizer) -> torch.Tensor:
+    """``(B, T)`` bool: the label positions of each reference reasoning's decision and target line (the parts after
+    the facts, :func:`reasoning_part_bounds`); all False for a row without ``target``.
+
+    Args:
+        labels: ``(B, T)`` the reference completion's token ids where they are predicted, -100 elsewhere.
+        tokenizer: the processor's tokenizer (for the ids of ``target`` and ``:``).
+    """
+    target_id, colon_id = tokenizer.convert_tokens_to_ids(["target", ":"])
+    chosen = torch.zeros_like(labels, dtype=torch.bool)  # (B, T)
+    for b in range(labels.shape[0]):
+        positions = (labels[b] != -100).nonzero().flatten()  # (n,)
+        bounds = reasoning_part_bounds(labels[b][positions].tolist(), target_id, colon_id)
+        if bounds is not None:
+            chosen[b, positions[bounds[0]:]] = True
+    return chosen
 
 
 def reasoning_step_rows(logits: torch.Tensor, labels: torch.Tensor, families: list[str], tokenizer) -> list[dict]:
@@ -48,13 +79,10 @@ def reasoning_step_rows(logits: torch.Tensor, labels: torch.Tensor, families: li
             continue
         tokens = labels[b, 1:][positions]  # (n,)
         right = (predicted[b][positions] == tokens).tolist()
-        tokens = tokens.tolist()
-        targets = [i for i, token in enumerate(tokens) if token == target_id]
-        if not targets:
+        bounds = reasoning_part_bounds(tokens.tolist(), target_id, colon_id)
+        if bounds is None:
             continue
-        split = targets[-1]
-        colons = [i for i in range(split) if tokens[i] == colon_id]
-        facts_end = colons[-1] + 1 if colons else 0
+        facts_end, split = bounds
         parts = {"facts": all(right[:facts_end]), "decision": all(right[facts_end:split]),
                  "target": all(right[split:])}
         rows.append({"family": family, **parts, "all": all(parts.values())})

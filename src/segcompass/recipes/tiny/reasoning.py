@@ -67,6 +67,10 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
         if config.reasoning_position_probe_weight > 0:  # TinyRecipeConfig checks that the anchor is on
             extra_loss, probe, handle = _position_probe(model, config, extra_loss, probe_losses)
             params += list(probe.parameters())
+        decision_losses: list[float] = []
+        if config.reasoning_decision_weight > 0:
+            extra_loss = _decision_loss(processor.tokenizer, config.reasoning_decision_weight, extra_loss,
+                                        decision_losses)
         model.eval()
         (model.backbone if anchored else model.backbone.model.language_model).train()
         try:
@@ -83,6 +87,10 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
     if anchored:
         result |= {"anchor_weight": config.reasoning_anchor_weight, "first_anchor": float(np.mean(anchors[:50])),
                    "final_anchor": float(np.mean(anchors[-50:]))}
+    if decision_losses:
+        result |= {"decision_weight": config.reasoning_decision_weight,
+                   "first_decision_loss": float(np.mean(decision_losses[:50])),
+                   "final_decision_loss": float(np.mean(decision_losses[-50:]))}
     if probe_losses:
         result |= {"position_probe_weight": config.reasoning_position_probe_weight,
                    "first_position_probe": float(np.mean(probe_losses[:50])),
@@ -107,6 +115,27 @@ def _position_probe(model, config: TinyRecipeConfig, anchor_loss, record: list[f
         return anchor_loss(batch, chunk, out) + config.reasoning_position_probe_weight * loss
 
     return extra_loss, probe, handle
+
+
+def _decision_loss(tokenizer, weight: float, inner, record: list[float]):
+    """``inner`` (or nothing) plus ``weight`` x the next-token cross-entropy over the decision and target-line tokens of
+    each reference reasoning (:func:`~segcompass.recipes.tiny.diagnostics.decision_positions`), from the logits of the
+    stage's own forward; appends each step's value to ``record``."""
+    from .diagnostics import decision_positions
+
+    def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
+        labels = batch["labels"]  # (B, T): the token at t, -100 where nothing is predicted
+        chosen = decision_positions(labels, tokenizer)[:, 1:]  # (B, T-1): predicted from position t
+        logits = out.logits[:, :-1]  # (B, T-1, V)
+        if chosen.any():
+            loss = torch.nn.functional.cross_entropy(logits[chosen].float(), labels[:, 1:][chosen])
+        else:  # no reasoning of this shard has a target line
+            loss = logits.sum() * 0.0
+        record.append(loss.item())
+        total = weight * loss
+        return total if inner is None else inner(batch, chunk, out) + total
+
+    return extra_loss
 
 
 def _hook_anchor(model, weight: float, record: list[float]):
