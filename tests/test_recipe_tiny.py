@@ -469,7 +469,7 @@ def test_continued_run_takes_todays_settings_for_the_stages_it_repeats(smoke):
     assert {"num_validation", "thresholds", "concept_steps", "grpo_steps"} <= set(CONTINUATION_FIELDS)
     # restarted at the LM warm-up: only the architecture and the vision pretraining are the earlier run's
     restart = continuation_config({"config": earlier | {"vision_pretrain_steps": 7, "image_size": 64},
-                                    "smoke": smoke}, "lm_warmup")
+                                   "smoke": smoke}, "lm_warmup")
     assert (restart.vision_pretrain_steps, restart.image_size) == (7, 64)
     assert (restart.joint_steps, restart.lm_warmup_steps, restart.concept_steps) == (
         defaults.joint_steps, defaults.lm_warmup_steps, defaults.concept_steps)
@@ -560,7 +560,9 @@ def test_reasoning_stage_decision_weight_adds_the_decision_loss_and_keeps_the_ho
     assert results[4.0]["final_decision_loss"] > 0  # the mean of the last 50 steps (all 30 here)
     text = _reasoning_summary({"config": {"batch_size": 4, "hook_layer": 1}, "reasoning_stage": results[4.0],
                                "model_config": {"slot_query_inputs": "concepts"}})
-    assert "plus 4 × the next-token loss of each reasoning's decision and target line alone" in text
+    assert text.startswith("next-token loss plus 4 × the next-token loss of each reasoning's decision and target "
+                           "line alone, 30 steps")
+    assert "; decision and target-line loss " in text
     with pytest.raises(ValueError, match="reasoning_decision_weight=-1 must be >= 0"):
         TinyRecipeConfig.smoke(reasoning_decision_weight=-1)
 
@@ -663,7 +665,7 @@ def test_a_continued_run_with_more_layers_grows_the_backbone_by_identity_layers(
     plain, processor = build.build_tiny_model_and_processor(config)
     plain.save_pretrained(tmp_path)
     grown = load_for_continuation(tmp_path, replace(config, text_layers=config.text_layers + 1,
-                                                     vision_depth=config.vision_depth + 2)).eval()
+                                                    vision_depth=config.vision_depth + 2)).eval()
     assert len(grown.backbone.model.language_model.layers) == config.text_layers + 1
     assert len(grown.backbone.model.visual.blocks) == config.vision_depth + 2
     batch = data.batch_inputs(processor, data.make_split("test", 2, config, "test"), completions=True,

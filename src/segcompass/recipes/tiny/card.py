@@ -221,12 +221,14 @@ def _reasoning_summary(metrics: dict) -> str:
     head = (f"{stage['steps']} steps × batch {metrics['config']['batch_size']} on {stage['samples']} training samples "
             f"the heads never saw, learning rate {stage['learning_rate']:g}")
     losses = f"{format_metric(stage.get('first_loss'))} -> {format_metric(stage.get('final_loss'))}"
+    loss = "next-token loss"
     if stage.get("decision_weight"):  # reasoning_decision_weight: a second loss on the decision tokens alone
-        losses += (f"; plus {stage['decision_weight']:g} × the next-token loss of each reasoning's decision and target "
-                   f"line alone, {format_metric(stage.get('first_decision_loss'))} -> "
+        loss += (f" plus {stage['decision_weight']:g} × the next-token loss of each reasoning's decision and target "
+                 "line alone")
+        losses += (f"; decision and target-line loss {format_metric(stage.get('first_decision_loss'))} -> "
                    f"{format_metric(stage.get('final_decision_loss'))}")
     if stage.get("anchor_weight"):
-        return (f"next-token loss plus {stage['anchor_weight']:g} × the hook-state anchor (`hook_state_anchor_loss`), "
+        return (f"{loss} plus {stage['anchor_weight']:g} × the hook-state anchor (`hook_state_anchor_loss`), "
                 f"{head}, training the vision tower and every decoder layer ({stage['trained_parameters']:,} weights; "
                 f"not the embeddings): the anchor keeps hidden_states[{hook}] of the text tokens (prompt and reasoning) "
                 "near a frozen copy's, so the concepts of a given reasoning text move little, while the image tokens' "
@@ -236,7 +238,8 @@ def _reasoning_summary(metrics: dict) -> str:
                 "below); step 3's pool was generated again after it.")
     concepts_only = metrics.get("model_config", {}).get("slot_query_inputs") == "concepts"
     mask_path = " and the mask path (the slots read the reasoning only through them)" if concepts_only else ""
-    return (f"next-token loss only, {head}, training only the {stage['trained_parameters']:,} weights of the decoder "
+    only = "" if stage.get("decision_weight") else " only"
+    return (f"{loss}{only}, {head}, training only the {stage['trained_parameters']:,} weights of the decoder "
             f"layers above hidden_states[{hook}]: the SAE's input, hence the concepts"
             f"{mask_path}, are exactly as before, only the written reasoning changes (loss {losses}); step 3's pool "
             "was generated again after it.")

@@ -27,7 +27,8 @@ def recorded_overrides(overrides: dict) -> dict:
 
 
 def finished_run(directory) -> dict:
-    """The ``metrics.json`` of a finished :func:`train_tiny` run (raises ``ValueError`` naming what is missing)."""
+    """The ``metrics.json`` of a finished :func:`~segcompass.recipes.tiny.main.train_tiny` run (raises ``ValueError``
+    naming what is missing)."""
     directory = Path(directory)
     metrics_path = directory / "metrics.json"
     for name in ("metrics.json", "config.json"):

@@ -27,10 +27,10 @@ STEP_PARTS = ("facts", "decision", "target")
 
 
 def reasoning_part_bounds(tokens: list[int], target_id: int, colon_id: int) -> tuple[int, int] | None:
-    """Where a reasoning's parts start: ``(facts_end, split)`` over its completion tokens, so that ``tokens[:facts_end]``
-    are the facts, ``tokens[facts_end:split]`` the decision and ``tokens[split:]`` the target line (from the last
-    ``target``; the decision starts after the last ``:`` before it, at 0 when there is none). ``None`` for a reasoning
-    without ``target``."""
+    """Where a reasoning's parts start: ``(facts_end, split)`` over its completion tokens, so that
+    ``tokens[:facts_end]`` are the facts, ``tokens[facts_end:split]`` the decision and ``tokens[split:]`` the target
+    line (from the last ``target``; the decision starts after the last ``:`` before it, at 0 when there is none).
+    ``None`` for a reasoning without ``target``."""
     targets = [i for i, token in enumerate(tokens) if token == target_id]
     if not targets:
         return None

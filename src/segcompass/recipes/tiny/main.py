@@ -266,7 +266,7 @@ def train_tiny(output_dir, *, smoke: bool = False, seed: int = 0, config: TinyRe
     }
     if previous is not None:  # the wall time counts the earlier run's stages too
         metrics["continued_from"] = continuation_record(continue_from, previous, metrics["timings_s"]["total"],
-                                                         restart_at)
+                                                        restart_at)
         earlier_chain = previous.get("continued_from")
         earlier = (previous["timings_s"]["total"] if earlier_chain  # already counts the runs before it
                    else sum(v for k, v in previous["timings_s"].items() if k != "total"))
@@ -288,9 +288,10 @@ def reevaluate(output_dir, *, retune_threshold: bool = False, **overrides) -> di
         retune_threshold: tune the mask logit bias and the confidence threshold again on validation
             (:func:`~segcompass.recipes.tiny.evaluation.tune_on_validation` over ``mask_logit_biases`` and
             ``thresholds``) and save them into the checkpoint's config; otherwise the saved model's are kept.
-        overrides: evaluation fields to change (:data:`REEVALUATION_FIELDS`; the prediction rule's,
-            :data:`PREDICTION_RULE_FIELDS`, only with ``retune_threshold``); they are recorded in ``metrics.json``. A
-            training field raises ``ValueError``.
+        overrides: evaluation fields to change
+            (:data:`~segcompass.recipes.tiny.continuation.REEVALUATION_FIELDS`; the prediction rule's,
+            :data:`~segcompass.recipes.tiny.continuation.PREDICTION_RULE_FIELDS`, only with ``retune_threshold``); they
+            are recorded in ``metrics.json``. A training field raises ``ValueError``.
 
     Returns the updated metrics."""
     from transformers import AutoModel, AutoProcessor

@@ -32,6 +32,10 @@ def reasoning_stage(model, processor, config: TinyRecipeConfig, generator) -> di
     image tokens' states are free, so perception can improve, while the concepts of a given reasoning text (and the
     mask path) stay close to what the heads were trained on.
 
+    With ``reasoning_decision_weight > 0`` that weight times the next-token loss of each reference reasoning's
+    decision and target line alone (:func:`~segcompass.recipes.tiny.diagnostics.decision_positions`) is added to the
+    loss, over the same weights.
+
     Raises:
         ValueError: the model's slot queries also read the last layer's slot-token states (e_k, which this stage
             moves) and no concept stage follows to retrain the heads on the concepts alone.
