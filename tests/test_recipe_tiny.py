@@ -980,6 +980,8 @@ def test_a_continued_run_continued_again_records_the_whole_chain():
     assert "Earlier runs of the chain also ran: a reasoning stage (4a) of 5000 steps" in text
     anchored = continuation_record("second", second | {"reasoning_stage": {"steps": 6, "anchor_weight": 1.0}}, 1.0)
     assert anchored["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 6, "anchor_weight": 1.0}]
+    weighted = continuation_record("second", second | {"reasoning_stage": {"steps": 6, "decision_weight": 2.0}}, 1.0)
+    assert weighted["earlier_other_stages"] == [{"stage": "reasoning_stage", "steps": 6, "decision_weight": 2.0}]
     settings = _continuation({"continued_from": record, "overrides": {"concept_steps": 0, "thresholds": [0.2, 0.3]}})
     assert "--continue-from EARLIER_RUN --set concept_steps=0 --set thresholds=0.2,0.3`" in settings
     assert "also ran" not in _continuation({"continued_from": second["continued_from"]})

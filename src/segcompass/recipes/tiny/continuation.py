@@ -123,7 +123,7 @@ def continuation_record(continue_from, previous: dict, this_run_s: float, restar
     record["earlier_concept_stages"] = stages
     record["earlier_other_stages"] = list(chain.get("earlier_other_stages", [])) + [
         {"stage": name, "steps": previous[name]["steps"]}
-        | ({"anchor_weight": previous[name]["anchor_weight"]} if previous[name].get("anchor_weight") else {})
+        | {key: previous[name][key] for key in ("anchor_weight", "decision_weight") if previous[name].get(key)}
         for name in ("reasoning_stage", "refiner_stage", "confidence_stage") if (previous.get(name) or {}).get("steps")]
     record["runs"] = runs
     return record
