@@ -207,7 +207,11 @@ class TinyRecipeConfig:
         reasoning_decision_weight: the weight of a second next-token loss in the reasoning stage, over the tokens of
             each reference reasoning's decision and target line only (after the last ``:`` before ``target``,
             :func:`~segcompass.recipes.tiny.diagnostics.decision_positions`): the facts are most of the tokens and
-            most of them are easy, so the stage's mean loss says little about which shape wins (0: off).
+            most of them are easy, so the stage's mean loss says little about which shape wins (0: off). Measured by
+            continuing the stop-36 model with 4000 anchored steps at 3e-4 on 160000 samples, the confidence head
+            retrained (1200 validation samples, generated reasoning): without it cIoU 0.667 -> 0.682, decisions right
+            given right facts 0.794 -> 0.824; with weight 2 cIoU 0.687, decisions 0.833 (spatial 0.634 -> 0.674 ->
+            0.689, spatial cIoU 0.474 -> 0.480 -> 0.540). The embedded model is the weight-2 run.
         image_position_frequencies: the model's ``SegCompassConfig.image_position_frequencies`` (0: none): absolute
             Fourier positions, through a zero-initialised projection, added to every merged image token, so the
             language model reads where a shape is from the token's content (Qwen2.5-VL puts positions only into
