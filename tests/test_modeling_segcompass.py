@@ -403,8 +403,11 @@ def test_mask_confidence_head_starts_as_the_identity_reads_the_final_mask_and_ro
     judged.save_pretrained(tmp_path)
     reloaded, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and reloaded.config.mask_confidence_hidden_size == 16
+    saved = judged.state_dict()
+    assert all(torch.equal(value, saved[name]) for name, value in reloaded.state_dict().items())  # bit for bit
     out = reloaded.eval()(input_ids=ids, attention_mask=mask, sam_pixel_values=pixels)
-    assert torch.equal(out.confidence_logits, d.confidence_logits)
+    # two forward passes of the same weights: on some BLAS kernels (AMD EPYC) the head's logits differ by ~3e-8
+    torch.testing.assert_close(out.confidence_logits, d.confidence_logits, rtol=1e-6, atol=1e-6)
 
 
 def test_heads_added_to_a_saved_model_are_initialised(tmp_path):
