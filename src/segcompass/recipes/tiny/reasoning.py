@@ -10,6 +10,7 @@ import torch
 
 from .config import TinyRecipeConfig
 from .data import LazySplit, PositionProbe, Sample, backbone_kwargs
+from .diagnostics import decision_positions
 from .stages import merged_image_tokens, next_token_steps
 
 __all__ = ["reasoning_stage"]
@@ -125,7 +126,6 @@ def _decision_loss(tokenizer, weight: float, inner, record: list[float]):
     """``inner`` (or nothing) plus ``weight`` x the next-token cross-entropy over the decision and target-line tokens of
     each reference reasoning (:func:`~segcompass.recipes.tiny.diagnostics.decision_positions`), from the logits of the
     stage's own forward; appends each step's value to ``record``."""
-    from .diagnostics import decision_positions
 
     def extra_loss(batch: dict, chunk: list[Sample], out) -> torch.Tensor:
         labels = batch["labels"]  # (B, T): the token at t, -100 where nothing is predicted
