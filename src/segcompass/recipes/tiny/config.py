@@ -211,8 +211,8 @@ class TinyRecipeConfig:
             continuing the stop-36 model with 4000 anchored steps at 3e-4 on 160000 samples, the confidence head
             retrained (1200 validation samples, generated reasoning): without it cIoU 0.667 -> 0.682, decisions right
             given right facts 0.794 -> 0.824; with weight 2 cIoU 0.687, decisions 0.833 (spatial 0.634 -> 0.674 ->
-            0.689, spatial cIoU 0.474 -> 0.480 -> 0.540). The embedded model is the weight-2 run continued once more
-            the same way (240000 samples): cIoU 0.697, decisions 0.838 (spatial 0.729).
+            0.689, spatial cIoU 0.474 -> 0.480 -> 0.540). The embedded model is the weight-2 run continued twice more
+            the same way (240000, then 320000 samples): cIoU 0.697, then 0.699, decisions 0.838, then 0.859.
         image_position_frequencies: the model's ``SegCompassConfig.image_position_frequencies`` (0: none): absolute
             Fourier positions, through a zero-initialised projection, added to every merged image token, so the
             language model reads where a shape is from the token's content (Qwen2.5-VL puts positions only into
