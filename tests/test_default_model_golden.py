@@ -2,7 +2,8 @@
 
 ``tests/golden/default_model_predictions.json`` holds the first 8 records of
 ``segcompass evaluate --dataset synthetic --split test --num-samples 200 --batch-size 32 --max-new-tokens 100`` on the
-shipped checkpoint (the full 200-record file hashes to sha256 9a843b1f… for the model shipped at stop 38, 2825e079…
+shipped checkpoint (the full 200-record file hashes to sha256 a3265d54… for the model shipped at stop 39, 9a843b1f…
+for the one shipped at stop 38, 2825e079…
 for its predecessor of the same stop, d98b5401… for the one shipped at stop 37, db4cd711… for the one shipped at stop
 36, 10aad88b… for the one shipped at stop 25; an earlier one hashed to a9fc7d8a… before and after the issue-11
 restructuring).

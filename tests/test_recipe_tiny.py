@@ -15,8 +15,8 @@ from segcompass.training.freezing import freeze_backbone_through_hook_layer, tra
 SHIPPED_TEST_SUBSET = 24
 # Measured on the first 24 test samples (data seed 0) with the shipped checkpoint and generated reasoning; the floor
 # is the measured value minus 0.1 (see model_cards/segcompass-tiny-synthetic.md).
-SHIPPED_CIOU_MEASURED = 0.818  # the whole 200-sample test split: cIoU 0.737 (model card)
-SHIPPED_GIOU_MEASURED = 0.828  # the whole 200-sample test split: gIoU 0.816
+SHIPPED_CIOU_MEASURED = 0.769  # the whole 200-sample test split: cIoU 0.753 (model card)
+SHIPPED_GIOU_MEASURED = 0.781  # the whole 200-sample test split: gIoU 0.816
 SHIPPED_CIOU_FLOOR = SHIPPED_CIOU_MEASURED - 0.1  # a random model of this size scores ~0.04
 
 
